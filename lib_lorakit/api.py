@@ -1,0 +1,100 @@
+"""The HTTP API under `/train-style/v1/`, mounted by the webui glue and by the standalone app.
+
+Routes answer JSON only. Server-side paths are checked against the Host's allowed roots (403 with the
+reason when outside); errors carry the same text the tab and the CLI show.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from pydantic import BaseModel
+
+from .errors import AlreadyExists, InvalidName, LorakitError, NotFound, PathNotAllowed
+from .host import Host
+from .studio import Studio
+
+PREFIX = "/train-style/v1"
+
+
+class NewProject(BaseModel):
+    name: str
+
+
+class ImportRequest(BaseModel):
+    paths: List[str]
+    concept: str = ""
+    repeats: Optional[int] = None
+    reg: bool = False
+    background: bool = False
+
+
+def _status(e: LorakitError) -> int:
+    if isinstance(e, PathNotAllowed):
+        return 403
+    if isinstance(e, NotFound):
+        return 404
+    if isinstance(e, AlreadyExists):
+        return 409
+    if isinstance(e, InvalidName):
+        return 400
+    return 400
+
+
+def _guard(fn: Callable):
+    try:
+        return fn()
+    except LorakitError as e:
+        raise HTTPException(status_code=_status(e), detail=str(e)) from e
+
+
+def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = None) -> APIRouter:
+    """Routes bound to `host`; `authorize(request)` may raise HTTPException (the webui passes its login check)."""
+    studio = Studio(host)
+    deps = [Depends(authorize)] if authorize else []
+    r = APIRouter(prefix=PREFIX, dependencies=deps)
+
+    @r.get("/projects")
+    def list_projects() -> dict:
+        return {"projects": [{"name": p.name, "created": p.settings.created,
+                              "trigger_words": list(p.settings.trigger_words)} for p in studio.projects()]}
+
+    @r.post("/projects", status_code=201)
+    def create_project(body: NewProject) -> dict:
+        project = _guard(lambda: studio.create_project(body.name))
+        return {"name": project.name}
+
+    @r.get("/projects/{name}/report")
+    def report(name: str) -> dict:
+        return _guard(lambda: studio.report(name).to_dict())
+
+    @r.post("/projects/{name}/import")
+    def import_(name: str, body: ImportRequest) -> dict:
+        kind = "reg" if body.reg else "dataset"
+        if body.background:
+            job = _guard(lambda: studio.start_import(name, paths=body.paths, concept=body.concept,
+                                                     repeats=body.repeats, kind=kind))
+            return {"job": job.to_dict()}
+        return _guard(lambda: studio.import_paths(name, body.paths, concept=body.concept, repeats=body.repeats,
+                                                  kind=kind).to_dict())
+
+    @r.get("/jobs")
+    def jobs(project: Optional[str] = None) -> dict:
+        return {"jobs": [j.to_dict() for j in studio.jobs.list(project)]}
+
+    @r.get("/jobs/{job_id}")
+    def job(job_id: str) -> dict:
+        return _guard(lambda: studio.jobs.get(job_id).to_dict())
+
+    @r.post("/jobs/{job_id}/cancel")
+    def cancel(job_id: str) -> dict:
+        return _guard(lambda: studio.jobs.cancel(job_id).to_dict())
+
+    return r
+
+
+def mount(app: FastAPI, host: Host, authorize: Optional[Callable[[Request], None]] = None) -> None:
+    """Add the routes to `app`, replacing ours from an earlier mount (the webui re-runs this on "Reload UI")."""
+    app.router.routes = [rt for rt in app.router.routes if not getattr(rt, "path", "").startswith(PREFIX)]
+    app.include_router(make_router(host, authorize))

@@ -1,0 +1,189 @@
+"""`python -m lib_lorakit`: the same steps as the tab, from a terminal.
+
+With `--json`, results go to stdout as JSON and human messages to stderr; exit status 0 means success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import LorakitError
+from .host import StandaloneHost
+from .studio import Studio
+
+log = logging.getLogger("lib_lorakit")
+
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print machine-readable JSON")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    p = argparse.ArgumentParser(prog="python -m lib_lorakit", parents=[common],
+                                description="Train Style: prepare datasets and train LoRAs of your own style.")
+    p.add_argument("--home", help="projects folder (default: ~/train-style or the config file's `home`)")
+    p.add_argument("--lora-dir", help="where LoRAs are registered (default: <models>/Lora)")
+    p.add_argument("--models-dir", help="models folder with Stable-diffusion/ checkpoints")
+    p.add_argument("--config", type=Path, help="config file (default: ~/.config/train-style/config.toml)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ui = sub.add_parser("ui", parents=[common], help="start the standalone app in a browser tab")
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    ui.add_argument("--port", type=int, default=7861)
+    ui.add_argument("--allow-root", action="append", default=[], metavar="DIR",
+                    help="a folder the app may import from (repeatable); the projects home is always allowed")
+
+    proj = sub.add_parser("project", parents=[common], help="create and list projects")
+    psub = proj.add_subparsers(dest="action", required=True)
+    new = psub.add_parser("new", parents=[common], help="create a project")
+    new.add_argument("name")
+    new.add_argument("--trigger", action="append", default=[], help="a trigger word (repeatable)")
+    psub.add_parser("list", parents=[common], help="list projects")
+
+    imp = sub.add_parser("import", parents=[common], help="import images (files or folders, recursively)")
+    imp.add_argument("project")
+    imp.add_argument("paths", nargs="+", metavar="PATH")
+    imp.add_argument("--concept", default="", help="concept folder to import into (default: the project's name)")
+    imp.add_argument("--repeats", type=int, help="repeats for the concept (default: 1 for a new concept)")
+    imp.add_argument("--reg", action="store_true", help="import as a regularisation set")
+
+    rep = sub.add_parser("report", parents=[common], help="the dataset report")
+    rep.add_argument("project")
+
+    con = sub.add_parser("concept", parents=[common], help="add, rename, remove, set repeats, balance")
+    con.add_argument("project")
+    csub = con.add_subparsers(dest="action", required=True)
+    for action, args, help_ in (("add", ["name"], "add a concept"), ("rename", ["old", "new"], "rename a concept"),
+                                ("remove", ["name"], "move a concept's folder to the project's trash"),
+                                ("repeats", ["name", "n"], "set a concept's repeats"),
+                                ("balance", [], "even out images × repeats across concepts")):
+        a = csub.add_parser(action, parents=[common], help=help_)
+        for arg in args:
+            a.add_argument(arg, type=int if arg == "n" else str)
+        a.add_argument("--reg", action="store_true", help="act on regularisation sets")
+        if action == "add":
+            a.add_argument("--repeats", type=int, default=1)
+        if action == "balance":
+            a.add_argument("--target", type=int, help="images × repeats per concept (default: the largest now)")
+            a.add_argument("--apply", action="store_true", help="rename the folders (without it: show the plan)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    as_json = getattr(args, "json", False)
+    try:
+        if args.command == "ui":
+            return _ui(args)
+        host = StandaloneHost.from_options(home=args.home, lora_dir=args.lora_dir, models_dir=args.models_dir,
+                                           allow_roots=[os.path.abspath(os.sep)], config=args.config)
+        handler: Callable[[Studio, argparse.Namespace], tuple[int, Any, str]] = {
+            "project": _project, "import": _import, "report": _report, "concept": _concept}[args.command]
+        code, data, text = handler(Studio(host), args)
+    except LorakitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        if as_json:
+            print(json.dumps({"error": str(e)}))
+        return 1
+    if as_json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    elif text:
+        print(text, file=sys.stdout if code == 0 else sys.stderr)
+    return code
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from .server import serve  # gradio is imported only for the app
+
+    host = StandaloneHost.from_options(home=args.home, lora_dir=args.lora_dir, models_dir=args.models_dir,
+                                       allow_roots=args.allow_root, config=args.config,
+                                       exposed=args.host not in ("127.0.0.1", "localhost", "::1"))
+    serve(host, host_name=args.host, port=args.port)
+    return 0
+
+
+def _project(studio: Studio, args: argparse.Namespace) -> tuple[int, Any, str]:
+    if args.action == "new":
+        p = studio.create_project(args.name, trigger_words=tuple(args.trigger))
+        return 0, {"name": p.name, "path": str(p.root)}, f"Created project {p.name} in {p.root}"
+    rows = [{"name": p.name, "path": str(p.root), "created": p.settings.created} for p in studio.projects()]
+    text = "\n".join(r["name"] for r in rows) or f"No projects yet in {studio.host.projects_home()}."
+    return 0, {"projects": rows}, text
+
+
+def _import(studio: Studio, args: argparse.Namespace) -> tuple[int, Any, str]:
+    paths = [os.path.abspath(p) for p in args.paths]
+    report = studio.import_paths(args.project, paths, concept=args.concept, repeats=args.repeats,
+                                 kind="reg" if args.reg else "dataset",
+                                 progress=_progress_printer() if sys.stderr.isatty() else None)
+    lines = [f"skipped {v.source}: {v.text}" for v in report.skipped]
+    lines += [f"note {v.source}: {v.text}" for v in report.warnings]
+    lines += [f"{g.kind} duplicates: {', '.join(g.images)}" for g in report.duplicates]
+    for line in lines:
+        print(line, file=sys.stderr)
+    if not report.ok:
+        print("error: nothing could be imported" + (" (see the reasons above)" if report.skipped else
+                                                    ": no image files were found"), file=sys.stderr)
+        return 1, report.to_dict(), ""
+    return 0, report.to_dict(), report.summary()
+
+
+def _progress_printer() -> Callable[[int, int, str], None]:
+    def show(done: int, total: int, message: str) -> None:
+        print(f"\r[{done}/{total}] {message[-60:]:<60}", end="", file=sys.stderr, flush=True)
+        if done == total:
+            print(file=sys.stderr)
+    return show
+
+
+def _report(studio: Studio, args: argparse.Namespace) -> tuple[int, Any, str]:
+    report = studio.report(args.project)
+    lines = [f"Project {report.project}: {report.total_images} images, {report.images_x_repeats} images × repeats"]
+    for c in report.concepts:
+        label = "reg " if c.kind == "reg" else ""
+        lines.append(f"  {label}{c.folder}: {c.images} images × {c.repeats} = {c.images_x_repeats}; "
+                     f"{len(c.missing_captions)} without captions, {len(c.small_images)} below "
+                     f"{report.resolution}px, resolutions {c.resolutions}")
+        lines += [f"    {m}: its caption has the wrong extension (the project uses {report.caption_extension})"
+                  for m in c.extension_mismatches]
+    lines += [f"  {g.kind} duplicates: {', '.join(g.images)}" for g in report.duplicates]
+    lines += [f"  sd-scripts will skip {s}: its name lacks the '<repeats>_' prefix" for s in report.stray_folders]
+    return 0, report.to_dict(), "\n".join(lines)
+
+
+def _concept(studio: Studio, args: argparse.Namespace) -> tuple[int, Any, str]:
+    project = studio.project(args.project)
+    kind = "reg" if args.reg else "dataset"
+    if args.action == "balance":
+        plan = studio.balance_plan(args.project, args.target, kind)
+        if args.apply:
+            studio.apply_balance(args.project, plan, kind)
+        rows = [c.to_dict() for c in plan]
+        verb = "Applied" if args.apply else "Plan (run again with --apply to rename the folders)"
+        text = "\n".join([f"{verb}:"] + [f"  {c.concept}: {c.images} images × {c.repeats} = {c.steps}  →  "
+                                         f"× {c.new_repeats} = {c.new_steps}" for c in plan])
+        return 0, {"applied": bool(args.apply), "plan": rows}, text
+    if args.action == "add":
+        c = project.add_concept(args.name, args.repeats, kind)
+    elif args.action == "rename":
+        c = project.rename_concept(args.old, args.new, kind)
+    elif args.action == "repeats":
+        c = project.set_repeats(args.name, args.n, kind)
+    else:
+        trash = project.remove_concept(args.name, kind)
+        return 0, {"removed": args.name, "trash": str(trash)}, f"Moved {args.name} to {trash}"
+    return 0, {"name": c.name, "repeats": c.repeats, "folder": c.relpath}, f"{c.relpath}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Datasets: import, index, duplicates, repeats and the dataset report."""

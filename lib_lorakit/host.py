@@ -1,0 +1,167 @@
+"""The Host: everything that differs between running inside the webui and running on its own.
+
+The core asks the Host for folders, checkpoints and the roots a user allowed; later steps also ask it to free
+the GPU, refresh the webui's Lora list and generate images. `StandaloneHost` serves the CLI and the standalone
+app; `lib_lorakit.webui_host.WebuiHost` serves the webui and is the only module that imports its `modules`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional, Protocol, Sequence, runtime_checkable
+
+from .errors import LorakitError
+from .paths import resolve_inside
+from .tomlio import read_toml
+
+Arch = Literal["SD1", "SD2", "SDXL", "Unknown"]
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    name: str
+    arch: Arch
+
+
+@runtime_checkable
+class Host(Protocol):
+    """What the core needs from its surroundings."""
+
+    name: str
+
+    def projects_home(self) -> Path: ...
+    def lora_dir(self) -> Path: ...
+    def models_dir(self) -> Path: ...
+    def checkpoints(self) -> list[Checkpoint]: ...
+    def allowed_roots(self) -> list[Path]: ...
+    def folder_import_refusal(self) -> Optional[str]: ...
+    def unload_model(self) -> None: ...
+    def reload_model(self) -> None: ...
+    def refresh_loras(self) -> None: ...
+
+
+def resolve_server_path(host: Host, path: str) -> Path:
+    """A folder typed by a user, checked against the Host's allowed roots (symlinks resolved)."""
+    refusal = host.folder_import_refusal()
+    if refusal:
+        raise LorakitError(refusal)
+    return resolve_inside(path, host.allowed_roots())
+
+
+NETWORK_REFUSAL = ("Importing from server folders is off because this server is reachable from the network and "
+                   "no allowed folders are configured. Upload the images instead, or add allowed folders in the "
+                   "Train Style settings.")
+
+
+def arch_from_keys(keys: Sequence[str]) -> Arch:
+    """SD1/SD2/SDXL from a checkpoint's tensor names (the text encoder tells them apart)."""
+    ks = set(keys)
+    if any(k.startswith("conditioner.embedders.1.") for k in ks):
+        return "SDXL"
+    if any(k.startswith("cond_stage_model.model.transformer.") for k in ks):
+        return "SD2"
+    if any(k.startswith("cond_stage_model.transformer.") for k in ks):
+        return "SD1"
+    return "Unknown"
+
+
+def safetensors_keys(path: Path) -> list[str]:
+    """Tensor names from a .safetensors header, without reading the tensors."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise LorakitError(f"{path.name} is not a safetensors file (too short).")
+        (n,) = struct.unpack("<Q", head)
+        if n > 100_000_000:
+            raise LorakitError(f"{path.name} is not a safetensors file (header length {n}).")
+        header = json.loads(f.read(n))
+    return [k for k in header if k != "__metadata__"]
+
+
+def checkpoint_arch(path: Path) -> Arch:
+    """The architecture of a checkpoint file; .ckpt files are pickles and are never opened here."""
+    if path.suffix.lower() != ".safetensors":
+        return "Unknown"
+    try:
+        return arch_from_keys(safetensors_keys(path))
+    except (OSError, ValueError, LorakitError):
+        return "Unknown"
+
+
+def scan_checkpoints(folder: Path) -> list[Checkpoint]:
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in sorted(folder.rglob("*")):
+        if p.suffix.lower() in CHECKPOINT_SUFFIXES and p.is_file():
+            found.append(Checkpoint(path=p, name=p.relative_to(folder).as_posix(), arch=checkpoint_arch(p)))
+    return found
+
+
+def default_config_path() -> Path:
+    env = os.environ.get("TRAIN_STYLE_CONFIG")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "train-style" / "config.toml"
+
+
+@dataclass
+class StandaloneHost:
+    """Folders from command-line flags, then the config file, then defaults under the user's home folder.
+
+    The config file (`~/.config/train-style/config.toml`, or `$TRAIN_STYLE_CONFIG`) may set `home`, `lora_dir`,
+    `models_dir` and `allowed_roots` (a list). `exposed` is True when the app listens beyond this machine.
+    """
+
+    home: Path
+    lora: Path
+    models: Path
+    extra_roots: list[Path] = field(default_factory=list)
+    exposed: bool = False
+    name: str = "standalone"
+
+    @classmethod
+    def from_options(cls, *, home: str | None = None, lora_dir: str | None = None, models_dir: str | None = None,
+                     allow_roots: Sequence[str] = (), config: Path | None = None,
+                     exposed: bool = False) -> "StandaloneHost":
+        cfg_path = config or default_config_path()
+        cfg = read_toml(cfg_path) if cfg_path.is_file() else {}
+        home_dir = Path(home or cfg.get("home") or Path.home() / "train-style").expanduser()
+        models = Path(models_dir or cfg.get("models_dir") or home_dir / "models").expanduser()
+        lora = Path(lora_dir or cfg.get("lora_dir") or models / "Lora").expanduser()
+        roots = [Path(r).expanduser() for r in list(cfg.get("allowed_roots", [])) + list(allow_roots)]
+        return cls(home=home_dir, lora=lora, models=models, extra_roots=roots, exposed=exposed)
+
+    def projects_home(self) -> Path:
+        return self.home
+
+    def lora_dir(self) -> Path:
+        return self.lora
+
+    def models_dir(self) -> Path:
+        return self.models
+
+    def checkpoints(self) -> list[Checkpoint]:
+        return scan_checkpoints(self.models / "Stable-diffusion")
+
+    def allowed_roots(self) -> list[Path]:
+        return [self.home, *self.extra_roots]
+
+    def folder_import_refusal(self) -> Optional[str]:
+        return NETWORK_REFUSAL if self.exposed and not self.extra_roots else None
+
+    def unload_model(self) -> None:
+        """Nothing to unload: no webui model shares the GPU."""
+
+    def reload_model(self) -> None:
+        """Nothing to reload."""
+
+    def refresh_loras(self) -> None:
+        """No Lora list to refresh outside the webui."""

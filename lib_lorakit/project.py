@@ -1,0 +1,283 @@
+"""A project: one folder holding a user's originals, the training dataset, runs and evaluations.
+
+    <home>/<name>/project.toml      settings (name, created, trigger words, base model, notes, …)
+                  originals/        byte-for-byte copies of what the user imported; never modified
+                  dataset/<N>_<concept>/   training copies and captions, in sd-scripts' layout
+                  reg/<N>_<class>/  regularisation images
+                  runs/  eval/      training runs and evaluations (later steps)
+                  .lorakit/         Train Style's own state: index cache, import records, jobs, trash
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+import shutil
+import threading
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from .errors import AlreadyExists, InvalidName, LorakitError, NotFound
+from .images import DEFAULT_MAX_PIXELS, PIL_HARD_LIMIT
+from .paths import check_name
+from .tomlio import read_toml, write_toml
+
+PROJECT_FILE = "project.toml"
+STATE_DIR = ".lorakit"
+ConceptKind = Literal["dataset", "reg"]
+KIND_FOLDERS: dict[str, str] = {"dataset": "dataset", "reg": "reg"}
+CONCEPT_FOLDER = re.compile(r"^(\d+)_(.+)$")
+MAX_REPEATS = 10_000
+
+
+@dataclass(frozen=True)
+class ProjectSettings:
+    """What `project.toml` holds. The field list is the schema: `from_dict` validates against it."""
+
+    name: str
+    created: str = ""
+    trigger_words: tuple[str, ...] = ()
+    base_model: str = ""
+    notes: str = ""
+    resolution: int = 512
+    caption_extension: str = ".txt"
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    near_duplicate_distance: int = 6
+    background: str = "#ffffff"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ProjectSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise LorakitError(f"project.toml: unknown setting(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+        if "name" not in data:
+            raise LorakitError("project.toml: the setting 'name' is missing")
+        d = dict(data)
+        if "trigger_words" in d:
+            d["trigger_words"] = tuple(_expect(d["trigger_words"], list, "trigger_words", "a list of strings"))
+        s = cls(**d)
+        s.validate()
+        return s
+
+    def validate(self) -> None:
+        check_name(self.name, what="project name")
+        for i, w in enumerate(self.trigger_words):
+            _expect(w, str, f"trigger_words[{i}]", "a string")
+        for key in ("base_model", "notes", "created"):
+            _expect(getattr(self, key), str, key, "a string")
+        _int_in(self.resolution, 64, 4096, "resolution")
+        _int_in(self.max_image_pixels, 1, PIL_HARD_LIMIT, "max_image_pixels")
+        _int_in(self.near_duplicate_distance, 0, 32, "near_duplicate_distance")
+        if self.caption_extension not in (".txt", ".caption"):
+            raise LorakitError(f"caption_extension: expected '.txt' or '.caption', got {self.caption_extension!r}")
+        if not re.fullmatch(r"#[0-9a-fA-F]{6}", str(self.background)):
+            raise LorakitError(f"background: expected a colour like '#ffffff', got {self.background!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["trigger_words"] = list(self.trigger_words)
+        return d
+
+    @property
+    def background_rgb(self) -> tuple[int, int, int]:
+        h = self.background.lstrip("#")
+        return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
+
+
+def _expect(value: Any, kind: type, path: str, wanted: str) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise LorakitError(f"{path}: expected {wanted}, got {value!r}")
+    return value
+
+
+def _int_in(value: Any, lo: int, hi: int, path: str) -> None:
+    _expect(value, int, path, f"an integer from {lo} to {hi}")
+    if not lo <= value <= hi:
+        raise LorakitError(f"{path}: expected an integer from {lo} to {hi}, got {value}")
+
+
+@dataclass(frozen=True)
+class Concept:
+    """One `<repeats>_<name>` folder under `dataset/` (a concept) or `reg/` (a regularisation set)."""
+
+    name: str
+    repeats: int
+    kind: ConceptKind
+    folder: Path = field(compare=False)
+
+    @property
+    def folder_name(self) -> str:
+        return self.folder.name
+
+    @property
+    def relpath(self) -> str:
+        return f"{KIND_FOLDERS[self.kind]}/{self.folder.name}"
+
+
+def concept_folder_name(name: str, repeats: int) -> str:
+    check_name(name, what="concept name")
+    check_repeats(repeats)
+    return f"{repeats}_{name}"
+
+
+def check_repeats(repeats: Any) -> int:
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= MAX_REPEATS:
+        raise InvalidName(f"repeats: expected an integer from 1 to {MAX_REPEATS}, got {repeats!r}")
+    return repeats
+
+
+_project_locks: dict[str, threading.RLock] = {}
+_locks_guard = threading.Lock()
+
+
+class Project:
+    """A project folder. Cheap to construct; reads the disk on each call so several windows stay in step."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        if not (self.root / PROJECT_FILE).is_file():
+            raise NotFound(f"No project at {self.root} (it has no {PROJECT_FILE}).")
+
+    # --- settings ---------------------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def settings(self) -> ProjectSettings:
+        return ProjectSettings.from_dict(read_toml(self.root / PROJECT_FILE))
+
+    def update_settings(self, **changes: Any) -> ProjectSettings:
+        with self.lock():
+            new = ProjectSettings.from_dict({**self.settings.to_dict(), **changes})
+            write_toml(self.root / PROJECT_FILE, new.to_dict())
+            return new
+
+    def lock(self) -> threading.RLock:
+        """One lock per project folder for work that changes its layout (imports, renames)."""
+        key = str(self.root.resolve())
+        with _locks_guard:
+            return _project_locks.setdefault(key, threading.RLock())
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    # --- concepts ---------------------------------------------------------------------------------------------
+    def concepts(self, kind: ConceptKind | None = None) -> list[Concept]:
+        kinds = [kind] if kind else list(KIND_FOLDERS)
+        found = []
+        for k in kinds:
+            for folder, match in self._numbered_folders(k):
+                found.append(Concept(name=match.group(2), repeats=int(match.group(1)), kind=k, folder=folder))
+        return found
+
+    def stray_folders(self) -> list[str]:
+        """Folders under dataset/ and reg/ that sd-scripts would skip because they lack the `N_` prefix."""
+        stray = []
+        for k, sub in KIND_FOLDERS.items():
+            base = self.root / sub
+            if base.is_dir():
+                stray += [f"{sub}/{p.name}" for p in sorted(base.iterdir())
+                          if p.is_dir() and not p.name.startswith(".") and not CONCEPT_FOLDER.match(p.name)]
+        return stray
+
+    def _numbered_folders(self, kind: ConceptKind) -> Iterator[tuple[Path, re.Match]]:
+        base = self.root / KIND_FOLDERS[kind]
+        if not base.is_dir():
+            return
+        matches = [(p, CONCEPT_FOLDER.match(p.name)) for p in base.iterdir() if p.is_dir()]
+        yield from sorted(((p, m) for p, m in matches if m), key=lambda pm: (pm[1].group(2).lower(), pm[0].name))
+
+    def concept(self, name: str, kind: ConceptKind = "dataset") -> Concept:
+        for c in self.concepts(kind):
+            if c.name == name:
+                return c
+        have = ", ".join(c.name for c in self.concepts(kind)) or "none yet"
+        label = "regularisation set" if kind == "reg" else "concept"
+        raise NotFound(f"No {label} named {name!r} in project {self.name!r} (have: {have}).")
+
+    def add_concept(self, name: str, repeats: int = 1, kind: ConceptKind = "dataset") -> Concept:
+        folder_name = concept_folder_name(name, repeats)
+        with self.lock():
+            if any(c.name == name for c in self.concepts(kind)):
+                raise AlreadyExists(f"Project {self.name!r} already has a {kind} folder named {name!r}.")
+            folder = self.root / KIND_FOLDERS[kind] / folder_name
+            folder.mkdir(parents=True)
+            return Concept(name=name, repeats=repeats, kind=kind, folder=folder)
+
+    def ensure_concept(self, name: str, repeats: int | None = None, kind: ConceptKind = "dataset") -> Concept:
+        try:
+            c = self.concept(name, kind)
+        except NotFound:
+            return self.add_concept(name, repeats or 1, kind)
+        if repeats is not None and repeats != c.repeats:
+            c = self.set_repeats(name, repeats, kind)
+        return c
+
+    def rename_concept(self, old: str, new: str, kind: ConceptKind = "dataset") -> Concept:
+        with self.lock():
+            c = self.concept(old, kind)
+            if old == new:
+                return c
+            if any(x.name == new for x in self.concepts(kind)):
+                raise AlreadyExists(f"Project {self.name!r} already has a {kind} folder named {new!r}.")
+            return self._move(c, concept_folder_name(new, c.repeats))
+
+    def set_repeats(self, name: str, repeats: int, kind: ConceptKind = "dataset") -> Concept:
+        with self.lock():
+            c = self.concept(name, kind)
+            return c if repeats == c.repeats else self._move(c, concept_folder_name(name, repeats))
+
+    def _move(self, c: Concept, folder_name: str) -> Concept:
+        target = c.folder.parent / folder_name
+        if target.exists():
+            raise AlreadyExists(f"{c.relpath} cannot become {target.name}: that folder exists.")
+        c.folder.rename(target)
+        m = CONCEPT_FOLDER.match(folder_name)
+        return Concept(name=m.group(2), repeats=int(m.group(1)), kind=c.kind, folder=target)
+
+    def remove_concept(self, name: str, kind: ConceptKind = "dataset") -> Path:
+        """Move the folder into the project's trash (originals stay); return where it went."""
+        with self.lock():
+            c = self.concept(name, kind)
+            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+            trash = self.state_dir / "trash" / f"{stamp}_{kind}_{c.folder.name}"
+            trash.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(c.folder), str(trash))
+            return trash
+
+
+class Workspace:
+    """The projects home: a folder of project folders."""
+
+    def __init__(self, home: Path):
+        self.home = Path(home)
+
+    def list(self) -> list[Project]:
+        if not self.home.is_dir():
+            return []
+        return [Project(p) for p in sorted(self.home.iterdir(), key=lambda p: p.name.lower())
+                if (p / PROJECT_FILE).is_file()]
+
+    def open(self, name: str) -> Project:
+        check_name(name, what="project name")
+        path = self.home / name
+        if not (path / PROJECT_FILE).is_file():
+            have = ", ".join(p.name for p in self.list()) or "none yet"
+            raise NotFound(f"No project named {name!r} in {self.home} (have: {have}).")
+        return Project(path)
+
+    def create(self, name: str, **settings: Any) -> Project:
+        check_name(name, what="project name")
+        created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        s = ProjectSettings.from_dict({"name": name, "created": created, **settings})
+        path = self.home / name
+        if path.exists():
+            raise AlreadyExists(f"A project or folder named {name!r} already exists in {self.home}.")
+        for sub in ("originals", "dataset", "reg", "runs", "eval", STATE_DIR):
+            (path / sub).mkdir(parents=True, exist_ok=True)
+        write_toml(path / PROJECT_FILE, s.to_dict())
+        return Project(path)

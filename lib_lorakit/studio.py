@@ -1,0 +1,114 @@
+"""The operations the tab, the CLI and the HTTP API share, bound to one Host.
+
+Each method validates at the edge (names, paths against the allowed roots) and makes one core call, so the
+three front ends behave and word their errors identically.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from .dataset.balance import RepeatChange, plan_balance
+from .dataset.importer import ImportReport, import_paths, import_sources, sources_from_uploads
+from .dataset.report import DatasetReport, build_report
+from .errors import PathNotAllowed
+from .host import Host
+from .jobs import JobManager, JobState, ProgressFn, job_manager
+from .paths import resolve_inside
+from .project import ConceptKind, Project, Workspace
+
+
+class Studio:
+    def __init__(self, host: Host):
+        self.host = host
+
+    @property
+    def workspace(self) -> Workspace:
+        return Workspace(self.host.projects_home())
+
+    @property
+    def jobs(self) -> JobManager:
+        return job_manager(self.host.projects_home())
+
+    # --- projects -------------------------------------------------------------------------------------------------
+    def projects(self) -> list[Project]:
+        return self.workspace.list()
+
+    def project(self, name: str) -> Project:
+        return self.workspace.open(name)
+
+    def create_project(self, name: str, **settings: Any) -> Project:
+        return self.workspace.create(name, **settings)
+
+    def report(self, name: str) -> DatasetReport:
+        return build_report(self.project(name))
+
+    # --- import ---------------------------------------------------------------------------------------------------
+    def check_server_paths(self, paths: Sequence[str]) -> list[Path]:
+        """Refuse the whole request if server-side import is off or any path lies outside the allowed roots."""
+        refusal = self.host.folder_import_refusal()
+        if refusal:
+            raise PathNotAllowed(refusal)
+        if not paths:
+            raise PathNotAllowed("No folder or file was given.")
+        return [resolve_inside(p, self.host.allowed_roots()) for p in paths]
+
+    def import_paths(self, name: str, paths: Sequence[str], *, concept: str = "", repeats: int | None = None,
+                     kind: ConceptKind = "dataset", progress: Optional[ProgressFn] = None,
+                     cancel: Optional[threading.Event] = None) -> ImportReport:
+        project = self.project(name)
+        self.check_server_paths(paths)
+        return import_paths(project, paths, self.host.allowed_roots(), concept=concept, repeats=repeats, kind=kind,
+                            progress=progress, cancel=cancel)
+
+    def import_uploads(self, name: str, files: Sequence[tuple[Path, str]], *, concept: str = "",
+                       repeats: int | None = None, kind: ConceptKind = "dataset",
+                       progress: Optional[ProgressFn] = None,
+                       cancel: Optional[threading.Event] = None) -> ImportReport:
+        """Files the server received by upload (temporary path, the name the user's file had)."""
+        project = self.project(name)
+        return import_sources(project, sources_from_uploads(files), concept=concept, repeats=repeats, kind=kind,
+                              progress=progress, cancel=cancel)
+
+    def start_import(self, name: str, *, paths: Sequence[str] = (), uploads: Sequence[tuple[Path, str]] = (),
+                     concept: str = "", repeats: int | None = None, kind: ConceptKind = "dataset") -> JobState:
+        """The same imports as a background job (the UI and `background: true` in the API use this)."""
+        self.project(name)
+        if paths:
+            self.check_server_paths(paths)
+
+        def work(progress: ProgressFn, cancel: threading.Event) -> dict:
+            report = ImportReport()
+            if uploads:
+                report = self.import_uploads(name, uploads, concept=concept, repeats=repeats, kind=kind,
+                                             progress=progress, cancel=cancel)
+            if paths and not cancel.is_set():
+                more = self.import_paths(name, paths, concept=concept, repeats=repeats, kind=kind,
+                                         progress=progress, cancel=cancel)
+                report = _merge(report, more)
+            return report.to_dict()
+
+        count = len(uploads) + len(paths)
+        return self.jobs.start(kind="import", project=name, title=f"Import {count} item(s) into {name}", work=work)
+
+    # --- concepts -------------------------------------------------------------------------------------------------
+    def balance_plan(self, name: str, target: int | None = None, kind: ConceptKind = "dataset") -> list[RepeatChange]:
+        project = self.project(name)
+        report = build_report(project)
+        rows = [(c.name, c.images, c.repeats) for c in report.concepts if c.kind == kind]
+        return plan_balance(rows, target)
+
+    def apply_balance(self, name: str, plan: Sequence[RepeatChange], kind: ConceptKind = "dataset") -> None:
+        project = self.project(name)
+        for change in plan:
+            if change.new_repeats != change.repeats:
+                project.set_repeats(change.concept, change.new_repeats, kind)
+
+
+def _merge(a: ImportReport, b: ImportReport) -> ImportReport:
+    return ImportReport(imported=a.imported + b.imported, already=a.already + b.already,
+                        skipped=a.skipped + b.skipped, warnings=a.warnings + b.warnings,
+                        duplicates=a.duplicates + [g for g in b.duplicates if g not in a.duplicates],
+                        cancelled=a.cancelled or b.cancelled)

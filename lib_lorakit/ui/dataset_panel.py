@@ -1,0 +1,229 @@
+"""The Dataset panel: projects, import by upload or folder, concepts and repeats, the report and the gallery."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+
+from ..dataset.importer import remove_copies
+from ..dataset.report import build_report
+from ..dataset.thumbs import thumbnail
+from ..errors import LorakitError
+from ..jobs import JobState
+from ..studio import Studio
+from . import render
+from .compat import uploaded
+
+GALLERY_LIMIT = 120
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Show LorakitError to the user with the same text the CLI prints."""
+    def wrapper(*args):  # no annotations: gradio inspects the handler's type hints
+        try:
+            return fn(*args)
+        except LorakitError as e:
+            raise gr.Error(str(e)) from e
+    wrapper.__name__ = getattr(fn, "__name__", "train_style_handler")
+    return wrapper
+
+
+class DatasetPanel:
+    def __init__(self, studio: Studio):
+        self.studio = studio
+
+    # --- layout ---------------------------------------------------------------------------------------------------
+    def render(self) -> None:
+        with gr.Row():
+            self.project = gr.Dropdown(label="Project", choices=self._project_names(), elem_id="train_style_project",
+                                       interactive=True)
+            self.refresh_projects = gr.Button("↻", elem_id="train_style_refresh_projects", scale=0, min_width=40)
+            self.new_name = gr.Textbox(label="New project", placeholder="my-style", elem_id="train_style_new_name")
+            self.create = gr.Button("Create project", elem_id="train_style_create", variant="primary")
+        with gr.Row():
+            with gr.Column():
+                self.upload = gr.File(label="Drop images and their .txt captions here", file_count="multiple",
+                                      elem_id="train_style_upload")
+                self.import_uploads = gr.Button("Import uploaded files", elem_id="train_style_import_uploads")
+            with gr.Column():
+                self.folder = gr.Textbox(label="Or a folder on this server (inside the allowed folders)",
+                                         elem_id="train_style_folder")
+                self.import_folder = gr.Button("Import folder", elem_id="train_style_import_folder")
+                with gr.Row():
+                    self.concept = gr.Textbox(label="Concept (default: the project's name)",
+                                              elem_id="train_style_concept")
+                    self.repeats = gr.Number(label="Repeats", value=1, precision=0, minimum=1,
+                                             elem_id="train_style_repeats")
+                    self.reg = gr.Checkbox(label="Regularisation set", elem_id="train_style_reg")
+        with gr.Row():
+            self.job = gr.HTML(render.job_html(None), elem_id="train_style_job_box")
+            self.cancel = gr.Button("Cancel import", elem_id="train_style_cancel", scale=0)
+            self.refresh = gr.Button("refresh", elem_id="train_style_refresh", elem_classes=["ts-hidden"])
+        self.import_result = gr.HTML(elem_id="train_style_import_result")
+        with gr.Accordion("Concepts and repeats", open=False):
+            with gr.Row():
+                self.concept_pick = gr.Dropdown(label="Concept folder", choices=[], elem_id="train_style_concept_pick")
+                self.concept_name = gr.Textbox(label="Name", elem_id="train_style_concept_name")
+                self.concept_repeats = gr.Number(label="Repeats", value=1, precision=0, minimum=1,
+                                                 elem_id="train_style_concept_repeats")
+            with gr.Row():
+                self.add_concept = gr.Button("Add", elem_id="train_style_add_concept")
+                self.rename_concept = gr.Button("Rename", elem_id="train_style_rename_concept")
+                self.set_repeats = gr.Button("Set repeats", elem_id="train_style_set_repeats")
+                self.remove_concept = gr.Button("Move to trash", elem_id="train_style_remove_concept")
+            with gr.Row():
+                self.balance_target = gr.Number(label="Images × repeats per concept (empty: the largest now)",
+                                                precision=0, elem_id="train_style_balance_target")
+                self.preview_balance = gr.Button("Preview balance", elem_id="train_style_preview_balance")
+                self.apply_balance = gr.Button("Apply balance", elem_id="train_style_apply_balance")
+            self.balance = gr.HTML(elem_id="train_style_balance")
+        self.report = gr.HTML(elem_id="train_style_report")
+        self.drop_dups = gr.Button("Move extra copies of exact duplicates to the trash", elem_id="train_style_drop_dups")
+        self.gallery = gr.Gallery(label="Training images", columns=8, height="auto", elem_id="train_style_gallery")
+
+    # --- events ---------------------------------------------------------------------------------------------------
+    def register(self) -> None:
+        views = [self.report, self.gallery, self.concept_pick, self.job]
+        self.refresh_projects.click(self._refresh_projects, [self.project], [self.project])
+        self.create.click(user_errors(self._create), [self.new_name], [self.project, self.new_name])
+        self.project.change(user_errors(self._views), [self.project], views)
+        self.import_uploads.click(user_errors(self._start_uploads),
+                                  [self.project, self.upload, self.concept, self.repeats, self.reg], [self.job])
+        self.import_folder.click(user_errors(self._start_folder),
+                                 [self.project, self.folder, self.concept, self.repeats, self.reg], [self.job])
+        self.refresh.click(user_errors(self._finished), [self.project], views + [self.import_result, self.upload])
+        self.cancel.click(user_errors(self._cancel), [self.project], [self.job])
+        concept_in = [self.project, self.concept_pick, self.concept_name, self.concept_repeats]
+        for button, op in ((self.add_concept, "add"), (self.rename_concept, "rename"),
+                           (self.set_repeats, "repeats"), (self.remove_concept, "remove")):
+            button.click(user_errors(functools.partial(self._concept_op, op)), concept_in, views)
+        self.concept_pick.change(self._pick_concept, [self.concept_pick], [self.concept_name, self.concept_repeats])
+        self.preview_balance.click(user_errors(self._preview_balance), [self.project, self.balance_target],
+                                   [self.balance])
+        self.apply_balance.click(user_errors(self._apply_balance), [self.project, self.balance_target],
+                                 [self.balance] + views)
+        self.drop_dups.click(user_errors(self._drop_dups), [self.project], views)
+
+    def load_event(self, blocks: gr.Blocks) -> None:
+        blocks.load(self._initial, None, [self.project])
+
+    # --- handlers: read values → one core call → updates ------------------------------------------------------------
+    def _project_names(self) -> list[str]:
+        return [p.name for p in self.studio.projects()]
+
+    def _initial(self) -> Any:
+        names = self._project_names()
+        return gr.update(choices=names, value=names[0] if names else None)
+
+    def _refresh_projects(self, current: str | None) -> Any:
+        names = self._project_names()
+        return gr.update(choices=names, value=current if current in names else (names[0] if names else None))
+
+    def _create(self, name: str) -> tuple[Any, Any]:
+        project = self.studio.create_project((name or "").strip())
+        return gr.update(choices=self._project_names(), value=project.name), ""
+
+    def _views(self, name: str | None) -> tuple[Any, Any, Any, str]:
+        if not name:
+            return "", [], gr.update(choices=[], value=None), render.job_html(None)
+        project = self.studio.project(name)
+        report = build_report(project)
+        images = []
+        for e in report.entries[:GALLERY_LIMIT]:
+            thumb = thumbnail(project, e.path, e.sha256) if not e.problem else None
+            if thumb:
+                images.append((str(thumb), e.path.split("/", 1)[1]))
+        html = render.report_html(report)
+        if len(report.entries) > GALLERY_LIMIT:
+            html += f"<p>The gallery shows the first {GALLERY_LIMIT} of {len(report.entries)} images.</p>"
+        folders = [c.relpath for c in project.concepts()]
+        jobs = self.studio.jobs.list(name, limit=1)
+        active = jobs[0] if jobs and jobs[0].active else None
+        return html, images, gr.update(choices=folders, value=folders[0] if folders else None), render.job_html(active)
+
+    def _options(self, concept: str, repeats: float | None, reg: bool) -> dict:
+        return {"concept": (concept or "").strip(), "repeats": int(repeats) if repeats else None,
+                "kind": "reg" if reg else "dataset"}
+
+    def _need_project(self, name: str | None) -> str:
+        if not name:
+            raise LorakitError("Choose or create a project first.")
+        return name
+
+    def _start_uploads(self, name: str, files: Any, concept: str, repeats: float, reg: bool) -> str:
+        files = uploaded(files)
+        if not files:
+            raise LorakitError("Drop some images on the upload box first.")
+        job = self.studio.start_import(self._need_project(name), uploads=files, **self._options(concept, repeats, reg))
+        return render.job_html(job)
+
+    def _start_folder(self, name: str, folder: str, concept: str, repeats: float, reg: bool) -> str:
+        if not (folder or "").strip():
+            raise LorakitError("Type the folder to import from.")
+        job = self.studio.start_import(self._need_project(name), paths=[folder.strip()],
+                                       **self._options(concept, repeats, reg))
+        return render.job_html(job)
+
+    def _finished(self, name: str | None) -> tuple:
+        views = self._views(name)
+        jobs = self.studio.jobs.list(name, limit=1) if name else []
+        last: JobState | None = jobs[0] if jobs else None
+        result = ""
+        if last and last.result:
+            result = render.import_html(last.result)
+        elif last and last.error:
+            result = render.error_html(last.error)
+        return (*views, result, None)
+
+    def _cancel(self, name: str | None) -> str:
+        jobs = [j for j in self.studio.jobs.list(name) if j.active] if name else []
+        for job in jobs:
+            self.studio.jobs.cancel(job.id)
+        return render.job_html(self.studio.jobs.get(jobs[0].id) if jobs else None)
+
+    def _pick_concept(self, relpath: str | None) -> tuple[Any, Any]:
+        if not relpath:
+            return "", 1
+        repeats, name = relpath.split("/", 1)[1].split("_", 1)
+        return name, int(repeats)
+
+    def _concept_op(self, op: str, name: str, relpath: str | None, new_name: str, repeats: float) -> tuple:
+        project = self.studio.project(self._need_project(name))
+        kind = "reg" if relpath and relpath.startswith("reg/") else "dataset"
+        current = self._pick_concept(relpath)[0] if relpath else ""
+        new_name = (new_name or "").strip()
+        if op == "add":
+            project.add_concept(new_name, int(repeats or 1))
+        elif not current:
+            raise LorakitError("Choose a concept folder first.")
+        elif op == "rename":
+            project.rename_concept(current, new_name, kind)
+        elif op == "repeats":
+            project.set_repeats(current, int(repeats or 1), kind)
+        else:
+            project.remove_concept(current, kind)
+        return self._views(name)
+
+    def _preview_balance(self, name: str, target: float | None) -> str:
+        plan = self.studio.balance_plan(self._need_project(name), int(target) if target else None)
+        return render.balance_html(plan)
+
+    def _apply_balance(self, name: str, target: float | None) -> tuple:
+        plan = self.studio.balance_plan(self._need_project(name), int(target) if target else None)
+        self.studio.apply_balance(name, plan)
+        return (render.balance_html(self.studio.balance_plan(name, int(target) if target else None)),
+                *self._views(name))
+
+    def _drop_dups(self, name: str) -> tuple:
+        project = self.studio.project(self._need_project(name))
+        report = build_report(project)
+        extra = [img for g in report.duplicates if g.kind == "exact" for img in g.images[1:]]
+        remove_copies(project, extra)
+        return self._views(name)
+
+
+def asset_path(name: str) -> Path:
+    return Path(__file__).resolve().parents[2] / name

@@ -1,0 +1,21 @@
+"""The Train Style tab: one gr.Blocks holding the panels, used by the webui and by the standalone app."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ..host import Host
+from ..studio import Studio
+from .dataset_panel import DatasetPanel
+
+
+def build_tab(host: Host) -> gr.Blocks:
+    studio = Studio(host)
+    with gr.Blocks(analytics_enabled=False, elem_id="train_style_tab") as blocks:
+        with gr.Tabs(elem_id="train_style_tabs"):
+            with gr.Tab("Dataset", elem_id="train_style_dataset_tab"):
+                dataset = DatasetPanel(studio)
+                dataset.render()
+        dataset.register()
+        dataset.load_event(blocks)
+    return blocks
