@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from .server import serve  # gradio is imported only for the app
+    from .ui.app import serve  # gradio is imported only for the app
 
     host = StandaloneHost.from_options(home=args.home, lora_dir=args.lora_dir, models_dir=args.models_dir,
                                        allow_roots=args.allow_root, config=args.config,

@@ -22,6 +22,9 @@ from .fsutil import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 ACTIVE = ("queued", "running")
+# Jobs started by this process. A job file naming our pid but absent here was left by an earlier process that
+# had the same pid (common in containers), so it is not running.
+_STARTED_HERE: set[str] = set()
 ProgressFn = Callable[[int, int, str], None]
 
 
@@ -77,7 +80,6 @@ class JobManager:
         self.min_write_interval = min_write_interval
         self._cancel: dict[str, threading.Event] = {}
         self._threads: dict[str, threading.Thread] = {}
-        self._owned: set[str] = set()
         self._lock = threading.Lock()
 
     def start(self, *, kind: str, project: str, title: str,
@@ -87,7 +89,7 @@ class JobManager:
         cancel = threading.Event()
         with self._lock:
             self._cancel[job.id] = cancel
-            self._owned.add(job.id)
+            _STARTED_HERE.add(job.id)
         self._write(job)
         thread = threading.Thread(target=self._run, args=(job, work, cancel), name=f"train-style-{kind}-{job.id}",
                                   daemon=True)
@@ -133,7 +135,7 @@ class JobManager:
         return self._revive(JobState(**data))
 
     def _revive(self, job: JobState) -> JobState:
-        orphaned = job.active and (job.id not in self._owned if job.pid == os.getpid() else not _alive(job.pid))
+        orphaned = job.active and (job.id not in _STARTED_HERE if job.pid == os.getpid() else not _alive(job.pid))
         if orphaned:
             job.state = "interrupted"
             job.error = ("The server stopped while this job was running. What it finished is kept; run it again "

@@ -56,7 +56,7 @@ class ProjectSettings:
             raise LorakitError("project.toml: the setting 'name' is missing")
         d = dict(data)
         if "trigger_words" in d:
-            d["trigger_words"] = tuple(_expect(d["trigger_words"], list, "trigger_words", "a list of strings"))
+            d["trigger_words"] = tuple(_expect(d["trigger_words"], (list, tuple), "trigger_words", "a list of strings"))
         s = cls(**d)
         s.validate()
         return s

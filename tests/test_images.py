@@ -11,8 +11,16 @@ import pytest
 from awkward import RED, composite, encode, jpeg_bytes, pattern, png_header_only, stored_for_orientation
 from PIL import Image
 
-from lib_lorakit.images import (ImageHeader, ImageProblem, LoadedImage, describe_unsupported, hamming,
-                                open_training_image, perceptual_hash, read_header)
+from lib_lorakit.images import (
+    ImageHeader,
+    ImageProblem,
+    LoadedImage,
+    describe_unsupported,
+    hamming,
+    open_training_image,
+    perceptual_hash,
+    read_header,
+)
 
 
 def write(path: Path, data: bytes) -> Path:
@@ -35,7 +43,7 @@ def problem(path: Path, **kwargs) -> str:
 
 
 def close(actual, expected, tolerance: int) -> bool:
-    return all(abs(int(a) - int(e)) <= tolerance for a, e in zip(actual, expected))
+    return all(abs(int(a) - int(e)) <= tolerance for a, e in zip(actual, expected, strict=True))
 
 
 # --- orientation ------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from PIL import Image
 from lib_lorakit.dataset.balance import plan_balance
 from lib_lorakit.dataset.report import build_report
 from lib_lorakit.errors import AlreadyExists, InvalidName, LorakitError, NotFound
-from lib_lorakit.project import PROJECT_FILE, Project, ProjectSettings, Workspace
+from lib_lorakit.project import PROJECT_FILE, Project, ProjectSettings
 from lib_lorakit.tomlio import read_toml
 
 
@@ -116,7 +116,7 @@ def test_from_dict_without_a_name():
 def test_broken_project_toml_is_a_clear_error(project):
     (project.root / PROJECT_FILE).write_text("name = [unclosed")
     with pytest.raises(LorakitError, match="not valid TOML"):
-        project.settings
+        _ = project.settings
 
 
 # --- concepts ---------------------------------------------------------------------------------------------------

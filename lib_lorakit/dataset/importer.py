@@ -236,7 +236,7 @@ def import_sources(project: Project, sources: Sequence[ImportSource], *, concept
     index = DatasetIndex(project)
     index.add(new_entries)
     everything = [e for e in index.scan() if not e.problem]
-    touched = {i.image for i in report.imported} | {i.image for i in report.already}
+    touched = {i.image for i in report.imported}
     report.duplicates = [g for g in find_duplicates([(e.path, e.sha256, e.phash_int) for e in everything],
                                                     project.settings.near_duplicate_distance)
                          if touched.intersection(g.images)]
@@ -250,8 +250,10 @@ def _import_one(project: Project, source: ImportSource, folder: Path, records: "
     original, sha = _keep_original(project, source.path)
     key = records.key(sha, source.path.name, folder)
     previous = records.get(key)
-    if previous and (project.root / previous["image"]).is_file():
-        report.already.append(ImportedImage(source=source.display, image=previous["image"],
+    # the concept's folder may have been renamed since (new repeats): look for the copy where it is now
+    existing = folder / Path(previous["image"]).name if previous else None
+    if existing and existing.is_file():
+        report.already.append(ImportedImage(source=source.display, image=existing.relative_to(project.root).as_posix(),
                                             width=previous.get("width", 0), height=previous.get("height", 0)))
         return None
     # b. decode and normalise

@@ -64,12 +64,15 @@ class DatasetIndex:
         self.file = project.state_dir / "index.json"
 
     def _load(self) -> dict[str, IndexEntry]:
-        data = read_json(self.file, default={}) or {}
-        if data.get("version") != INDEX_VERSION:
+        try:
+            data = read_json(self.file, default={}) or {}
+        except ValueError:  # a damaged cache is rebuilt, never fatal
+            return {}
+        if not isinstance(data, dict) or data.get("version") != INDEX_VERSION:
             return {}
         try:
             return {k: IndexEntry(**v) for k, v in data.get("entries", {}).items()}
-        except TypeError:
+        except (TypeError, AttributeError):
             return {}
 
     def _save(self, entries: dict[str, IndexEntry]) -> None:

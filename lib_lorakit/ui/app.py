@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
-from . import api
-from .host import StandaloneHost
+from .. import api
+from ..host import StandaloneHost
 
 log = logging.getLogger(__name__)
 
@@ -15,9 +15,9 @@ def build_app(host: StandaloneHost):
     """The gr.Blocks of the app (tab + page script + style), not yet launched."""
     import gradio as gr
 
-    from .ui.compat import on_load_js
-    from .ui.dataset_panel import asset_path
-    from .ui.tab import build_tab
+    from .compat import on_load_js
+    from .dataset_panel import asset_path
+    from .tab import build_tab
 
     css = asset_path("style.css").read_text(encoding="utf-8")
     script = asset_path("javascript/train_style.js").read_text(encoding="utf-8")

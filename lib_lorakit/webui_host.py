@@ -1,0 +1,107 @@
+"""The Host inside the AUTOMATIC1111 webui (and Forge). The only module that imports the webui's `modules`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+from fastapi import HTTPException, Request
+
+from . import api
+from .host import NETWORK_REFUSAL, Checkpoint, checkpoint_arch
+
+log = logging.getLogger(__name__)
+
+
+class WebuiHost:
+    name = "webui"
+
+    def _opt(self, key: str) -> str:
+        from modules import shared
+
+        return str(getattr(shared.opts, key, "") or "").strip()
+
+    def projects_home(self) -> Path:
+        from modules import paths_internal, shared
+
+        configured = self._opt("train_style_home") or getattr(shared.cmd_opts, "train_style_home", None)
+        return Path(configured or Path(paths_internal.data_path) / "train-style").expanduser()
+
+    def lora_dir(self) -> Path:
+        from modules import paths_internal, shared
+
+        return Path(getattr(shared.cmd_opts, "lora_dir", None) or Path(paths_internal.models_path) / "Lora")
+
+    def models_dir(self) -> Path:
+        from modules import paths_internal
+
+        return Path(paths_internal.models_path)
+
+    def checkpoints(self) -> list[Checkpoint]:
+        from modules import sd_models
+
+        return [Checkpoint(path=Path(info.filename), name=info.title, arch=checkpoint_arch(Path(info.filename)))
+                for info in sd_models.checkpoints_list.values()]
+
+    def extra_roots(self) -> list[Path]:
+        raw = self._opt("train_style_allowed_roots").replace(";", "\n")
+        return [Path(line.strip()).expanduser() for line in raw.splitlines() if line.strip()]
+
+    def allowed_roots(self) -> list[Path]:
+        return [self.projects_home(), *self.extra_roots()]
+
+    def folder_import_refusal(self) -> Optional[str]:
+        from modules import shared
+
+        exposed = bool(getattr(shared.cmd_opts, "disable_extension_access", False))
+        return NETWORK_REFUSAL if exposed and not self.extra_roots() else None
+
+    def unload_model(self) -> None:
+        from modules import sd_models
+
+        sd_models.unload_model_weights()
+
+    def reload_model(self) -> None:
+        from modules import sd_models, shared
+
+        if shared.sd_model is not None:
+            sd_models.send_model_to_device(shared.sd_model)
+
+    def refresh_loras(self) -> None:
+        networks = sys.modules.get("networks")
+        if networks is not None and hasattr(networks, "list_available_networks"):
+            networks.list_available_networks()
+
+
+_host: Optional[WebuiHost] = None
+
+
+def host() -> WebuiHost:
+    """One host per webui process; lives in this module, which stays imported across "Reload UI"."""
+    global _host
+    if _host is None:
+        _host = WebuiHost()
+    return _host
+
+
+def login_check(app):
+    """Our routes are not behind gradio's login: require its session cookie when the webui uses --gradio-auth."""
+    def authorize(request: Request) -> None:
+        if not getattr(app, "auth", None):
+            return
+        tokens = getattr(app, "tokens", {}) or {}
+        for cookie in ("access-token", "access-token-unsecure"):
+            token = request.cookies.get(cookie)
+            if token and token in tokens:
+                return
+        raise HTTPException(status_code=401, detail="Log in to the webui first.")
+    return authorize
+
+
+def mount_api(app) -> None:
+    h = host()
+    h.projects_home().mkdir(parents=True, exist_ok=True)
+    api.mount(app, h, authorize=login_check(app))
+    log.info("Train Style API mounted at %s (projects in %s)", api.PREFIX, h.projects_home())

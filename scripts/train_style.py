@@ -1,0 +1,29 @@
+"""Train Style for the AUTOMATIC1111 webui and Forge: thin glue; everything else lives in lib_lorakit."""
+
+from modules import script_callbacks, shared
+
+from lib_lorakit import webui_host
+
+
+def on_ui_tabs():
+    from lib_lorakit.ui.tab import build_tab
+
+    return [(build_tab(webui_host.host()), "Train Style", "train_style")]
+
+
+def on_ui_settings():
+    section = ("train_style", "Train Style")
+    shared.opts.add_option("train_style_home", shared.OptionInfo(
+        "", "Projects folder (empty: <data dir>/train-style, or --train-style-home)", section=section))
+    shared.opts.add_option("train_style_allowed_roots", shared.OptionInfo(
+        "", "Folders the tab may import from, one per line (the projects folder is always allowed)",
+        section=section))
+
+
+def on_app_started(demo, app):
+    webui_host.mount_api(app)
+
+
+script_callbacks.on_ui_tabs(on_ui_tabs)
+script_callbacks.on_ui_settings(on_ui_settings)
+script_callbacks.on_app_started(on_app_started)
