@@ -1,0 +1,132 @@
+"""The standalone app in headless Chromium: a real server process, a real browser, real files.
+
+Skipped where no Chromium is installed (`apt-get install chromium`); CI installs it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from awkward import build_awkward_folder
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("TRAIN_STYLE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not CHROMIUM, reason="Chromium is not installed (apt-get install chromium)")]
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """The standalone app as its own process, allowed to import from the awkward folder."""
+    tmp = tmp_path_factory.mktemp("app")
+    awk = build_awkward_folder(tmp / "user")
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRAIN_STYLE_CONFIG": str(tmp / "none.toml"),
+           "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = open(tmp / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "lib_lorakit", "--home", str(tmp / "home"), "ui",
+                             "--port", str(port), "--allow-root", str(tmp / "user")],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url + "/train-style/v1/projects", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail("the app exited: " + (tmp / "server.log").read_text())
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("the app did not start: " + (tmp / "server.log").read_text())
+    yield url, awk, tmp
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def page(app):
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM)
+        pg = browser.new_page(viewport={"width": 1300, "height": 1000})
+        pg.goto(app[0])
+        yield pg
+        browser.close()
+
+
+def html_of(page, elem_id: str):
+    return page.locator(f"#{elem_id}").last  # gradio 3 puts the id on the block and on the HTML inside it
+
+
+def test_create_project_upload_and_see_the_report(app, page):
+    url, awk, tmp = app
+    page.fill("#train_style_new_name textarea, #train_style_new_name input", "demo")
+    page.click("#train_style_create")
+    page.wait_for_function("() => document.querySelector('#train_style_project input')?.value === 'demo'")
+    good = [awk.root / "photos" / "rot6.jpg", awk.root / "photos" / "plain.jpg"]
+    bad = [awk.root / rel for rel in awk.bad if rel.endswith((".jpg", ".png")) and (awk.root / rel).is_file()
+           and not (awk.root / rel).is_symlink()][:2]
+    page.locator("#train_style_upload input[type=file]").set_input_files([str(p) for p in good + bad])
+    for path in good + bad:  # the upload box lists each file once the browser has sent it
+        page.locator("#train_style_upload").get_by_text(path.name).first.wait_for(timeout=20_000)
+    page.click("#train_style_import_uploads")
+    result = html_of(page, "train_style_import_result")
+    result.get_by_text("imported,").wait_for(timeout=30_000)
+    text = result.inner_text()
+    assert text.startswith(f"{len(good)} imported"), text
+    for path in bad:
+        assert path.name in text  # each bad upload listed with its reason
+    report = html_of(page, "train_style_report").inner_text()
+    assert f"{len(good)} training images" in report
+    gallery = page.locator("#train_style_gallery img")
+    gallery.first.wait_for(timeout=10_000)
+    assert gallery.count() == len(good)
+    # the training copies on disk are upright RGB
+    folder = tmp / "home" / "demo" / "dataset" / "1_demo"
+    assert sorted(p.stem for p in folder.iterdir() if p.suffix != ".txt") == ["plain", "rot6"]
+    with Image.open(next(folder.glob("rot6.*"))) as im:
+        assert im.mode == "RGB" and im.size == awk.good["photos/rot6.jpg"].size
+
+
+def test_import_a_folder_then_reload_and_find_everything(app, page):
+    url, awk, tmp = app
+    page.fill("#train_style_folder textarea, #train_style_folder input", str(awk.root))
+    page.fill("#train_style_concept textarea, #train_style_concept input", "style")
+    page.click("#train_style_import_folder")
+    result = html_of(page, "train_style_import_result")
+    page.wait_for_function("() => [...document.querySelectorAll('#train_style_import_result')]"
+                           ".some(e => e.innerText.includes('skipped'))", timeout=60_000)
+    text = result.inner_text()
+    assert "outside the allowed folders" in text and "symbolic link loop" in text
+    report = html_of(page, "train_style_report").inner_text()
+    assert "Exact duplicates" in report and "Near duplicates" in report
+    page.reload()
+    page.wait_for_function("() => document.querySelector('#train_style_project input')?.value === 'demo'")
+    html_of(page, "train_style_report").get_by_text("1_style").wait_for(timeout=20_000)
+    if os.environ.get("TRAIN_STYLE_SCREENSHOT"):
+        page.screenshot(path=os.environ["TRAIN_STYLE_SCREENSHOT"], full_page=True)
+
+
+def test_a_folder_outside_the_allowed_roots_is_refused_in_the_tab(app, page):
+    url, awk, tmp = app
+    page.fill("#train_style_folder textarea, #train_style_folder input", str(awk.outside))
+    page.click("#train_style_import_folder")
+    page.get_by_text("outside the allowed folders").first.wait_for(timeout=10_000)
+    assert not any((tmp / "home" / "demo" / "dataset").rglob("secret*"))
