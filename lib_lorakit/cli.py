@@ -154,6 +154,7 @@ def _report(studio: Studio, args: argparse.Namespace) -> tuple[int, Any, str]:
         lines.append(f"  {label}{c.folder}: {c.images} images × {c.repeats} = {c.images_x_repeats}; "
                      f"{len(c.missing_captions)} without captions, {len(c.small_images)} below "
                      f"{report.resolution}px, resolutions {c.resolutions}")
+        lines += [f"    {m}: in a subfolder, which sd-scripts does not read" for m in c.nested_images]
         lines += [f"    {m}: its caption has the wrong extension (the project uses {report.caption_extension})"
                   for m in c.extension_mismatches]
     lines += [f"  {g.kind} duplicates: {', '.join(g.images)}" for g in report.duplicates]

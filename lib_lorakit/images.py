@@ -147,7 +147,7 @@ def _to_rgb(im: Image.Image, *, background: tuple[int, int, int], notes: list[st
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         notes.append(f"converted from {'16-bit' if sixteen_bit else mode + '-mode'} grayscale to 8-bit RGB")
         return Image.fromarray(_to_8bit(np.asarray(im), sixteen_bit=sixteen_bit), "L").convert("RGB")
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info)
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode in ("P", "L", "RGB") and "transparency" in im.info)
     if has_alpha:
         rgba = im.convert("RGBA")
         alpha = np.asarray(rgba)[..., 3]

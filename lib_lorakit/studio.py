@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .dataset.balance import RepeatChange, plan_balance
-from .dataset.importer import ImportReport, import_paths, import_sources, sources_from_uploads
+from .dataset.importer import ImportReport, Verdict, import_paths, import_sources, sources_from_uploads
 from .dataset.report import DatasetReport, build_report
 from .errors import PathNotAllowed
 from .host import Host
@@ -69,8 +69,13 @@ class Studio:
                        cancel: Optional[threading.Event] = None) -> ImportReport:
         """Files the server received by upload (temporary path, the name the user's file had)."""
         project = self.project(name)
-        return import_sources(project, sources_from_uploads(files), concept=concept, repeats=repeats, kind=kind,
-                              progress=progress, cancel=cancel)
+        report = import_sources(project, sources_from_uploads(files), concept=concept, repeats=repeats, kind=kind,
+                                progress=progress, cancel=cancel)
+        for i, verdict in enumerate(report.skipped):
+            if verdict.text.startswith("empty file"):  # gradio sends empty files when Import beats the upload
+                report.skipped[i] = Verdict(verdict.source, verdict.text + ": if it is not empty on your computer, "
+                                            "the upload had not finished; import it again")
+        return report
 
     def start_import(self, name: str, *, paths: Sequence[str] = (), uploads: Sequence[tuple[Path, str]] = (),
                      concept: str = "", repeats: int | None = None, kind: ConceptKind = "dataset") -> JobState:

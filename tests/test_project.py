@@ -252,5 +252,5 @@ def test_balance_edge_cases():
     assert plan_balance([("huge", 1, 1)], target=10**9)[0].new_repeats == 10_000
     assert plan_balance([("a", 1000, 1)], target=1)[0].new_repeats == 1
     assert plan_balance([]) == []
-    with pytest.raises(ValueError, match="target"):
+    with pytest.raises(LorakitError, match="target"):
         plan_balance([("a", 1, 1)], target=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from ..errors import LorakitError
 from ..project import MAX_REPEATS
 
 
@@ -36,7 +37,7 @@ def plan_balance(concepts: Sequence[tuple[str, int, int]], target: int | None = 
     weight. Empty concepts keep their repeats.
     """
     if target is not None and target < 1:
-        raise ValueError(f"target: expected an integer ≥ 1, got {target}")
+        raise LorakitError(f"target: expected an integer ≥ 1, got {target}")
     filled = [c for c in concepts if c[1] > 0]
     goal = target if target is not None else max((n * r for _, n, r in filled), default=0)
     plan = []

@@ -248,7 +248,7 @@ def _import_one(project: Project, source: ImportSource, folder: Path, records: "
     settings = project.settings
     # a. copy and hash the original in one read of the user's file
     original, sha = _keep_original(project, source.path)
-    key = records.key(sha, source.path.name, folder)
+    key = records.key(sha, Path(source.display).name, folder)
     previous = records.get(key)
     # the concept's folder may have been renamed since (new repeats): look for the copy where it is now
     existing = folder / Path(previous["image"]).name if previous else None
@@ -353,7 +353,11 @@ class _Records:
     def __init__(self, project: Project):
         self.project = project
         self.file = project.state_dir / RECORDS_FILE
-        self.data: dict[str, dict] = read_json(self.file, default={}) or {}
+        try:
+            self.data: dict[str, dict] = read_json(self.file, default={}) or {}
+        except ValueError as e:
+            raise LorakitError(f"{self.file} is damaged ({e}); move it aside to import again (files already "
+                               "imported would then be imported a second time).") from e
         self.dirty = False
 
     def key(self, sha: str, name: str, folder: Path) -> str:

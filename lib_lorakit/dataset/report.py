@@ -37,6 +37,7 @@ class ConceptReport:
     extension_mismatches: list[str] = field(default_factory=list)
     orphan_captions: list[str] = field(default_factory=list)
     unreadable: list[dict] = field(default_factory=list)
+    nested_images: list[str] = field(default_factory=list)  # in subfolders, which sd-scripts does not read
 
     @property
     def images_x_repeats(self) -> int:
@@ -47,7 +48,7 @@ class ConceptReport:
                 "images": self.images, "images_x_repeats": self.images_x_repeats, "resolutions": self.resolutions,
                 "small_images": self.small_images, "missing_captions": self.missing_captions,
                 "extension_mismatches": self.extension_mismatches, "orphan_captions": self.orphan_captions,
-                "unreadable": self.unreadable}
+                "unreadable": self.unreadable, "nested_images": self.nested_images}
 
 
 @dataclass
@@ -97,8 +98,9 @@ def build_report(project: Project, progress: Progress = None) -> DatasetReport:
 
 def _fill(report: ConceptReport, folder: Path, by_folder: dict[str, list[IndexEntry]], resolution: int,
           caption_ext: str) -> None:
-    rows = [e for key, group in by_folder.items() if key == report.folder or key.startswith(report.folder + "/")
-            for e in group]
+    rows = by_folder.get(report.folder, [])
+    report.nested_images = sorted(e.path for key, group in by_folder.items() if key.startswith(report.folder + "/")
+                                  for e in group)
     other_ext = [s for s in CAPTION_SUFFIXES if s != caption_ext]
     bands: Counter[str] = Counter()
     image_stems = set()

@@ -30,9 +30,12 @@ def build_app(host: StandaloneHost):
 
 def serve(host: StandaloneHost, *, host_name: str = "127.0.0.1", port: int = 7861, block: bool = True, **kw):
     """Launch the app and mount the API; returns the FastAPI app when `block` is False."""
+    from .compat import GRADIO_MAJOR
+
     host.projects_home().mkdir(parents=True, exist_ok=True)
     app = build_app(host)
-    app.queue()
+    queue_kw = {"concurrency_count": 8} if GRADIO_MAJOR < 4 else {"default_concurrency_limit": 8}
+    app.queue(**queue_kw)
     fastapi_app, local_url, _ = app.launch(server_name=host_name, server_port=port, prevent_thread_lock=True,
                                            show_api=False, inbrowser=False, quiet=True, **kw)
     api.mount(fastapi_app, host)

@@ -15,7 +15,7 @@ def uploaded(files: Any) -> list[tuple[Path, str]]:
     out = []
     for f in files or []:
         path = Path(getattr(f, "name", f))
-        out.append((path, getattr(f, "orig_name", None) or path.name))
+        out.append((path, Path(getattr(f, "orig_name", None) or path).name))
     return out
 
 

@@ -91,9 +91,11 @@ class DatasetPanel:
         self.create.click(user_errors(self._create), [self.new_name], [self.project, self.new_name])
         self.project.change(user_errors(self._views), [self.project], views)
         self.import_uploads.click(user_errors(self._start_uploads),
-                                  [self.project, self.upload, self.concept, self.repeats, self.reg], [self.job])
+                                  [self.project, self.upload, self.concept, self.repeats, self.reg],
+                                  [self.job, self.import_result])
         self.import_folder.click(user_errors(self._start_folder),
-                                 [self.project, self.folder, self.concept, self.repeats, self.reg], [self.job])
+                                 [self.project, self.folder, self.concept, self.repeats, self.reg],
+                                 [self.job, self.import_result])
         self.refresh.click(user_errors(self._finished), [self.project], views + [self.import_result, self.upload])
         self.cancel.click(user_errors(self._cancel), [self.project], [self.job])
         concept_in = [self.project, self.concept_pick, self.concept_name, self.concept_repeats]
@@ -153,19 +155,19 @@ class DatasetPanel:
             raise LorakitError("Choose or create a project first.")
         return name
 
-    def _start_uploads(self, name: str, files: Any, concept: str, repeats: float, reg: bool) -> str:
+    def _start_uploads(self, name: str, files: Any, concept: str, repeats: float, reg: bool) -> tuple[str, str]:
         files = uploaded(files)
         if not files:
             raise LorakitError("Drop some images on the upload box first.")
         job = self.studio.start_import(self._need_project(name), uploads=files, **self._options(concept, repeats, reg))
-        return render.job_html(job)
+        return render.job_html(job), ""
 
-    def _start_folder(self, name: str, folder: str, concept: str, repeats: float, reg: bool) -> str:
+    def _start_folder(self, name: str, folder: str, concept: str, repeats: float, reg: bool) -> tuple[str, str]:
         if not (folder or "").strip():
             raise LorakitError("Type the folder to import from.")
         job = self.studio.start_import(self._need_project(name), paths=[folder.strip()],
                                        **self._options(concept, repeats, reg))
-        return render.job_html(job)
+        return render.job_html(job), ""
 
     def _finished(self, name: str | None) -> tuple:
         views = self._views(name)

@@ -40,6 +40,7 @@ def report_html(report: DatasetReport) -> str:
                   _list(f"{c.folder}: no caption", c.missing_captions),
                   _list(f"{c.folder}: caption not {report.caption_extension}", c.extension_mismatches),
                   _list(f"{c.folder}: captions without an image", c.orphan_captions),
+                  _list(f"{c.folder}: in subfolders, which sd-scripts does not read", c.nested_images),
                   _list(f"{c.folder}: unreadable", [f"{u['image']}: {u['reason']}" for u in c.unreadable])]
     for g in report.duplicates:
         label = "Exact duplicates" if g.kind == "exact" else "Near duplicates"
