@@ -6,7 +6,8 @@ reason when outside); errors carry the same text the tab and the CLI show.
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional
+from collections.abc import Callable
+from typing import Optional
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel
@@ -23,7 +24,7 @@ class NewProject(BaseModel):
 
 
 class ImportRequest(BaseModel):
-    paths: List[str]
+    paths: list[str]
     concept: str = ""
     repeats: Optional[int] = None
     reg: bool = False

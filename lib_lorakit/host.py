@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Protocol, Sequence, runtime_checkable
+from typing import Literal, Optional, Protocol, runtime_checkable
 
 from .errors import LorakitError
 from .paths import resolve_inside
@@ -130,7 +131,7 @@ class StandaloneHost:
     @classmethod
     def from_options(cls, *, home: str | None = None, lora_dir: str | None = None, models_dir: str | None = None,
                      allow_roots: Sequence[str] = (), config: Path | None = None,
-                     exposed: bool = False) -> "StandaloneHost":
+                     exposed: bool = False) -> StandaloneHost:
         cfg_path = config or default_config_path()
         cfg = read_toml(cfg_path) if cfg_path.is_file() else {}
         home_dir = Path(home or cfg.get("home") or Path.home() / "train-style").expanduser()

@@ -153,7 +153,7 @@ def _to_rgb(im: Image.Image, *, background: tuple[int, int, int], notes: list[st
         alpha = np.asarray(rgba)[..., 3]
         if alpha.min() < 255:
             notes.append("transparency composited on " + ("white" if background == (255, 255, 255) else
-                                                            "#%02x%02x%02x" % background))
+                                                            "#{:02x}{:02x}{:02x}".format(*background)))
             canvas = Image.new("RGB", rgba.size, background)
             canvas.paste(rgba, mask=rgba.getchannel("A"))
             return canvas

@@ -13,9 +13,10 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Optional
 
 from .errors import LorakitError, NotFound
 from .fsutil import atomic_write_json, read_json

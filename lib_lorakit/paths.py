@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from .errors import InvalidName, PathNotAllowed
 
@@ -22,7 +22,7 @@ def check_name(name: str, *, what: str = "name") -> str:
     if name != name.strip():
         raise InvalidName(f"The {what} {name!r} starts or ends with a space: remove it.")
     if name in (".", "..") or name.startswith("."):
-        raise InvalidName(f"The {what} {name!r} starts with a dot: folders like that are hidden or escape the project.")
+        raise InvalidName(f"The {what} {name!r} starts with a dot: such folders are hidden or escape the project.")
     bad = sorted({c for c in name if c in _FORBIDDEN_CHARS or unicodedata.category(c).startswith("C")})
     if bad:
         shown = ", ".join(repr(c) for c in bad)

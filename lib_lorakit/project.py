@@ -14,9 +14,10 @@ import datetime as _dt
 import re
 import shutil
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from .errors import AlreadyExists, InvalidName, LorakitError, NotFound
 from .images import DEFAULT_MAX_PIXELS, PIL_HARD_LIMIT
@@ -47,16 +48,18 @@ class ProjectSettings:
     background: str = "#ffffff"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ProjectSettings":
+    def from_dict(cls, data: dict[str, Any]) -> ProjectSettings:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise LorakitError(f"project.toml: unknown setting(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+            raise LorakitError(f"project.toml: unknown setting(s) {', '.join(unknown)}; "
+                               f"allowed: {', '.join(sorted(known))}")
         if "name" not in data:
             raise LorakitError("project.toml: the setting 'name' is missing")
         d = dict(data)
         if "trigger_words" in d:
-            d["trigger_words"] = tuple(_expect(d["trigger_words"], (list, tuple), "trigger_words", "a list of strings"))
+            words = _expect(d["trigger_words"], (list, tuple), "trigger_words", "a list of strings")
+            d["trigger_words"] = tuple(words)
         s = cls(**d)
         s.validate()
         return s
@@ -177,7 +180,7 @@ class Project:
     def stray_folders(self) -> list[str]:
         """Folders under dataset/ and reg/ that sd-scripts would skip because they lack the `N_` prefix."""
         stray = []
-        for k, sub in KIND_FOLDERS.items():
+        for sub in KIND_FOLDERS.values():
             base = self.root / sub
             if base.is_dir():
                 stray += [f"{sub}/{p.name}" for p in sorted(base.iterdir())

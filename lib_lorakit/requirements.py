@@ -7,10 +7,11 @@ upgraded or downgraded; only packages that are absent get installed.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 # The webui 1.10.1 pins (requirements_versions.txt) and Forge's gradio: requirements must admit all of them.
 WEBUI_PINS = {"gradio": "3.41.2", "fastapi": "0.94.0", "transformers": "4.30.2", "accelerate": "0.21.0",

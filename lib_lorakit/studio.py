@@ -7,8 +7,9 @@ three front ends behave and word their errors identically.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from .dataset.balance import RepeatChange, plan_balance
 from .dataset.importer import ImportReport, Verdict, import_paths, import_sources, sources_from_uploads

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -54,7 +55,7 @@ def _near_components(hashes: list[int], max_distance: int) -> list[list[int]]:
         block = h[start:start + 256, None] ^ h[None, :]
         dist = _POPCOUNT[block.view(np.uint8)].reshape(block.shape + (8,)).sum(axis=-1)
         rows, cols = np.nonzero(dist <= max_distance)
-        for r, c in zip(rows.tolist(), cols.tolist()):
+        for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
             a, b = find(start + r), find(c)
             if a != b:
                 parent[a] = b

@@ -14,9 +14,10 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Protocol, Sequence
+from typing import Optional, Protocol
 
 from ..errors import LorakitError, PathNotAllowed
 from ..fsutil import atomic_copy, atomic_save_image, atomic_write_json, atomic_write_text, read_json
@@ -243,7 +244,7 @@ def import_sources(project: Project, sources: Sequence[ImportSource], *, concept
     return report
 
 
-def _import_one(project: Project, source: ImportSource, folder: Path, records: "_Records",
+def _import_one(project: Project, source: ImportSource, folder: Path, records: _Records,
                 report: ImportReport) -> IndexEntry | None:
     settings = project.settings
     # a. copy and hash the original in one read of the user's file
@@ -277,8 +278,9 @@ def _import_one(project: Project, source: ImportSource, folder: Path, records: "
     imported = ImportedImage(source=source.display, image=rel, width=loaded.width, height=loaded.height,
                              notes=tuple(loaded.notes))
     report.imported.append(imported)
-    records.put(key, {"sha256": sha, "source": source.display, "original": original.relative_to(project.root).as_posix(),
-                      "image": rel, "width": loaded.width, "height": loaded.height,
+    records.put(key, {"sha256": sha, "source": source.display,
+                      "original": original.relative_to(project.root).as_posix(), "image": rel,
+                      "width": loaded.width, "height": loaded.height,
                       "imported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
     st = copy.stat()
     return IndexEntry(path=rel, size=st.st_size, mtime_ns=st.st_mtime_ns, width=loaded.width, height=loaded.height,
@@ -312,7 +314,7 @@ def _keep_original(project: Project, path: Path) -> tuple[Path, str]:
         raise
 
 
-def _forget_original(project: Project, original: Path, records: "_Records") -> None:
+def _forget_original(project: Project, original: Path, records: _Records) -> None:
     """Drop the original copy of a file that turned out unusable, unless another import still refers to it."""
     rel = original.relative_to(project.root).as_posix()
     if not any(r.get("original") == rel for r in records.all()):

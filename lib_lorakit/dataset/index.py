@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from ..fsutil import atomic_write_json, read_json
 from ..images import IMAGE_SUFFIXES, ImageProblem, open_training_image, perceptual_hash

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gradio as gr
 
@@ -81,7 +82,8 @@ class DatasetPanel:
                 self.apply_balance = gr.Button("Apply balance", elem_id="train_style_apply_balance")
             self.balance = gr.HTML(elem_id="train_style_balance")
         self.report = gr.HTML(elem_id="train_style_report")
-        self.drop_dups = gr.Button("Move extra copies of exact duplicates to the trash", elem_id="train_style_drop_dups")
+        self.drop_dups = gr.Button("Move extra copies of exact duplicates to the trash",
+                                   elem_id="train_style_drop_dups")
         self.gallery = gr.Gallery(label="Training images", columns=8, height="auto", elem_id="train_style_gallery")
 
     # --- events ---------------------------------------------------------------------------------------------------

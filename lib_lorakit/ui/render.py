@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from html import escape
-from typing import Iterable, Sequence
 
 from ..dataset.balance import RepeatChange
 from ..dataset.report import DatasetReport
@@ -72,7 +72,8 @@ def job_html(job: JobState | None) -> str:
         text += f" — {job.done}/{job.total} {job.message}"
     if job.error:
         text += f" — {job.error}"
-    return (f'<div id="train_style_job" class="ts-job" data-job-id="{escape(job.id)}" data-state="{escape(job.state)}">'
+    return (f'<div id="train_style_job" class="ts-job" data-job-id="{escape(job.id)}" '
+            f'data-state="{escape(job.state)}">'
             f'<div class="ts-bar"><div class="ts-fill" style="width:{pct}%"></div></div>'
             f'<span class="ts-job-text">{escape(text)}</span></div>')
 

@@ -1,0 +1,133 @@
+"""The extension inside a real AUTOMATIC1111 webui (opt-in).
+
+Set TRAIN_STYLE_WEBUI to a webui checkout whose venv can start offline (FACTS.md), e.g.
+`TRAIN_STYLE_WEBUI=/path/to/stable-diffusion-webui python -m pytest tests/test_webui.py`. Optional:
+TRAIN_STYLE_WEBUI_PYTHON (default <webui>/venv/bin/python). The webui runs with a temporary --data-dir whose
+extensions/ holds this repository, so the checkout itself is not changed; install.py runs first, for real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+WEBUI = os.environ.get("TRAIN_STYLE_WEBUI")
+pytestmark = [pytest.mark.webui,
+              pytest.mark.skipif(not WEBUI, reason="opt-in: set TRAIN_STYLE_WEBUI to a webui 1.10 checkout")]
+CHROMIUM = os.environ.get("TRAIN_STYLE_CHROMIUM") or shutil.which("chromium")
+
+
+def _python() -> str:
+    return os.environ.get("TRAIN_STYLE_WEBUI_PYTHON") or str(Path(WEBUI) / "venv" / "bin" / "python")
+
+
+def _freeze() -> dict[str, str]:
+    out = subprocess.run([_python(), "-m", "pip", "list", "--format=json"], capture_output=True, text=True,
+                         check=True)
+    return {p["name"].lower(): p["version"] for p in json.loads(out.stdout)}
+
+
+def _get(url: str, data: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=json.dumps(data).encode() if data is not None else None,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def webui(tmp_path_factory):
+    data = tmp_path_factory.mktemp("webui-data")
+    (data / "extensions").mkdir()
+    os.symlink(ROOT, data / "extensions" / "train-style")
+    # 1. install.py, as the webui runs it: adds what is missing, changes nothing the webui has
+    before = _freeze()
+    subprocess.run([_python(), str(ROOT / "install.py")], cwd=WEBUI, check=True, timeout=600,
+                   env={**os.environ, "PYTHONPATH": WEBUI})
+    after = _freeze()
+    changed = {k: (v, after.get(k)) for k, v in before.items() if after.get(k) != v}
+    # 2. the webui itself, on a free port of this machine only
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(data / "webui.log", "w")
+    proc = subprocess.Popen([_python(), "launch.py", "--skip-prepare-environment", "--skip-torch-cuda-test",
+                             "--use-cpu", "all", "--no-half", "--no-download-sd-model", "--api", "--port", str(port),
+                             "--data-dir", str(data), "--ckpt-dir", str(Path(WEBUI) / "models" / "Stable-diffusion")],
+                            cwd=WEBUI, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if _get(url + "/sdapi/v1/sd-models")[0] == 200:
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            pytest.fail("the webui exited:\n" + (data / "webui.log").read_text()[-4000:])
+        time.sleep(1)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the webui did not start:\n" + (data / "webui.log").read_text()[-4000:])
+    yield url, data, changed
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_install_py_changes_no_package_the_webui_has(webui):
+    _, _, changed = webui
+    assert changed == {}
+
+
+def test_api_is_mounted_and_imports_into_the_default_home(webui):
+    url, data, _ = webui
+    status, body = _get(url + "/train-style/v1/projects")
+    assert status == 200 and body == {"projects": []}
+    assert _get(url + "/train-style/v1/projects", {"name": "webui-demo"})[0] == 201
+    home = data / "train-style"  # <data dir>/train-style is the default projects home
+    assert (home / "webui-demo" / "project.toml").is_file()
+    drop = home / "drop"
+    drop.mkdir()
+    Image.new("RGB", (80, 60), (200, 30, 30)).save(drop / "red.png")
+    (drop / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    status, body = _get(url + "/train-style/v1/projects/webui-demo/import", {"paths": [str(drop)]})
+    assert status == 200
+    assert [i["image"] for i in body["imported"]] == ["dataset/1_webui-demo/red.png"]
+    assert "broken.jpg" in body["skipped"][0]["source"]
+    status, body = _get(url + "/train-style/v1/projects/webui-demo/import", {"paths": ["/etc"]})
+    assert status == 403
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="Chromium is not installed")
+def test_the_tab_appears_and_shows_the_project(webui):
+    from playwright.sync_api import sync_playwright
+
+    url, data, _ = webui
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM)
+        page = browser.new_page(viewport={"width": 1300, "height": 1000})
+        page.goto(url, timeout=120_000)
+        page.locator("#tabs button", has_text="Train Style").first.click(timeout=120_000)
+        page.wait_for_function("() => document.querySelector('#train_style_project input')?.value === 'webui-demo'",
+                               timeout=60_000)
+        page.locator("#train_style_report").last.get_by_role("cell", name="dataset/1_webui-demo").wait_for()
+        if os.environ.get("TRAIN_STYLE_WEBUI_SCREENSHOT"):
+            page.screenshot(path=os.environ["TRAIN_STYLE_WEBUI_SCREENSHOT"], full_page=True)
+        browser.close()
