@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import LorakitError
 from .host import StandaloneHost
+from .project import ProjectSettings
 from .studio import Studio
 
 log = logging.getLogger("lib_lorakit")
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("name")
     new.add_argument("--trigger", action="append", default=[], help="a trigger word (repeatable)")
     psub.add_parser("list", parents=[common], help="list projects")
+    pset = psub.add_parser("set", parents=[common], help="change settings (e.g. max_image_pixels=50000000)")
+    pset.add_argument("name")
+    pset.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
 
     imp = sub.add_parser("import", parents=[common], help="import images (files or folders, recursively)")
     imp.add_argument("project")
@@ -117,6 +121,10 @@ def _project(studio: Studio, args: argparse.Namespace) -> tuple[int, Any, str]:
     if args.action == "new":
         p = studio.create_project(args.name, trigger_words=tuple(args.trigger))
         return 0, {"name": p.name, "path": str(p.root)}, f"Created project {p.name} in {p.root}"
+    if args.action == "set":
+        changes = dict(ProjectSettings.parse_assignment(a) for a in args.assignments)
+        settings = studio.update_settings(args.name, **changes)
+        return 0, settings.to_dict(), "\n".join(f"{k} = {v!r}" for k, v in settings.to_dict().items())
     rows = [{"name": p.name, "path": str(p.root), "created": p.settings.created} for p in studio.projects()]
     text = "\n".join(r["name"] for r in rows) or f"No projects yet in {studio.host.projects_home()}."
     return 0, {"projects": rows}, text

@@ -58,7 +58,8 @@ class JobState:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    # microseconds: jobs are listed newest first, and two can start within one second
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
 
 
 def _alive(pid: int) -> bool:

@@ -83,6 +83,25 @@ class ProjectSettings:
         d["trigger_words"] = list(self.trigger_words)
         return d
 
+    @classmethod
+    def parse_assignment(cls, text: str) -> tuple[str, Any]:
+        """`key=value` from a command line, typed by the field's default (lists are comma-separated)."""
+        key, sep, raw = text.partition("=")
+        key = key.strip()
+        defaults = {f.name: f.default for f in fields(cls)}
+        if not sep or key not in defaults or key in ("name", "created"):
+            editable = ", ".join(k for k in defaults if k not in ("name", "created"))
+            raise LorakitError(f"{text!r}: expected KEY=VALUE with KEY one of {editable}")
+        default = defaults[key]
+        if isinstance(default, tuple):
+            return key, tuple(w.strip() for w in raw.split(",") if w.strip())
+        if isinstance(default, int):
+            try:
+                return key, int(raw.replace("_", ""))
+            except ValueError:
+                raise LorakitError(f"{key}: expected an integer, got {raw!r}") from None
+        return key, raw
+
     @property
     def background_rgb(self) -> tuple[int, int, int]:
         h = self.background.lstrip("#")

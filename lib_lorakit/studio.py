@@ -18,7 +18,7 @@ from .errors import PathNotAllowed
 from .host import Host
 from .jobs import JobManager, JobState, ProgressFn, job_manager
 from .paths import resolve_inside
-from .project import ConceptKind, Project, Workspace
+from .project import ConceptKind, Project, ProjectSettings, Workspace
 
 
 class Studio:
@@ -42,6 +42,9 @@ class Studio:
 
     def create_project(self, name: str, **settings: Any) -> Project:
         return self.workspace.create(name, **settings)
+
+    def update_settings(self, name: str, **changes: Any) -> ProjectSettings:
+        return self.project(name).update_settings(**changes)
 
     def report(self, name: str) -> DatasetReport:
         return build_report(self.project(name))

@@ -133,3 +133,23 @@ def test_a_folder_outside_the_allowed_roots_is_refused_in_the_tab(app, page):
     page.click("#train_style_import_folder")
     page.get_by_text("outside the allowed folders").first.wait_for(timeout=10_000)
     assert not any((tmp / "home" / "demo" / "dataset").rglob("secret*"))
+
+
+def test_settings_and_a_regularisation_set_from_the_tab(app, page):
+    url, awk, tmp = app
+    page.get_by_text("Project settings").click()
+    page.fill("#train_style_trigger_words textarea, #train_style_trigger_words input", "sks, flat colours")
+    page.locator("#train_style_background input[type=color]").fill("#000000")
+    page.click("#train_style_save_settings")
+    toml = tmp / "home" / "demo" / "project.toml"
+    deadline = time.monotonic() + 20
+    while 'background = "#000000"' not in toml.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    text = toml.read_text()
+    assert 'background = "#000000"' in text and '"flat colours"' in text
+    page.get_by_text("Concepts and repeats").click()
+    page.fill("#train_style_concept_name textarea, #train_style_concept_name input", "person")
+    page.locator("#train_style_concept_reg input").check()
+    page.click("#train_style_add_concept")
+    html_of(page, "train_style_report").get_by_role("cell", name="reg: person").wait_for(timeout=20_000)
+    assert (tmp / "home" / "demo" / "reg" / "1_person").is_dir()

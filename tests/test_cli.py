@@ -128,3 +128,24 @@ def test_concepts_add_rename_repeats_balance_and_remove(tmp_path):
     assert Path(removed["trash"], "one.png").is_file() and not (home / "p" / "dataset" / "2_tiny").exists()
     listed = json.loads(cli(home, "project", "list", "--json").stdout)
     assert [p["name"] for p in listed["projects"]] == ["p"]
+
+
+def test_project_settings_change_how_images_are_imported(tmp_path):
+    home = tmp_path / "home"
+    cli(home, "project", "new", "p")
+    src = tmp_path / "src"
+    src.mkdir()
+    rgba = Image.new("RGBA", (64, 64), (0, 0, 255, 255))
+    rgba.paste((0, 0, 0, 0), (0, 0, 32, 64))  # left half fully transparent
+    rgba.save(src / "half.png")
+    Image.new("RGB", (3000, 2000), "gray").save(src / "big.jpg")
+    out = json.loads(cli(home, "project", "set", "p", "background=#102030", "max_image_pixels=5000000",
+                         "trigger_words=sks, style", "--json").stdout)
+    assert out["trigger_words"] == ["sks", "style"] and out["max_image_pixels"] == 5_000_000
+    data = json.loads(cli(home, "import", "p", str(src), "--json").stdout)
+    with Image.open(home / "p" / data["imported"][0]["image"]) as im:
+        assert im.getpixel((5, 5)) == (0x10, 0x20, 0x30) and im.getpixel((50, 5)) == (0, 0, 255)
+    (big,) = data["skipped"]
+    assert big["source"].endswith("big.jpg") and "6 MP, above the limit of 5 MP" in big["reason"]
+    bad = cli(home, "project", "set", "p", "resolution=12", check=False)
+    assert bad.returncode == 1 and "resolution: expected an integer from 64 to 4096, got 12" in bad.stderr

@@ -71,3 +71,11 @@ def test_a_job_whose_process_died_is_reported_interrupted(tmp_path):
     on_disk = json.loads((tmp_path / "jobs" / "abc123.json").read_text())
     assert on_disk["state"] == "interrupted"
     assert [j.id for j in JobManager(tmp_path / "jobs").list("p")] == ["abc123"]
+
+
+def test_jobs_started_in_the_same_second_list_newest_first(tmp_path):
+    jobs = JobManager(tmp_path / "jobs")
+    ids = [jobs.start(kind="test", project="p", title=str(i), work=lambda p, c: {}).id for i in range(5)]
+    for i in ids:
+        jobs.wait(i, 5)
+    assert [j.id for j in jobs.list("p")] == ids[::-1]

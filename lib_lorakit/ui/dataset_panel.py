@@ -64,12 +64,26 @@ class DatasetPanel:
             self.cancel = gr.Button("Cancel import", elem_id="train_style_cancel", scale=0)
             self.refresh = gr.Button("refresh", elem_id="train_style_refresh", elem_classes=["ts-hidden"])
         self.import_result = gr.HTML(elem_id="train_style_import_result")
+        with gr.Accordion("Project settings", open=False):
+            with gr.Row():
+                self.trigger_words = gr.Textbox(label="Trigger words (comma-separated)",
+                                                elem_id="train_style_trigger_words")
+                self.resolution = gr.Number(label="Training resolution (px)", precision=0,
+                                            elem_id="train_style_resolution")
+                self.max_mp = gr.Number(label="Largest image imported (megapixels)", elem_id="train_style_max_mp")
+                self.near_distance = gr.Slider(0, 32, step=1, label="Near-duplicate distance (bits of 64)",
+                                               elem_id="train_style_near_distance")
+                self.background = gr.ColorPicker(label="Background for transparent images",
+                                                 elem_id="train_style_background")
+            self.notes = gr.Textbox(label="Notes", lines=2, elem_id="train_style_notes")
+            self.save_settings = gr.Button("Save settings", elem_id="train_style_save_settings")
         with gr.Accordion("Concepts and repeats", open=False):
             with gr.Row():
                 self.concept_pick = gr.Dropdown(label="Concept folder", choices=[], elem_id="train_style_concept_pick")
                 self.concept_name = gr.Textbox(label="Name", elem_id="train_style_concept_name")
                 self.concept_repeats = gr.Number(label="Repeats", value=1, precision=0, minimum=1,
                                                  elem_id="train_style_concept_repeats")
+                self.concept_reg = gr.Checkbox(label="Add as regularisation set", elem_id="train_style_concept_reg")
             with gr.Row():
                 self.add_concept = gr.Button("Add", elem_id="train_style_add_concept")
                 self.rename_concept = gr.Button("Rename", elem_id="train_style_rename_concept")
@@ -88,19 +102,25 @@ class DatasetPanel:
 
     # --- events ---------------------------------------------------------------------------------------------------
     def register(self) -> None:
-        views = [self.report, self.gallery, self.concept_pick, self.job]
+        # Every refresh also shows the latest job and its outcome, so an import that ends while another event
+        # redraws the panel still shows its result.
+        views = [self.report, self.gallery, self.concept_pick, self.job, self.import_result]
         self.refresh_projects.click(self._refresh_projects, [self.project], [self.project])
         self.create.click(user_errors(self._create), [self.new_name], [self.project, self.new_name])
         self.project.change(user_errors(self._views), [self.project], views)
+        settings = [self.trigger_words, self.resolution, self.max_mp, self.near_distance, self.background,
+                    self.notes]
+        self.project.change(user_errors(self._settings), [self.project], settings)
+        self.save_settings.click(user_errors(self._save_settings), [self.project, *settings], settings + views)
         self.import_uploads.click(user_errors(self._start_uploads),
                                   [self.project, self.upload, self.concept, self.repeats, self.reg],
                                   [self.job, self.import_result])
         self.import_folder.click(user_errors(self._start_folder),
                                  [self.project, self.folder, self.concept, self.repeats, self.reg],
                                  [self.job, self.import_result])
-        self.refresh.click(user_errors(self._finished), [self.project], views + [self.import_result, self.upload])
+        self.refresh.click(user_errors(self._finished), [self.project], views + [self.upload])
         self.cancel.click(user_errors(self._cancel), [self.project], [self.job])
-        concept_in = [self.project, self.concept_pick, self.concept_name, self.concept_repeats]
+        concept_in = [self.project, self.concept_pick, self.concept_name, self.concept_repeats, self.concept_reg]
         for button, op in ((self.add_concept, "add"), (self.rename_concept, "rename"),
                            (self.set_repeats, "repeats"), (self.remove_concept, "remove")):
             button.click(user_errors(functools.partial(self._concept_op, op)), concept_in, views)
@@ -130,9 +150,9 @@ class DatasetPanel:
         project = self.studio.create_project((name or "").strip())
         return gr.update(choices=self._project_names(), value=project.name), ""
 
-    def _views(self, name: str | None) -> tuple[Any, Any, Any, str]:
+    def _views(self, name: str | None) -> tuple[Any, Any, Any, str, str]:
         if not name:
-            return "", [], gr.update(choices=[], value=None), render.job_html(None)
+            return "", [], gr.update(choices=[], value=None), render.job_html(None), ""
         project = self.studio.project(name)
         report = build_report(project)
         images = []
@@ -145,8 +165,14 @@ class DatasetPanel:
             html += f"<p>The gallery shows the first {GALLERY_LIMIT} of {len(report.entries)} images.</p>"
         folders = [c.relpath for c in project.concepts()]
         jobs = self.studio.jobs.list(name, limit=1)
-        active = jobs[0] if jobs and jobs[0].active else None
-        return html, images, gr.update(choices=folders, value=folders[0] if folders else None), render.job_html(active)
+        last: JobState | None = jobs[0] if jobs else None
+        outcome = ""
+        if last and last.result:
+            outcome = render.import_html(last.result)
+        elif last and last.error:
+            outcome = render.error_html(last.error)
+        return (html, images, gr.update(choices=folders, value=folders[0] if folders else None),
+                render.job_html(last), outcome)
 
     def _options(self, concept: str, repeats: float | None, reg: bool) -> dict:
         return {"concept": (concept or "").strip(), "repeats": int(repeats) if repeats else None,
@@ -172,15 +198,7 @@ class DatasetPanel:
         return render.job_html(job), ""
 
     def _finished(self, name: str | None) -> tuple:
-        views = self._views(name)
-        jobs = self.studio.jobs.list(name, limit=1) if name else []
-        last: JobState | None = jobs[0] if jobs else None
-        result = ""
-        if last and last.result:
-            result = render.import_html(last.result)
-        elif last and last.error:
-            result = render.error_html(last.error)
-        return (*views, result, None)
+        return (*self._views(name), None)  # None clears the upload box
 
     def _cancel(self, name: str | None) -> str:
         jobs = [j for j in self.studio.jobs.list(name) if j.active] if name else []
@@ -194,13 +212,30 @@ class DatasetPanel:
         repeats, name = relpath.split("/", 1)[1].split("_", 1)
         return name, int(repeats)
 
-    def _concept_op(self, op: str, name: str, relpath: str | None, new_name: str, repeats: float) -> tuple:
+    def _settings(self, name: str | None) -> tuple:
+        if not name:
+            return "", 512, 100, 6, "#ffffff", ""
+        s = self.studio.project(name).settings
+        return (", ".join(s.trigger_words), s.resolution, round(s.max_image_pixels / 1e6, 1),
+                s.near_duplicate_distance, s.background, s.notes)
+
+    def _save_settings(self, name: str, triggers: str, resolution: float, max_mp: float, distance: float,
+                       background: str, notes: str) -> tuple:
+        words = tuple(w.strip() for w in (triggers or "").split(",") if w.strip())
+        self.studio.update_settings(
+            self._need_project(name), trigger_words=words, resolution=int(resolution or 512),
+            max_image_pixels=int(round((max_mp or 0) * 1e6)), near_duplicate_distance=int(distance or 0),
+            background=(background or "#ffffff").lower(), notes=notes or "")
+        return (*self._settings(name), *self._views(name))
+
+    def _concept_op(self, op: str, name: str, relpath: str | None, new_name: str, repeats: float,
+                    as_reg: bool) -> tuple:
         project = self.studio.project(self._need_project(name))
         kind = "reg" if relpath and relpath.startswith("reg/") else "dataset"
         current = self._pick_concept(relpath)[0] if relpath else ""
         new_name = (new_name or "").strip()
         if op == "add":
-            project.add_concept(new_name, int(repeats or 1))
+            project.add_concept(new_name, int(repeats or 1), "reg" if as_reg else "dataset")
         elif not current:
             raise LorakitError("Choose a concept folder first.")
         elif op == "rename":
