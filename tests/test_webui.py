@@ -8,6 +8,7 @@ extensions/ holds this repository, so the checkout itself is not changed; instal
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -48,25 +50,16 @@ def _get(url: str, data: dict | None = None) -> tuple[int, dict]:
         return e.code, json.loads(e.read() or b"{}")
 
 
-@pytest.fixture(scope="module")
-def webui(tmp_path_factory):
-    data = tmp_path_factory.mktemp("webui-data")
-    (data / "extensions").mkdir()
-    os.symlink(ROOT, data / "extensions" / "train-style")
-    # 1. install.py, as the webui runs it: adds what is missing, changes nothing the webui has
-    before = _freeze()
-    subprocess.run([_python(), str(ROOT / "install.py")], cwd=WEBUI, check=True, timeout=600,
-                   env={**os.environ, "PYTHONPATH": WEBUI})
-    after = _freeze()
-    changed = {k: (v, after.get(k)) for k, v in before.items() if after.get(k) != v}
-    # 2. the webui itself, on a free port of this machine only
+def _launch(data: Path, *extra: str):
+    """Start the webui with `data` as its data dir; yields its URL; stops it afterwards."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = open(data / "webui.log", "w")
     proc = subprocess.Popen([_python(), "launch.py", "--skip-prepare-environment", "--skip-torch-cuda-test",
                              "--use-cpu", "all", "--no-half", "--no-download-sd-model", "--api", "--port", str(port),
-                             "--data-dir", str(data), "--ckpt-dir", str(Path(WEBUI) / "models" / "Stable-diffusion")],
+                             "--data-dir", str(data), "--ckpt-dir", str(Path(WEBUI) / "models" / "Stable-diffusion"),
+                             *extra],
                             cwd=WEBUI, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"
@@ -83,12 +76,42 @@ def webui(tmp_path_factory):
     else:
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail("the webui did not start:\n" + (data / "webui.log").read_text()[-4000:])
-    yield url, data, changed
-    os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _data_dir(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("webui-data")
+    (data / "extensions").mkdir()
+    os.symlink(ROOT, data / "extensions" / "train-style")
+    return data
+
+
+@pytest.fixture(scope="module")
+def webui(tmp_path_factory):
+    data = _data_dir(tmp_path_factory)
+    # 1. install.py, as the webui runs it: adds what is missing, changes nothing the webui has
+    before = _freeze()
+    subprocess.run([_python(), str(ROOT / "install.py")], cwd=WEBUI, check=True, timeout=600,
+                   env={**os.environ, "PYTHONPATH": WEBUI})
+    after = _freeze()
+    changed = {k: (v, after.get(k)) for k, v in before.items() if after.get(k) != v}
+    # 2. the webui itself, on a free port of this machine only
+    yield from ((url, data, changed) for url in _launch(data))
+
+
+@pytest.fixture(scope="module")
+def exposed_webui(tmp_path_factory):
+    """--listen (bound to loopback all the same) with a login: as on a shared network."""
+    data = _data_dir(tmp_path_factory)
+    yield from ((url, data) for url in _launch(data, "--listen", "--server-name", "127.0.0.1",
+                                               "--gradio-auth", "artist:secret"))
 
 
 def test_install_py_changes_no_package_the_webui_has(webui):
@@ -131,3 +154,53 @@ def test_the_tab_appears_and_shows_the_project(webui):
         if os.environ.get("TRAIN_STYLE_WEBUI_SCREENSHOT"):
             page.screenshot(path=os.environ["TRAIN_STYLE_WEBUI_SCREENSHOT"], full_page=True)
         browser.close()
+
+
+def test_listening_webui_asks_for_login_and_refuses_folder_import(exposed_webui):
+    url, data = exposed_webui
+    assert _get(url + "/train-style/v1/projects")[0] == 401
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    opener.open(url + "/login", data=urllib.parse.urlencode({"username": "artist", "password": "secret"}).encode())
+
+    def call(path: str, body: dict | None = None) -> tuple[int, dict]:
+        req = urllib.request.Request(url + path, data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with opener.open(req, timeout=60) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    assert call("/train-style/v1/projects")[0] == 200
+    assert call("/train-style/v1/projects", {"name": "shared"})[0] == 201
+    drop = data / "train-style" / "drop"
+    drop.mkdir()
+    Image.new("RGB", (64, 64), "blue").save(drop / "blue.png")
+    status, body = call("/train-style/v1/projects/shared/import", {"paths": [str(drop)]})
+    assert status == 403 and "Upload the images instead" in body["detail"]
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="Chromium is not installed")
+def test_the_tab_and_api_survive_reload_ui(webui):
+    from playwright.sync_api import sync_playwright
+
+    url, data, _ = webui
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM)
+        page = browser.new_page(viewport={"width": 1300, "height": 1000})
+        page.goto(url, timeout=120_000)
+        page.locator("#tabs button", has_text="Settings").first.click(timeout=120_000)
+        page.locator("#settings_restart_gradio").click()
+        page.wait_for_timeout(3000)  # the webui's script reloads the page once the new UI answers
+        page.locator("#tabs button", has_text="Train Style").first.click(timeout=180_000)
+        page.wait_for_function("() => document.querySelector('#train_style_project input')?.value === 'webui-demo'",
+                               timeout=60_000)
+        browser.close()
+    status, body = _get(url + "/train-style/v1/projects")
+    assert status == 200 and [p["name"] for p in body["projects"]] == ["webui-demo"]
+    routes = _get(url + "/openapi.json")[1]["paths"]
+    assert sum(1 for r in routes if r.startswith("/train-style/v1/projects")) == 3
+    log = (data / "webui.log").read_text()
+    assert "Reloading" in log or "Restarting UI" in log or log.count("Running on local URL") >= 2
+    assert "lib_lorakit" not in log, log[-3000:]  # no traceback from our code
