@@ -6,28 +6,33 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
-def _temp_beside(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=".tmp", dir=path.parent)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, flush it to disk and rename it over `path`."""
+@contextmanager
+def _atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """An open temporary file beside `path`; on success it is flushed to disk and renamed over `path`."""
     path = Path(path)
-    fd, tmp = _temp_beside(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` so that `path` holds either its old content or all of `data`, never a part."""
+    with _atomic_file(path) as f:
+        f.write(data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -40,32 +45,14 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 def atomic_copy(src: Path, dst: Path) -> None:
     """Copy `src` byte for byte to `dst` through a temporary file; `src` is only read."""
-    dst = Path(dst)
-    fd, tmp = _temp_beside(dst)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
+    with _atomic_file(dst) as out, open(src, "rb") as inp:
+        shutil.copyfileobj(inp, out, 1 << 20)
 
 
 def atomic_save_image(image: Any, path: Path, **save_args: Any) -> None:
     """Save a PIL image through a temporary file; the format comes from `path`'s suffix."""
-    path = Path(path)
-    fd, tmp = _temp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format=_pil_format(path), **save_args)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
+    with _atomic_file(path) as f:
+        image.save(f, format=_pil_format(Path(path)), **save_args)
 
 
 def _pil_format(path: Path) -> str:

@@ -18,6 +18,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -40,11 +41,12 @@ def _freeze() -> dict[str, str]:
     return {p["name"].lower(): p["version"] for p in json.loads(out.stdout)}
 
 
-def _get(url: str, data: dict | None = None) -> tuple[int, dict]:
+def _get(url: str, data: dict | None = None, opener=None) -> tuple[int, dict]:
+    """GET, or POST `data` as JSON; (status, JSON body) also for HTTP errors."""
     req = urllib.request.Request(url, data=json.dumps(data).encode() if data is not None else None,
                                  headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=60) as r:
+        with (opener or urllib.request.build_opener()).open(req, timeout=60) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
@@ -111,7 +113,8 @@ def exposed_webui(tmp_path_factory):
     """--listen (bound to loopback all the same) with a login: as on a shared network."""
     data = _data_dir(tmp_path_factory)
     yield from ((url, data) for url in _launch(data, "--listen", "--server-name", "127.0.0.1",
-                                               "--gradio-auth", "artist:secret"))
+                                               "--gradio-auth", "artist:secret",
+                                               "--train-style-home", str(data / "elsewhere")))
 
 
 def test_install_py_changes_no_package_the_webui_has(webui):
@@ -138,22 +141,32 @@ def test_api_is_mounted_and_imports_into_the_default_home(webui):
     assert status == 403
 
 
-@pytest.mark.skipif(not CHROMIUM, reason="Chromium is not installed")
-def test_the_tab_appears_and_shows_the_project(webui):
+@contextmanager
+def _browser_at(url: str):
     from playwright.sync_api import sync_playwright
 
-    url, data, _ = webui
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM)
         page = browser.new_page(viewport={"width": 1300, "height": 1000})
         page.goto(url, timeout=120_000)
-        page.locator("#tabs button", has_text="Train Style").first.click(timeout=120_000)
-        page.wait_for_function("() => document.querySelector('#train_style_project input')?.value === 'webui-demo'",
-                               timeout=60_000)
+        yield page
+        browser.close()
+
+
+def _open_train_style(page, project: str) -> None:
+    page.locator("#tabs button", has_text="Train Style").first.click(timeout=180_000)
+    page.wait_for_function(f"() => document.querySelector('#train_style_project input')?.value === '{project}'",
+                           timeout=60_000)
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="Chromium is not installed")
+def test_the_tab_appears_and_shows_the_project(webui):
+    url, data, _ = webui
+    with _browser_at(url) as page:
+        _open_train_style(page, "webui-demo")
         page.locator("#train_style_report").last.get_by_role("cell", name="dataset/1_webui-demo").wait_for()
         if os.environ.get("TRAIN_STYLE_WEBUI_SCREENSHOT"):
             page.screenshot(path=os.environ["TRAIN_STYLE_WEBUI_SCREENSHOT"], full_page=True)
-        browser.close()
 
 
 def test_listening_webui_asks_for_login_and_refuses_folder_import(exposed_webui):
@@ -164,17 +177,12 @@ def test_listening_webui_asks_for_login_and_refuses_folder_import(exposed_webui)
     opener.open(url + "/login", data=urllib.parse.urlencode({"username": "artist", "password": "secret"}).encode())
 
     def call(path: str, body: dict | None = None) -> tuple[int, dict]:
-        req = urllib.request.Request(url + path, data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with opener.open(req, timeout=60) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"{}")
+        return _get(url + path, body, opener)
 
     assert call("/train-style/v1/projects")[0] == 200
     assert call("/train-style/v1/projects", {"name": "shared"})[0] == 201
-    drop = data / "train-style" / "drop"
+    assert (data / "elsewhere" / "shared" / "project.toml").is_file()  # --train-style-home from preload.py
+    drop = data / "elsewhere" / "drop"
     drop.mkdir()
     Image.new("RGB", (64, 64), "blue").save(drop / "blue.png")
     status, body = call("/train-style/v1/projects/shared/import", {"paths": [str(drop)]})
@@ -183,20 +191,15 @@ def test_listening_webui_asks_for_login_and_refuses_folder_import(exposed_webui)
 
 @pytest.mark.skipif(not CHROMIUM, reason="Chromium is not installed")
 def test_the_tab_and_api_survive_reload_ui(webui):
-    from playwright.sync_api import sync_playwright
-
     url, data, _ = webui
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM)
-        page = browser.new_page(viewport={"width": 1300, "height": 1000})
-        page.goto(url, timeout=120_000)
+    _get(url + "/train-style/v1/projects", {"name": "webui-demo"})  # 201, or 409 when an earlier test made it
+    with _browser_at(url) as page:
         page.locator("#tabs button", has_text="Settings").first.click(timeout=120_000)
-        page.locator("#settings_restart_gradio").click()
-        page.wait_for_timeout(3000)  # the webui's script reloads the page once the new UI answers
-        page.locator("#tabs button", has_text="Train Style").first.click(timeout=180_000)
-        page.wait_for_function("() => document.querySelector('#train_style_project input')?.value === 'webui-demo'",
-                               timeout=60_000)
-        browser.close()
+        page.locator("#settings .tab-nav button", has_text="Train Style").first.click()  # our settings section
+        page.locator("#setting_train_style_allowed_roots").wait_for(timeout=20_000)
+        with page.expect_navigation(timeout=180_000):  # the webui's script reloads once the new UI answers
+            page.locator("#settings_restart_gradio").click()
+        _open_train_style(page, "webui-demo")
     status, body = _get(url + "/train-style/v1/projects")
     assert status == 200 and [p["name"] for p in body["projects"]] == ["webui-demo"]
     routes = _get(url + "/openapi.json")[1]["paths"]
