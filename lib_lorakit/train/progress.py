@@ -1,0 +1,148 @@
+"""Reading sd-scripts' console output: tqdm redraws, epochs, saves, samples and the errors worth explaining.
+
+sd-scripts writes its progress bar to stderr and redraws it with carriage returns, so output is split on both
+`\\r` and `\\n` before parsing. Each line becomes at most one event.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+# steps:  50%|█████     | 2/4 [00:03<00:03,  1.52s/it, avr_loss=0.113]
+_STEPS = re.compile(r"^\s*steps:\s*(?P<pct>\d+)%\|[^|]*\|\s*(?P<step>\d+)/(?P<total>\d+)\s*"
+                    r"\[(?P<elapsed>[\d:]+)<(?P<remaining>[\d:?]+),?\s*(?P<rate>[^,\]]*)(?P<post>[^\]]*)\]")
+_EPOCH = re.compile(r"^\s*epoch (\d+)/(\d+)\s*$")
+_SAVED = re.compile(r"saving checkpoint: (.+\.safetensors)")
+_SAMPLE = re.compile(r"generating sample images at step[^:]*:\s*(\d+)")
+_POSTFIX = re.compile(r"(\w+)=([-+0-9.eE]+)")
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int = 0
+    total: int = 0
+    epoch: int = 0
+    epochs: int = 0
+    loss: Optional[float] = None  # the moving average sd-scripts shows (avr_loss)
+    seconds_per_step: Optional[float] = None
+    elapsed_s: Optional[int] = None
+    eta_s: Optional[int] = None
+
+    @property
+    def fraction(self) -> float:
+        return self.step / self.total if self.total else 0.0
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "total": self.total, "epoch": self.epoch, "epochs": self.epochs,
+                "loss": self.loss, "seconds_per_step": self.seconds_per_step, "elapsed_s": self.elapsed_s,
+                "eta_s": self.eta_s}
+
+
+@dataclass
+class LogReader:
+    """Feeds raw output through, keeps the latest progress, the loss curve, saved files and the log tail."""
+
+    progress: Progress = field(default_factory=Progress)
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, avr_loss) once per step
+    saved: list[str] = field(default_factory=list)
+    samples_at: list[int] = field(default_factory=list)
+    tail: list[str] = field(default_factory=list)
+    tail_lines: int = 60
+    _pending: str = ""
+
+    def feed(self, text: str) -> None:
+        for line in self._lines(text):
+            self.feed_line(line)
+
+    def _lines(self, text: str) -> Iterator[str]:
+        data = self._pending + text
+        parts = re.split(r"\r\n|\r|\n", data)
+        self._pending = parts.pop()
+        yield from parts
+
+    def flush(self) -> None:
+        if self._pending:
+            line, self._pending = self._pending, ""
+            self.feed_line(line)
+
+    def feed_line(self, line: str) -> None:
+        if not line.strip():
+            return
+        m = _STEPS.match(line)
+        if m:
+            self._on_steps(m)
+            return  # redraws would flood the tail
+        self.tail.append(line[:500])
+        del self.tail[:-self.tail_lines]
+        if m := _EPOCH.match(line):
+            self.progress = replace(self.progress, epoch=int(m.group(1)), epochs=int(m.group(2)))
+        elif m := _SAVED.search(line):
+            self.saved.append(m.group(1).strip())
+        elif m := _SAMPLE.search(line):
+            self.samples_at.append(int(m.group(1)))
+
+    def _on_steps(self, m: re.Match) -> None:
+        step, total = int(m.group("step")), int(m.group("total"))
+        post = dict(_POSTFIX.findall(m.group("post")))
+        loss = float(post["avr_loss"]) if "avr_loss" in post else self.progress.loss
+        self.progress = replace(self.progress, step=step, total=total, loss=loss,
+                                seconds_per_step=_seconds_per_step(m.group("rate")),
+                                elapsed_s=_clock(m.group("elapsed")), eta_s=_clock(m.group("remaining")))
+        if loss is not None and step > 0 and (not self.losses or self.losses[-1][0] != step):
+            self.losses.append((step, loss))
+
+
+def _clock(text: str) -> Optional[int]:
+    """tqdm's [HH:]MM:SS to seconds; '?' (not known yet) to None."""
+    if "?" in text or not text:
+        return None
+    seconds = 0
+    for part in text.split(":"):
+        seconds = seconds * 60 + int(part)
+    return seconds
+
+
+def _seconds_per_step(rate: str) -> Optional[float]:
+    rate = rate.strip()
+    try:
+        if rate.endswith("s/it"):
+            return float(rate[:-4])
+        if rate.endswith("it/s"):
+            value = float(rate[:-4])
+            return 1.0 / value if value else None
+    except ValueError:
+        return None
+    return None
+
+
+# Known failures → what to do. Ordered: the first pattern found in the log tail wins.
+ADVICE: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(p, re.I), a) for p, a in (
+    (r"out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED",
+     "The GPU ran out of memory. Lower train_batch_size or resolution, turn on gradient_checkpointing and "
+     "cache_latents, use mixed_precision fp16/bf16, or unload other models from the GPU."),
+    (r"No data found|画像がありません",
+     "sd-scripts found no training images: check that the concept folders hold images and the caption "
+     "extension matches."),
+    (r"ModuleNotFoundError: No module named '([^']+)'",
+     "A package is missing from the trainer environment: run `python -m lib_lorakit trainer setup` again "
+     "(or install the named package there)."),
+    (r"bitsandbytes",
+     "bitsandbytes failed to load: choose optimizer_type AdamW instead of AdamW8bit, or install a bitsandbytes "
+     "build for your GPU in the trainer environment."),
+    (r"FileNotFoundError|No such file or directory",
+     "A file sd-scripts needs is missing: check the base model path and the dataset folders."),
+    (r"Killed|SIGKILL|MemoryError",
+     "The process was killed, most often for lack of system RAM: close other programs, lower the batch size, "
+     "or use --lowram / cache latents to disk."),
+))
+
+
+def advice_for(tail: list[str]) -> str:
+    text = "\n".join(tail)
+    for pattern, advice in ADVICE:
+        if pattern.search(text):
+            return advice
+    return "See the end of the log above for the cause."

@@ -1,0 +1,214 @@
+"""Runs: folders under `<project>/runs/<id>/` holding everything about one training.
+
+    launch.json   the pure description: argv, env, cwd, output dir and name (what `supervise` executes)
+    run.json      state, pids, progress, losses, files, samples, error and advice (written by `supervise`)
+    train.log     sd-scripts' complete output
+    *.toml, sample_prompts.txt, <name>*.safetensors, sample/…
+
+Starting a run spawns the supervisor in its own session; everything else reads files, so any process (the
+tab after a reload, the CLI, a restarted webui) sees the same run.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from ..errors import LorakitError, NotFound
+from ..fsutil import atomic_write_json, atomic_write_text, read_json
+from ..project import Project
+
+ACTIVE = ("queued", "starting", "running")
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A launch, fully described: nothing about it is decided later."""
+
+    argv: tuple[str, ...]
+    cwd: str
+    output_name: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self, output_dir: Path) -> dict:
+        return {"argv": list(self.argv), "cwd": self.cwd, "env": dict(self.env), "output_dir": str(output_dir),
+                "output_name": self.output_name}
+
+
+@dataclass(frozen=True)
+class RunSnapshot:
+    id: str
+    project: str
+    dir: Path
+    state: str
+    progress: dict
+    files: list[str]
+    samples: list[str]
+    error: str
+    advice: str
+    log_tail: list[str]
+    losses: list[list[float]]
+    meta: dict
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "project": self.project, "dir": str(self.dir), "state": self.state,
+                "progress": self.progress, "files": self.files, "samples": self.samples, "error": self.error,
+                "advice": self.advice, "log_tail": self.log_tail, "meta": self.meta}
+
+
+def new_run_id(label: str) -> str:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{re.sub(r'[^A-Za-z0-9_-]+', '-', label).strip('-')[:40] or 'run'}"
+
+
+def _alive(pid: Optional[int]) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (finished child of ours not yet reaped) counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return True
+
+
+class Runs:
+    """The runs of one project."""
+
+    def __init__(self, project: Project):
+        self.project = project
+        self.root = project.root / "runs"
+
+    def new_dir(self, label: str) -> Path:
+        """A fresh, empty run folder (its path goes into the TOMLs as the output folder)."""
+        run_id = new_run_id(label)
+        run_dir = self.root / run_id
+        n = 1
+        while run_dir.exists():
+            n += 1
+            run_dir = self.root / f"{run_id}-{n}"
+        run_dir.mkdir(parents=True)
+        return run_dir
+
+    def create(self, run_dir: Path, spec: RunSpec, *, files: dict[str, str], meta: dict) -> RunSnapshot:
+        """Write the run's inputs (TOMLs and others from `files`) and mark it queued; nothing starts."""
+        for name, text in files.items():
+            atomic_write_text(run_dir / name, text)
+        atomic_write_json(run_dir / "launch.json", spec.to_dict(run_dir))
+        atomic_write_json(run_dir / "run.json", {"id": run_dir.name, "project": self.project.name,
+                                                 "state": "queued", "meta": meta, "created": _now()})
+        return self.get(run_dir.name)
+
+    def dir(self, run_id: str) -> Path:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", run_id or ""):
+            raise NotFound(f"No run {run_id!r} in project {self.project.name!r}.")
+        path = self.root / run_id
+        if not (path / "run.json").is_file():
+            raise NotFound(f"No run {run_id!r} in project {self.project.name!r}.")
+        return path
+
+    def get(self, run_id: str) -> RunSnapshot:
+        run_dir = self.dir(run_id)
+        data = read_json(run_dir / "run.json", default={}) or {}
+        data = _reconcile(run_dir, data)
+        return RunSnapshot(id=run_dir.name, project=self.project.name, dir=run_dir, state=data.get("state", "?"),
+                           progress=data.get("progress", {}), files=data.get("files", []),
+                           samples=data.get("samples", []), error=data.get("error", ""),
+                           advice=data.get("advice", ""), log_tail=data.get("log_tail", []),
+                           losses=data.get("losses", []), meta=data.get("meta", {}))
+
+    def list(self) -> list[RunSnapshot]:
+        if not self.root.is_dir():
+            return []
+        ids = sorted((p.name for p in self.root.iterdir() if (p / "run.json").is_file()), reverse=True)
+        return [self.get(i) for i in ids]
+
+    def start(self, run_id: str) -> RunSnapshot:
+        """Spawn the supervisor for a queued run; returns at once."""
+        run_dir = self.dir(run_id)
+        data = read_json(run_dir / "run.json")
+        if data.get("state") not in ("queued", "stopped", "failed", "interrupted"):
+            raise LorakitError(f"Run {run_id} is {data.get('state')}; only a queued run can start.")
+        data.update(state="starting", error="", advice="", launched=_now())
+        atomic_write_json(run_dir / "run.json", data)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")])}
+        with open(run_dir / "supervisor.log", "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "lib_lorakit.train.supervise", str(run_dir)],
+                                    cwd=run_dir, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        data.update(supervisor_pid=proc.pid)
+        atomic_write_json(run_dir / "run.json", data)
+        _CHILDREN[proc.pid] = proc  # reaped in _reconcile so no zombie lingers in a long-lived server
+        return self.get(run_id)
+
+    def stop(self, run_id: str) -> RunSnapshot:
+        """Ask the supervisor to stop the trainer (TERM, then KILL after a grace period); saved files stay."""
+        run_dir = self.dir(run_id)
+        data = read_json(run_dir / "run.json")
+        pid = data.get("supervisor_pid")
+        if data.get("state") == "queued":
+            data.update(state="stopped", error="Removed from the queue before it started.", finished=_now())
+            atomic_write_json(run_dir / "run.json", data)
+        elif data.get("state") in ACTIVE and _alive(pid):
+            os.kill(pid, signal.SIGTERM)
+        return self.get(run_id)
+
+    def wait(self, run_id: str, timeout: float | None = None, poll: float = 0.5) -> RunSnapshot:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            snap = self.get(run_id)
+            if not snap.active or (deadline is not None and time.monotonic() > deadline):
+                return snap
+            time.sleep(poll)
+
+
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+def _reconcile(run_dir: Path, data: dict) -> dict:
+    """A run that says it is active but whose supervisor is gone died unwatched: mark it and say why."""
+    pid = data.get("supervisor_pid")
+    if pid in _CHILDREN and _CHILDREN[pid].poll() is not None:
+        _CHILDREN.pop(pid)
+    if data.get("state") in ("starting", "running") and pid and not _alive(pid):
+        data = read_json(run_dir / "run.json", default=data) or data  # it may have just written its verdict
+        if data.get("state") in ("starting", "running"):
+            tail = _log_tail(run_dir / "train.log") or _log_tail(run_dir / "supervisor.log")
+            data.update(state="interrupted", finished=_now(), log_tail=tail,
+                        error="The training process ended while nobody was watching (the computer or the "
+                              "webui stopped?). Files saved before that are kept; Resume continues from the "
+                              "last saved state if there is one.")
+            atomic_write_json(run_dir / "run.json", data)
+    return data
+
+
+def _log_tail(path: Path, lines: int = 40) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 64 * 1024))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [ln for ln in re.split(r"\r\n|\r|\n", text) if ln.strip()][-lines:]
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
