@@ -80,6 +80,14 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
         return _guard(lambda: studio.import_paths(name, body.paths, concept=body.concept, repeats=body.repeats,
                                                   kind=kind).to_dict())
 
+    @r.get("/lora-info")
+    def lora_info(path: str) -> dict:
+        from .paths import resolve_inside
+        from .results.lora_info import read_lora_info
+
+        return _guard(lambda: read_lora_info(
+            resolve_inside(path, [*host.allowed_roots(), host.lora_dir()])).to_dict())
+
     @r.get("/jobs")
     def jobs(project: Optional[str] = None) -> dict:
         return {"jobs": [j.to_dict() for j in studio.jobs.list(project)]}

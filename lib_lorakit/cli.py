@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--repeats", type=int, help="repeats for the concept (default: 1 for a new concept)")
     imp.add_argument("--reg", action="store_true", help="import as a regularisation set")
 
+    info = sub.add_parser("lora-info", parents=[common], help="how a LoRA was made (its safetensors metadata)")
+    info.add_argument("file", type=Path)
+
     rep = sub.add_parser("report", parents=[common], help="the dataset report")
     rep.add_argument("project")
 
@@ -93,7 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         host = StandaloneHost.from_options(home=args.home, lora_dir=args.lora_dir, models_dir=args.models_dir,
                                            allow_roots=[os.path.abspath(os.sep)], config=args.config)
         handler: Callable[[Studio, argparse.Namespace], tuple[int, Any, str]] = {
-            "project": _project, "import": _import, "report": _report, "concept": _concept}[args.command]
+            "project": _project, "import": _import, "report": _report, "concept": _concept,
+            "lora-info": _lora_info}[args.command]
         code, data, text = handler(Studio(host), args)
     except LorakitError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -153,6 +157,21 @@ def _progress_printer() -> Callable[[int, int, str], None]:
         if done == total:
             print(file=sys.stderr)
     return show
+
+
+def _lora_info(studio: Studio, args: argparse.Namespace) -> tuple[int, Any, str]:
+    from .results.lora_info import read_lora_info
+
+    info = read_lora_info(args.file)
+    lines = [f"{info.path.name}: {info.network} dim {info.dim} alpha {info.alpha}, base {info.base_model or '?'}, "
+             f"resolution {info.resolution or '?'}",
+             f"  hash {info.short_hash} (sha256 {info.sha256})", f"  output name {info.output_name}"]
+    lines += [f"  dataset {d['dir']}: {d['images']} images × {d['repeats']}" for d in info.datasets]
+    if info.training_seconds is not None:
+        lines.append(f"  trained {info.steps} steps in {info.training_seconds / 60:.1f} min")
+    if info.top_tags():
+        lines.append("  tags: " + ", ".join(f"{t} ({n})" for t, n in info.top_tags(15)))
+    return 0, info.to_dict(), "\n".join(lines)
 
 
 def _report(studio: Studio, args: argparse.Namespace) -> tuple[int, Any, str]:

@@ -153,3 +153,16 @@ def test_settings_and_a_regularisation_set_from_the_tab(app, page):
     page.click("#train_style_add_concept")
     html_of(page, "train_style_report").get_by_role("cell", name="reg: person").wait_for(timeout=20_000)
     assert (tmp / "home" / "demo" / "reg" / "1_person").is_dir()
+
+
+def test_dropping_a_lora_shows_how_it_was_made(app, page, tmp_path):
+    from test_results import sd_scripts_metadata, write_lora
+
+    lora = tmp_path / "evil<b>.safetensors"
+    write_lora(lora, sd_scripts_metadata(ss_tag_frequency='{"1_x": {"<script>alert(1)</script>": 2}}'))
+    page.locator("#train_style_tabs button", has_text="Inspect").first.click()
+    page.locator("#train_style_inspect_drop input[type=file]").set_input_files(str(lora))
+    info = page.locator("#train_style_inspect_info").last
+    info.get_by_text("LoRA (dim 4, alpha 2.0)").wait_for(timeout=20_000)
+    assert "<script>alert(1)</script> (2)" in info.inner_text()  # shown as text, not run
+    assert page.locator("#train_style_inspect_info script").count() == 0

@@ -96,3 +96,37 @@ def test_register_links_files_writes_cards_and_refreshes(tmp_path):
     assert host.refreshed == 1
     register_files(files, lora_dir=host.lora_dir(), project="demo", trigger_words=[], description="", host=host)
     assert len(list((tmp_path / "Lora" / "train-style" / "demo").glob("*.safetensors"))) == 2  # no duplicates
+
+
+def test_lora_info_from_the_cli_and_the_api(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from lib_lorakit import api
+
+    lora = tmp_path / "home" / "demo.safetensors"
+    lora.parent.mkdir()
+    write_lora(lora, sd_scripts_metadata())
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "lib_lorakit", "lora-info", str(lora), "--json"], capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(root)}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["network"] == "LoRA" and data["top_tags"][0] == ["smile", 5]
+    human = subprocess.run([sys.executable, "-m", "lib_lorakit", "lora-info", str(lora)], capture_output=True,
+                           text=True, env={**os.environ, "PYTHONPATH": str(root)}, timeout=60)
+    assert "LoRA dim 4 alpha 2.0" in human.stdout and data["short_hash"] in human.stdout
+
+    host = StandaloneHost(home=tmp_path / "home", lora=tmp_path / "Lora", models=tmp_path / "models")
+    app = FastAPI()
+    api.mount(app, host)
+    client = TestClient(app)
+    r = client.get("/train-style/v1/lora-info", params={"path": str(lora)})
+    assert r.status_code == 200 and r.json()["sha256"] == data["sha256"]
+    outside = tmp_path / "elsewhere.safetensors"
+    write_lora(outside, sd_scripts_metadata())
+    assert client.get("/train-style/v1/lora-info", params={"path": str(outside)}).status_code == 403

@@ -8,6 +8,7 @@ from html import escape
 from ..dataset.balance import RepeatChange
 from ..dataset.report import DatasetReport
 from ..jobs import JobState
+from ..results.lora_info import LoraInfo
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[object]], cls: str = "ts-table") -> str:
@@ -89,3 +90,16 @@ def balance_html(plan: Sequence[RepeatChange]) -> str:
 
 def error_html(message: str) -> str:
     return f'<p class="ts-error">{escape(message)}</p>'
+
+
+def lora_info_html(info: LoraInfo) -> str:
+    rows = [("network", f"{info.network} (dim {info.dim}, alpha {info.alpha})"),
+            ("network args", ", ".join(f"{k}={v}" for k, v in info.network_args.items()) or "–"),
+            ("base model", info.base_model or "unknown"), ("resolution", info.resolution or "unknown"),
+            ("output name", info.output_name), ("hash (as the webui shows it)", info.short_hash),
+            ("steps / epochs", f"{info.steps} / {info.epochs}"),
+            ("training time", f"{info.training_seconds / 60:.1f} min" if info.training_seconds is not None else "–")]
+    rows += [(f"dataset {d['dir']}", f"{d['images']} images × {d['repeats']} repeats") for d in info.datasets]
+    tags = ", ".join(f"{t} ({n})" for t, n in info.top_tags(40))
+    return (f"<h3>{escape(info.path.name)}</h3>" + _table(["", ""], rows)
+            + (f"<p><b>Most frequent training tags:</b> {escape(tags)}</p>" if tags else ""))

@@ -7,6 +7,7 @@ import gradio as gr
 from ..host import Host
 from ..studio import Studio
 from .dataset_panel import DatasetPanel
+from .inspect_panel import InspectPanel
 
 
 def build_tab(host: Host) -> gr.Blocks:
@@ -16,6 +17,10 @@ def build_tab(host: Host) -> gr.Blocks:
             with gr.Tab("Dataset", elem_id="train_style_dataset_tab"):
                 dataset = DatasetPanel(studio)
                 dataset.render()
+            with gr.Tab("Inspect", elem_id="train_style_inspect_tab"):
+                inspect = InspectPanel()
+                inspect.render()
         dataset.register()
+        inspect.register()
         dataset.load_event(blocks)
     return blocks
