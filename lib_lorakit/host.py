@@ -45,6 +45,7 @@ class Host(Protocol):
     def unload_model(self) -> None: ...
     def reload_model(self) -> None: ...
     def refresh_loras(self) -> None: ...
+    def busy(self) -> Optional[str]: ...
 
 
 def resolve_server_path(host: Host, path: str) -> Path:
@@ -166,3 +167,7 @@ class StandaloneHost:
 
     def refresh_loras(self) -> None:
         """No Lora list to refresh outside the webui."""
+
+    def busy(self) -> Optional[str]:
+        """Nothing else uses the GPU here."""
+        return None

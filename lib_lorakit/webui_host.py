@@ -69,6 +69,15 @@ class WebuiHost:
         if shared.sd_model is not None:
             sd_models.send_model_to_device(shared.sd_model)
 
+    def busy(self) -> Optional[str]:
+        """Why training must wait: the webui is generating (its state counts jobs)."""
+        from modules import shared
+
+        state = shared.state
+        if getattr(state, "job_count", 0) or getattr(state, "job", ""):
+            return f"the webui is busy ({state.job or 'generating'}); training starts when it finishes"
+        return None
+
     def refresh_loras(self) -> None:
         networks = sys.modules.get("networks")
         if networks is not None and hasattr(networks, "list_available_networks"):

@@ -1,0 +1,133 @@
+"""The training queue: one run at a time on the GPU, in the order the user chose, kept on disk.
+
+`tick()` does one step of the scheduling and is safe to call from anywhere (a worker thread in the webui or
+the app, the CLI's `--wait` loop): if nothing runs, it frees the GPU of the webui's model and starts the next
+queued run; when the queue is empty and the last run has ended, it gives the model back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from ..errors import LorakitError, NotFound
+from ..fsutil import atomic_write_json, read_json
+from ..host import Host
+from ..project import Workspace
+from .runner import Runs, RunSnapshot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    project: str
+    run: str
+
+    def to_dict(self) -> dict:
+        return {"project": self.project, "run": self.run}
+
+
+class TrainQueue:
+    def __init__(self, host: Host, unload_model: bool = True):
+        self.host = host
+        self.unload_model = unload_model
+        self.file = Path(host.projects_home()) / ".train-queue.json"
+        self._lock = threading.RLock()
+
+    # --- the order ----------------------------------------------------------------------------------------------
+    def entries(self) -> list[QueueEntry]:
+        data = read_json(self.file, default={}) or {}
+        return [QueueEntry(**e) for e in data.get("order", [])]
+
+    def _save(self, entries: list[QueueEntry], **extra: object) -> None:
+        data = read_json(self.file, default={}) or {}
+        data.update(order=[e.to_dict() for e in entries], **extra)
+        atomic_write_json(self.file, data)
+
+    def add(self, project: str, run: str) -> None:
+        with self._lock:
+            entries = self.entries()
+            if QueueEntry(project, run) not in entries:
+                entries.append(QueueEntry(project, run))
+            self._save(entries)
+
+    def remove(self, project: str, run: str) -> None:
+        with self._lock:
+            self._save([e for e in self.entries() if e != QueueEntry(project, run)])
+
+    def move(self, project: str, run: str, offset: int) -> None:
+        """Move a waiting run up (negative) or down (positive) the queue."""
+        with self._lock:
+            entries = self.entries()
+            entry = QueueEntry(project, run)
+            if entry not in entries:
+                raise NotFound(f"Run {run} of {project} is not in the queue.")
+            i = entries.index(entry)
+            j = max(0, min(len(entries) - 1, i + offset))
+            entries.insert(j, entries.pop(i))
+            self._save(entries)
+
+    def snapshot(self, entry: QueueEntry) -> RunSnapshot:
+        return Runs(Workspace(self.host.projects_home()).open(entry.project)).get(entry.run)
+
+    # --- scheduling ---------------------------------------------------------------------------------------------
+    def tick(self) -> Optional[RunSnapshot]:
+        """Start the next run if none is active; give the GPU back when all is done. Returns the active run."""
+        with self._lock:
+            pending: list[QueueEntry] = []
+            for entry in self.entries():
+                try:
+                    snap = self.snapshot(entry)
+                except (NotFound, LorakitError):
+                    continue  # the project or run was deleted: drop it from the queue
+                if snap.state in ("starting", "running"):
+                    return snap
+                if snap.state == "queued":
+                    pending.append(entry)
+            self._save(pending)
+            if pending:
+                return self._start(pending[0])
+            if (read_json(self.file, default={}) or {}).get("model_unloaded"):
+                self.host.reload_model()
+                self._save(pending, model_unloaded=False)
+            return None
+
+    def _start(self, entry: QueueEntry) -> RunSnapshot:
+        busy = getattr(self.host, "busy", lambda: None)()
+        if busy:
+            raise LorakitError(f"Training waits: {busy}")
+        if self.unload_model and not (read_json(self.file, default={}) or {}).get("model_unloaded"):
+            self.host.unload_model()
+            self._save(self.entries(), model_unloaded=True)
+        log.info("Train Style: starting run %s of %s", entry.run, entry.project)
+        return Runs(Workspace(self.host.projects_home()).open(entry.project)).start(entry.run)
+
+
+class QueueWorker:
+    """A daemon thread calling `tick()` every few seconds (one per process)."""
+
+    def __init__(self, queue: TrainQueue, interval: float = 2.0):
+        self.queue = queue
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="train-style-queue", daemon=True)
+
+    def start(self) -> QueueWorker:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.queue.tick()
+            except LorakitError as e:
+                log.info("Train Style queue: %s", e)
+            except Exception:  # the worker must survive a bad run folder
+                log.exception("Train Style queue failed")
