@@ -18,6 +18,7 @@ _EPOCH = re.compile(r"^\s*epoch (\d+)/(\d+)\s*$")
 _SAVED = re.compile(r"saving checkpoint: (.+\.safetensors)")
 _SAMPLE = re.compile(r"generating sample images at step[^:]*:\s*(\d+)")
 _POSTFIX = re.compile(r"(\w+)=([-+0-9.eE]+)")
+_SKIPPING = re.compile(r"^\s*skipping (\d+) steps")  # a resumed run's bar counts only the steps left
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class LogReader:
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, avr_loss) once per step
     saved: list[str] = field(default_factory=list)
     samples_at: list[int] = field(default_factory=list)
+    skipped_steps: int = 0
     tail: list[str] = field(default_factory=list)
     tail_lines: int = 60
     _pending: str = ""
@@ -83,9 +85,12 @@ class LogReader:
             self.saved.append(m.group(1).strip())
         elif m := _SAMPLE.search(line):
             self.samples_at.append(int(m.group(1)))
+        elif m := _SKIPPING.match(line):
+            self.skipped_steps = int(m.group(1))
 
     def _on_steps(self, m: re.Match) -> None:
-        step, total = int(m.group("step")), int(m.group("total"))
+        step = int(m.group("step")) + self.skipped_steps
+        total = int(m.group("total")) + self.skipped_steps
         post = dict(_POSTFIX.findall(m.group("post")))
         loss = float(post["avr_loss"]) if "avr_loss" in post else self.progress.loss
         self.progress = replace(self.progress, step=step, total=total, loss=loss,

@@ -1,0 +1,642 @@
+"""sd-scripts' own Python environment: a visible, logged, resumable setup, and a doctor that checks it.
+
+sd-scripts pins packages (transformers, diffusers, accelerate, safetensors) that clash with the webui's, so it
+gets a venv of its own; the webui's venv is never touched. Setup runs in steps (venv, torch, sd-scripts'
+requirements, extras, optional packages, the CPU torchvision workaround); each finished step is recorded in
+`<venv>/lorakit-setup.json`, so a rerun after a failure or a cancel skips what is done. Every subprocess runs
+without a shell and its output goes line by line to `<venv>/lorakit-setup.log` and to `log(line)`.
+
+Nothing here imports torch: facts about the trainer come from one probe script run with the trainer's python.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Protocol
+
+from ..errors import Cancelled, LorakitError
+from ..fsutil import atomic_write_json, atomic_write_text, read_json
+
+logger = logging.getLogger(__name__)
+
+PINNED_SD_SCRIPTS = "ae72efb92babe89ff8e70f057e42db68440e8d61"
+PINNED_SD_SCRIPTS_TAG = "v0.10.1"
+DEFAULT_EXTRAS = ("lycoris-lora==3.4.0",)
+DEFAULT_OPTIONAL = ("dadaptation", "bitsandbytes")
+STATE_FILE = "lorakit-setup.json"
+LOG_FILE = "lorakit-setup.log"
+CONSTRAINTS_FILE = "lorakit-constraints.txt"
+SHIM_NAME = "_lorakit_torchvision_cpu"
+SUBMODULE_FIX = "git submodule update --init --recursive"
+# Environment variables that would make the trainer's python see another environment's packages.
+_FOREIGN_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PIP_REQUIRE_VIRTUALENV", "PYTHONNOUSERSITE")
+
+LogFn = Callable[[str], None]
+ProgressFn = Callable[[int, int, str], None]
+
+
+class CancelFlag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+class SetupFailed(LorakitError):
+    """A required setup step failed; the message names the step, the command and the log's tail."""
+
+
+@dataclass(frozen=True)
+class TrainerEnvironment:
+    """Where the trainer lives: its venv, that venv's python, and the sd-scripts checkout it runs."""
+
+    venv_dir: Path
+    sd_scripts_dir: Path
+
+    @property
+    def python(self) -> Path:
+        if os.name == "nt":
+            return self.venv_dir / "Scripts" / "python.exe"
+        return self.venv_dir / "bin" / "python"
+
+    @property
+    def state_file(self) -> Path:
+        return self.venv_dir / STATE_FILE
+
+    @property
+    def log_file(self) -> Path:
+        return self.venv_dir / LOG_FILE
+
+    def exists(self) -> bool:
+        return self.python.exists()
+
+    def setup_complete(self) -> bool:
+        """True when every required setup step is recorded as done."""
+        steps = (read_json(self.state_file, {}) or {}).get("steps", {})
+        return all(steps.get(name, {}).get("status") == "done" for name in REQUIRED_STEPS)
+
+    def subprocess_env(self, base: Optional[dict[str, str]] = None) -> dict[str, str]:
+        """The environment for a subprocess of the trainer: this venv first, nothing leaking in from the webui's."""
+        env = dict(os.environ if base is None else base)
+        for key in _FOREIGN_ENV:
+            env.pop(key, None)
+        env["VIRTUAL_ENV"] = str(self.venv_dir)
+        env["PATH"] = os.pathsep.join([str(self.python.parent), env.get("PATH", "")])
+        env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONIOENCODING"] = "utf-8"
+        return env
+
+
+REQUIRED_STEPS = ("venv", "torch", "sd-scripts", "extras", "torchvision")
+
+
+def torchvision_for(torch_version: str) -> Optional[str]:
+    """The torchvision release built against a torch release (2.x.y → 0.(x+15).y); None when unknown."""
+    base = torch_version.split("+", 1)[0]
+    parts = base.split(".")
+    if len(parts) < 2 or parts[0] != "2" or not all(p.isdigit() for p in parts[:3]):
+        return None
+    patch = parts[2] if len(parts) > 2 else "0"
+    return f"0.{int(parts[1]) + 15}.{patch}"
+
+
+# --- running commands ---------------------------------------------------------------------------------------
+
+def run_logged(argv: Sequence[str], *, cwd: Optional[Path] = None, env: Optional[dict[str, str]] = None,
+               log: LogFn, log_file: Optional[Path] = None, cancel: Optional[CancelFlag] = None) -> int:
+    """Run `argv` without a shell in its own process group; stream its output line by line; return its exit code.
+
+    Lines are split on `\\n` and `\\r` (progress bars redraw with carriage returns). A set `cancel` terminates the
+    process group and raises Cancelled.
+    """
+    argv = [str(a) for a in argv]
+    sink = open(log_file, "a", encoding="utf-8") if log_file else None
+    try:
+        _emit(f"$ {' '.join(argv)}" + (f"   (in {cwd})" if cwd else ""), log, sink)
+        try:
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, start_new_session=(os.name != "nt"))
+        except OSError as e:
+            raise LorakitError(f"Cannot start {argv[0]}: {e}") from e
+        lines: queue.Queue[Optional[str]] = queue.Queue()
+        threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
+        while True:
+            try:
+                line = lines.get(timeout=0.2)
+            except queue.Empty:
+                line = ""
+            if line is None:
+                break
+            if line:
+                _emit(line, log, sink)
+            if cancel is not None and cancel.is_set():
+                _stop(proc)
+                _emit("cancelled", log, sink)
+                raise Cancelled("Setup was cancelled; run it again to continue where it stopped.")
+        return proc.wait()
+    finally:
+        if sink:
+            sink.close()
+
+
+def _pump(stream, lines: queue.Queue) -> None:
+    buf = b""
+    for chunk in iter(lambda: stream.read1(65536), b""):
+        buf += chunk
+        parts = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        buf = parts.pop()
+        for part in parts:
+            text = part.decode("utf-8", "replace").rstrip()
+            if text:
+                lines.put(text)
+    if buf.strip():
+        lines.put(buf.decode("utf-8", "replace").rstrip())
+    lines.put(None)
+
+
+def _emit(line: str, log: LogFn, sink) -> None:
+    if sink:
+        sink.write(line + "\n")
+        sink.flush()
+    log(line)
+
+
+def _stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    try:
+        if os.name == "nt":
+            proc.terminate()
+        else:
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        if os.name == "nt":
+            proc.kill()
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+# --- setup ----------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SetupStep:
+    name: str
+    title: str
+    fingerprint: str  # a finished step whose fingerprint changed (another torch version, new requirements) reruns
+    run: Callable[[], Optional[str]]  # returns an optional note for the state file
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class SetupReport:
+    env: TrainerEnvironment
+    ran: tuple[str, ...]
+    skipped: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+
+def setup_trainer(venv_dir: Path, sd_scripts_dir: Path, *, torch_version: str, log: LogFn,
+                  progress: Optional[ProgressFn] = None, cancel: Optional[CancelFlag] = None,
+                  extras: Sequence[str] = DEFAULT_EXTRAS, optional: Sequence[str] = DEFAULT_OPTIONAL,
+                  torch_index_url: Optional[str] = None, base_python: Optional[str] = None,
+                  pip_command: Optional[Sequence[str]] = None, venv_args: Sequence[str] = ()) -> SetupReport:
+    """Create or complete sd-scripts' venv; a rerun skips the steps already recorded as done.
+
+    `torch_version` is the webui's torch when known, so pip can reuse the wheel it already has.
+    `pip_command` replaces `<venv python> -m pip` and `venv_args` are added to `python -m venv` (tests use a fake pip
+    and `--without-pip`).
+    """
+    env = TrainerEnvironment(Path(venv_dir), Path(sd_scripts_dir))
+    requirements = env.sd_scripts_dir / "requirements.txt"
+    if not requirements.is_file():
+        raise LorakitError(f"sd-scripts is missing: {requirements} does not exist. Run `{SUBMODULE_FIX}` in the "
+                           "extension's folder.")
+    env.venv_dir.mkdir(parents=True, exist_ok=True)
+    sub_env = env.subprocess_env()
+    pip = list(pip_command) if pip_command else [str(env.python), "-m", "pip"]
+    pip_install = pip + ["install", "--disable-pip-version-check", "--progress-bar=off"]
+    constraints = _write_constraints(env, torch_version)
+    index = ["--extra-index-url", torch_index_url] if torch_index_url else []
+
+    def run(argv: Sequence[str], cwd: Optional[Path] = None) -> int:
+        return run_logged(argv, cwd=cwd, env=sub_env, log=log, log_file=env.log_file, cancel=cancel)
+
+    def must(argv: Sequence[str], what: str, cwd: Optional[Path] = None) -> None:
+        code = run(argv, cwd)
+        if code != 0:
+            raise SetupFailed(f"Trainer setup failed while {what} (exit code {code}). Details: {env.log_file}\n"
+                              + "\n".join(_tail(env.log_file, 15)))
+
+    # 1. the venv; 2. torch before anything else can pull another one; 3. sd-scripts' requirements (`-e .` needs
+    # its folder as cwd); 4. extras; 5. optional packages; 6. the CPU torchvision workaround
+    tv = torchvision_for(torch_version)
+    torch_specs = [f"torch=={torch_version}"] + ([f"torchvision=={tv}"] if tv else [])
+    steps = [
+        SetupStep("venv", "Creating the trainer's Python environment", str(env.venv_dir),
+                  lambda: must([base_python or sys.executable, "-m", "venv", *venv_args, str(env.venv_dir)],
+                               "creating the venv")),
+        SetupStep("torch", f"Installing {' '.join(torch_specs)}", " ".join(torch_specs + index),
+                  lambda: must(pip_install + torch_specs + index + ["-c", constraints], "installing torch")),
+        SetupStep("sd-scripts", "Installing sd-scripts' requirements",
+                  _digest(requirements.read_bytes() + constraints.read_bytes()),
+                  lambda: must(pip_install + ["-r", "requirements.txt", "-c", str(constraints)] + index,
+                               "installing sd-scripts' requirements", cwd=env.sd_scripts_dir)),
+        SetupStep("extras", f"Installing {' '.join(extras)}", " ".join(extras),
+                  lambda: must(pip_install + list(extras) + ["-c", str(constraints)], "installing extras")
+                  if extras else None),
+    ]
+    for name in optional:
+        steps.append(SetupStep(f"optional:{name}", f"Installing {name} (optional)", name,
+                               lambda name=name: _optional(run, pip_install + [name, "-c", str(constraints)], name),
+                               optional=True))
+    steps.append(SetupStep("torchvision", "Checking torchvision", f"{SHIM_NAME} {' '.join(torch_specs)}",
+                           lambda: _ensure_torchvision(env, sub_env, log)))
+    return _run_steps(env, steps, log=log, progress=progress, cancel=cancel)
+
+
+def _run_steps(env: TrainerEnvironment, steps: list[SetupStep], *, log: LogFn, progress: Optional[ProgressFn],
+               cancel: Optional[CancelFlag]) -> SetupReport:
+    state = (read_json(env.state_file, {}) or {}) if env.exists() else {}  # a deleted venv starts over
+    done: dict[str, Any] = state.setdefault("steps", {})
+    ran, skipped, warnings = [], [], []
+    for i, step in enumerate(steps):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("Setup was cancelled; run it again to continue where it stopped.")
+        if progress:
+            progress(i, len(steps), step.title)
+        record = done.get(step.name, {})
+        if record.get("status") == "done" and record.get("fingerprint") == step.fingerprint:
+            log(f"[setup] {step.title}: already done, skipped")
+            skipped.append(step.name)
+            continue
+        log(f"[setup] {step.title}")
+        try:
+            note = step.run()
+        except SetupFailed as e:
+            if not step.optional:
+                _record(env, state, step, "failed", str(e).splitlines()[0])
+                raise
+            note = str(e)
+        status = "done"
+        if step.optional and note:
+            status = "failed"
+            warnings.append(note)
+            log(f"[setup] warning: {note}")
+        _record(env, state, step, status, note)
+        ran.append(step.name)
+    if progress:
+        progress(len(steps), len(steps), "Trainer ready")
+    log(f"[setup] trainer ready: {env.python}")
+    return SetupReport(env=env, ran=tuple(ran), skipped=tuple(skipped), warnings=tuple(warnings))
+
+
+def _record(env: TrainerEnvironment, state: dict, step: SetupStep, status: str, note: Optional[str]) -> None:
+    state["steps"][step.name] = {"status": status, "fingerprint": step.fingerprint, "note": note or "",
+                                 "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    atomic_write_json(env.state_file, state)
+
+
+def _optional(run: Callable[[Sequence[str]], int], argv: list[str], name: str) -> Optional[str]:
+    code = run(argv)
+    return None if code == 0 else f"optional package {name} could not be installed (exit code {code})"
+
+
+def _write_constraints(env: TrainerEnvironment, torch_version: str) -> Path:
+    path = env.venv_dir / CONSTRAINTS_FILE
+    lines = [f"torch=={torch_version}"]
+    tv = torchvision_for(torch_version)
+    if tv:
+        lines.append(f"torchvision=={tv}")
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _tail(path: Path, n: int) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()[-n:]
+    except OSError:
+        return []
+
+
+# --- the CPU torchvision workaround --------------------------------------------------------------------------
+
+_TV_CHECK = r"""
+import json, sysconfig
+out = {"purelib": sysconfig.get_paths()["purelib"]}
+try:
+    import torchvision
+    out["status"] = "ok"
+except ModuleNotFoundError as e:
+    out["status"] = "missing"; out["error"] = str(e)
+except Exception as e:
+    out["status"] = "broken"; out["error"] = f"{type(e).__name__}: {e}"
+print("LORAKIT_JSON " + json.dumps(out))
+"""
+
+SHIM_SOURCE = '''"""Written by Train Style's trainer setup.
+
+PyPI's torchvision wheels are CUDA builds whose _C library cannot load against a CPU-only torch; torchvision
+then registers fake kernels for operators that were never defined and `import torchvision` fails ("operator
+torchvision::nms does not exist"). Before torchvision is first imported, if its _C library cannot be loaded,
+define the two operator schemas so the import succeeds. sd-scripts only
+uses torchvision.transforms; the detection operators stay unavailable."""
+import importlib.abc
+import importlib.util
+import os
+import sys
+
+_library = None  # must stay alive, or torch drops the definitions
+
+
+def _define_missing_ops():
+    global _library
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    import torch
+    for folder in spec.submodule_search_locations:
+        for name in os.listdir(folder):
+            if name.startswith("_C.") and name.endswith((".so", ".pyd")):
+                try:
+                    torch.ops.load_library(os.path.join(folder, name))
+                    return
+                except (ImportError, OSError):
+                    pass
+    try:
+        torch._C._dispatch_find_schema_or_throw("torchvision::nms", "")
+        return
+    except RuntimeError:
+        pass
+    _library = torch.library.Library("torchvision", "DEF")
+    _library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    _library.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
+
+
+class _BeforeTorchvision(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "torchvision":
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        try:
+            _define_missing_ops()
+        except Exception as e:  # never break the import itself
+            print(f"''' + SHIM_NAME + ''': {type(e).__name__}: {e}", file=sys.stderr)
+        return None
+
+
+if "torchvision" not in sys.modules:
+    sys.meta_path.insert(0, _BeforeTorchvision())
+'''
+
+
+def install_torchvision_shim(site_packages: Path) -> list[Path]:
+    """Write the workaround module and the `.pth` line that imports it at every start of the venv's python."""
+    module = Path(site_packages) / f"{SHIM_NAME}.py"
+    pth = Path(site_packages) / f"{SHIM_NAME}.pth"
+    atomic_write_text(module, SHIM_SOURCE)
+    atomic_write_text(pth, f"import {SHIM_NAME}\n")
+    return [module, pth]
+
+
+def _check_torchvision(env: TrainerEnvironment, sub_env: dict[str, str]) -> dict[str, Any]:
+    proc = subprocess.run([str(env.python), "-c", _TV_CHECK], env=sub_env, capture_output=True, text=True,
+                          timeout=300)
+    found = _last_json(proc.stdout)
+    if found is None:
+        raise SetupFailed(f"Cannot run the trainer's python ({env.python}): {proc.stderr.strip()[-500:]}")
+    return found
+
+
+def _ensure_torchvision(env: TrainerEnvironment, sub_env: dict[str, str], log: LogFn) -> Optional[str]:
+    found = _check_torchvision(env, sub_env)
+    if found["status"] in ("ok", "missing"):
+        log(f"[setup] torchvision: {found['status']}")
+        return found["status"]
+    log(f"[setup] torchvision does not import ({found['error']}); installing the CPU workaround")
+    for path in install_torchvision_shim(Path(found["purelib"])):
+        log(f"[setup] wrote {path}")
+    again = _check_torchvision(env, sub_env)
+    if again["status"] != "ok":
+        raise SetupFailed(f"torchvision still does not import in the trainer: {again.get('error')}")
+    return "workaround installed"
+
+
+def _last_json(stdout: str) -> Optional[dict]:
+    for line in reversed(stdout.splitlines()):
+        if line.startswith("LORAKIT_JSON "):
+            return json.loads(line[len("LORAKIT_JSON "):])
+    return None
+
+
+# --- sd-scripts checkout ------------------------------------------------------------------------------------
+
+def check_submodule(repo_root: Path, *, pinned: Optional[str] = None) -> Optional[str]:
+    """None when `<repo_root>/sd-scripts` is checked out at the pinned commit; otherwise what is wrong and the fix."""
+    repo_root = Path(repo_root)
+    folder = repo_root / "sd-scripts"
+    fix = f"Run in a terminal: cd \"{repo_root}\" && {SUBMODULE_FIX}"
+    pinned = pinned or pinned_commit(repo_root)
+    if not folder.is_dir() or not (folder / ".git").exists():
+        return f"sd-scripts is missing (the git submodule {folder} was not initialised). {fix}"
+    commit = _head_commit(folder)
+    if commit is None:
+        return f"sd-scripts at {folder} is not a readable git checkout. {fix}"
+    if commit != pinned:
+        return (f"sd-scripts is at commit {commit[:12]}, but this version of Train Style needs {pinned[:12]}"
+                f"{' (' + PINNED_SD_SCRIPTS_TAG + ')' if pinned == PINNED_SD_SCRIPTS else ''}. {fix}")
+    return None
+
+
+def pinned_commit(repo_root: Path) -> str:
+    """The commit the repository pins sd-scripts to (its gitlink), or PINNED_SD_SCRIPTS outside a git checkout."""
+    out = _git(["ls-tree", "HEAD", "sd-scripts"], Path(repo_root))
+    if out:
+        parts = out.split()
+        if len(parts) >= 3 and parts[1] == "commit":
+            return parts[2]
+    return PINNED_SD_SCRIPTS
+
+
+def _head_commit(folder: Path) -> Optional[str]:
+    # `git -C folder` would answer for the enclosing repository when `folder` has no repository of its own
+    top = _git(["rev-parse", "--show-toplevel"], folder)
+    if top is not None and Path(top).resolve() == folder.resolve():
+        return _git(["rev-parse", "HEAD"], folder)
+    if top is None and (folder / ".git" / "HEAD").is_file():  # git not installed: a detached HEAD is enough
+        head = (folder / ".git" / "HEAD").read_text().strip()
+        return head if len(head) == 40 else None
+    return None
+
+
+def _git(args: list[str], cwd: Path) -> Optional[str]:
+    try:
+        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+# --- doctor -----------------------------------------------------------------------------------------------------
+
+_PROBE = r"""
+import contextlib, importlib, importlib.metadata as md, importlib.util, json, platform, sys
+out = {"python": platform.python_version(), "executable": sys.executable, "packages": {}}
+def version(name):
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return None
+for name in ("torch", "torchvision", "accelerate", "transformers", "diffusers", "safetensors", "xformers",
+             "bitsandbytes", "lycoris-lora", "dadaptation", "library"):
+    out["packages"][name] = version(name)
+with contextlib.redirect_stdout(sys.stderr):
+    try:
+        import torch
+        out["torch"] = torch.__version__
+        out["cuda"] = bool(torch.cuda.is_available())
+        out["sdpa"] = hasattr(torch.nn.functional, "scaled_dot_product_attention")
+        if out["cuda"]:
+            out["device"] = torch.cuda.get_device_name(0)
+            free, total = torch.cuda.mem_get_info(0)
+            out["vram_total_mb"], out["vram_free_mb"] = total // 2**20, free // 2**20
+    except Exception as e:
+        out["torch_error"] = f"{type(e).__name__}: {e}"
+    for mod in ("torchvision", "bitsandbytes"):
+        try:
+            importlib.import_module(mod)
+            out[mod + "_ok"] = True
+        except Exception as e:
+            out[mod + "_ok"] = False
+            out[mod + "_error"] = f"{type(e).__name__}: {e}"[:500]
+print("LORAKIT_JSON " + json.dumps(out))
+"""
+
+
+@dataclass(frozen=True)
+class Problem:
+    what: str
+    fix: str
+    severity: str = "error"  # error: training cannot run | warning: it runs, with less
+
+
+@dataclass(frozen=True)
+class DoctorReport:
+    python: str
+    python_version: Optional[str] = None
+    torch_version: Optional[str] = None
+    cuda_available: bool = False
+    device_name: Optional[str] = None
+    vram_total_mb: Optional[int] = None
+    vram_free_mb: Optional[int] = None
+    sdpa_available: bool = False
+    xformers_version: Optional[str] = None
+    torchvision_ok: bool = False
+    bitsandbytes_ok: bool = False
+    lycoris_version: Optional[str] = None
+    packages: dict[str, Optional[str]] = field(default_factory=dict)
+    sd_scripts_commit: Optional[str] = None
+    sd_scripts_pinned: str = PINNED_SD_SCRIPTS
+    problems: tuple[Problem, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """Training can start (warnings allowed)."""
+        return not any(p.severity == "error" for p in self.problems)
+
+    @property
+    def attention(self) -> str:
+        return "xformers" if self.xformers_version else ("sdpa" if self.sdpa_available else "none")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["ok"], data["attention"] = self.ok, self.attention
+        return data
+
+
+def doctor(env: TrainerEnvironment, *, repo_root: Optional[Path] = None, timeout_s: float = 300) -> DoctorReport:
+    """Check the trainer environment by running one probe with its python; each problem comes with its fix."""
+    repo_root = Path(repo_root) if repo_root else env.sd_scripts_dir.parent
+    pinned = pinned_commit(repo_root)
+    commit = _head_commit(env.sd_scripts_dir) if (env.sd_scripts_dir / ".git").exists() else None
+    problems = []
+    if commit != pinned:
+        problems.append(Problem(check_submodule(repo_root, pinned=pinned) or "sd-scripts is not at the pinned commit",
+                                f"cd \"{repo_root}\" && {SUBMODULE_FIX}"))
+    base = dict(python=str(env.python), sd_scripts_commit=commit, sd_scripts_pinned=pinned)
+    if not env.exists():
+        problems.insert(0, Problem(f"The trainer environment does not exist ({env.python}).",
+                                   "Run the trainer setup (Train tab → Set up trainer, or `python -m lib_lorakit "
+                                   "trainer setup`)."))
+        return DoctorReport(**base, problems=tuple(problems))
+    try:
+        proc = subprocess.run([str(env.python), "-c", _PROBE], env=env.subprocess_env(), capture_output=True,
+                              text=True, timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        problems.insert(0, Problem(f"The trainer's python cannot run: {e}", "Delete the venv and run setup again."))
+        return DoctorReport(**base, problems=tuple(problems))
+    facts = _last_json(proc.stdout)
+    if facts is None:
+        problems.insert(0, Problem(f"The trainer's python failed: {proc.stderr.strip()[-500:]}",
+                                   "Delete the venv and run setup again."))
+        return DoctorReport(**base, problems=tuple(problems))
+    return report_from_probe(facts, env=env, problems=problems, **base)
+
+
+def report_from_probe(facts: dict[str, Any], *, env: TrainerEnvironment, problems: list[Problem],
+                      **base: Any) -> DoctorReport:
+    """Turn the probe's JSON into a report, adding a problem (with its fix) for each thing that is wrong."""
+    pkgs = facts.get("packages", {})
+    pip = f"\"{env.python}\" -m pip install"
+    torch_v = facts.get("torch")
+    if torch_v is None:
+        problems.append(Problem(f"torch does not import in the trainer ({facts.get('torch_error', 'not installed')}).",
+                                f"Run the trainer setup again, or: {pip} torch"))
+    elif not facts.get("cuda"):
+        problems.append(Problem("No CUDA GPU is visible to the trainer: training runs on the CPU, very slowly.",
+                                "Install a CUDA build of torch in the trainer, or check the GPU driver "
+                                "(nvidia-smi).", "warning"))
+    elif (facts.get("vram_total_mb") or 0) < 6 * 1024:
+        problems.append(Problem(f"The GPU has {facts.get('vram_total_mb')} MB: SD1.5 LoRA training needs about 6 GB.",
+                                "Use gradient checkpointing, batch size 1 and a lower resolution.", "warning"))
+    if torch_v and not facts.get("torchvision_ok"):
+        problems.append(Problem(f"torchvision does not import: {facts.get('torchvision_error')}",
+                                "Run the trainer setup again (it installs the CPU workaround when needed)."))
+    if torch_v and not facts.get("sdpa") and not pkgs.get("xformers"):
+        problems.append(Problem("Neither PyTorch SDPA nor xformers is available: attention is slow and large.",
+                                f"Use torch ≥ 2.0, or: {pip} xformers", "warning"))
+    if not pkgs.get("lycoris-lora"):
+        problems.append(Problem("lycoris-lora is not installed: LoCon/LoHa presets cannot run.",
+                                f"{pip} lycoris-lora==3.4.0", "warning"))
+    elif pkgs["lycoris-lora"] != "3.4.0":
+        problems.append(Problem(f"lycoris-lora {pkgs['lycoris-lora']} is installed; 3.4.0 is the tested version "
+                                "(4.x fails on SD1.5: \"duplicated lora name\").",
+                                f"{pip} lycoris-lora==3.4.0", "warning"))
+    if not facts.get("bitsandbytes_ok"):
+        problems.append(Problem("bitsandbytes does not import: 8-bit optimizers (AdamW8bit) are unavailable.",
+                                f"Choose AdamW, or: {pip} bitsandbytes", "warning"))
+    if torch_v and not pkgs.get("library"):
+        problems.append(Problem("sd-scripts' own package is not installed in the trainer (`-e .`).",
+                                "Run the trainer setup again."))
+    return DoctorReport(python_version=facts.get("python"), torch_version=torch_v,
+                        cuda_available=bool(facts.get("cuda")), device_name=facts.get("device"),
+                        vram_total_mb=facts.get("vram_total_mb"), vram_free_mb=facts.get("vram_free_mb"),
+                        sdpa_available=bool(facts.get("sdpa")), xformers_version=pkgs.get("xformers"),
+                        torchvision_ok=bool(facts.get("torchvision_ok")),
+                        bitsandbytes_ok=bool(facts.get("bitsandbytes_ok")), lycoris_version=pkgs.get("lycoris-lora"),
+                        packages=dict(pkgs), problems=tuple(problems), **base)
