@@ -94,7 +94,9 @@ def test_a_run_whose_supervisor_died_unwatched_is_marked_interrupted(project):
     state = json.loads((snap.dir / "run.json").read_text())
     os.kill(state["supervisor_pid"], signal.SIGKILL)  # as if the machine or webui died
     os.killpg(state["pid"], signal.SIGKILL)
-    time.sleep(0.3)
+    deadline = time.monotonic() + 20
+    while Runs(project).get(snap.id).state == "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
     again = Runs(project).get(snap.id)  # a fresh reader, as after a restart
     assert again.state == "interrupted" and "nobody was watching" in again.error
     assert again.log_tail

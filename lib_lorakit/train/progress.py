@@ -18,7 +18,11 @@ _EPOCH = re.compile(r"^\s*epoch (\d+)/(\d+)\s*$")
 _SAVED = re.compile(r"saving checkpoint: (.+\.safetensors)")
 _SAMPLE = re.compile(r"generating sample images at step[^:]*:\s*(\d+)")
 _POSTFIX = re.compile(r"(\w+)=([-+0-9.eE]+)")
-_SKIPPING = re.compile(r"^\s*skipping (\d+) steps")  # a resumed run's bar counts only the steps left
+# A resumed run's bar counts only the steps left; when whole epochs are skipped, sd-scripts takes them off the
+# count again and its bar restarts from the epoch boundary.
+_SKIPPING = re.compile(r"^\s*skipping (\d+) steps")
+_SKIPPING_EPOCH = re.compile(r"^\s*skipping epoch \d+ because initial_step")
+_BATCHES = re.compile(r"num batches per epoch[^:]*:\s*(\d+)")
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class LogReader:
     saved: list[str] = field(default_factory=list)
     samples_at: list[int] = field(default_factory=list)
     skipped_steps: int = 0
+    batches_per_epoch: int = 0
     tail: list[str] = field(default_factory=list)
     tail_lines: int = 60
     _pending: str = ""
@@ -87,6 +92,10 @@ class LogReader:
             self.samples_at.append(int(m.group(1)))
         elif m := _SKIPPING.match(line):
             self.skipped_steps = int(m.group(1))
+        elif _SKIPPING_EPOCH.match(line):
+            self.skipped_steps = max(0, self.skipped_steps - self.batches_per_epoch)
+        elif m := _BATCHES.search(line):
+            self.batches_per_epoch = int(m.group(1))
 
     def _on_steps(self, m: re.Match) -> None:
         step = int(m.group("step")) + self.skipped_steps

@@ -1,0 +1,410 @@
+"""Every training option, declared once: type, default, range or choices, a one-line reason, and where it goes.
+
+The names are sd-scripts' own argument names (checked against its argparse in tests), so what a user reads in
+the UI, types after `--set`, finds in a preset and sees in `args.toml` is the same word. From this table come
+the validation, the `--set` parser, the UI tooltips and ranges (`describe()`), and the TOML files
+(`config.py` asks each option's `where`):
+
+- "args": the arguments TOML given to `--config_file`;
+- "dataset": the `[general]` table of the dataset TOML given to `--dataset_config`;
+- "network_args": one `key=value` string in the `network_args` list (LyCORIS and LoRA extras);
+- "subset": computed per subset by `config.py` (only `keep_tokens`, whose default depends on the trigger words).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Literal
+
+from ..errors import LorakitError
+
+log = logging.getLogger(__name__)
+
+Where = Literal["args", "dataset", "network_args", "subset"]
+GROUPS = ("network", "optimizer", "training", "dataset", "saving", "sampling", "performance")
+
+
+class InvalidOption(LorakitError, ValueError):
+    """One or more training options are unknown or out of range; `problems` lists each, naming the option."""
+
+    def __init__(self, problems: Iterable[str]):
+        self.problems = tuple(problems)
+        super().__init__("; ".join(self.problems))
+
+
+@dataclass(frozen=True)
+class Option:
+    """One training option. `default=None` (or `optional=True`) means "leave it out": sd-scripts' own default.
+
+    `key` is the name in the TOML when sd-scripts calls it differently there (train_batch_size is `batch_size`
+    in the dataset TOML); `ignore_case` accepts choices in any case, as sd-scripts does for optimizers.
+    """
+
+    name: str
+    type: type
+    default: Any
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[Any, ...] = ()
+    reason: str = ""
+    group: str = "training"
+    where: Where = "args"
+    key: str | None = None
+    optional: bool = False
+    ignore_case: bool = False
+
+    @property
+    def nullable(self) -> bool:
+        return self.default is None or self.optional
+
+    @property
+    def toml_key(self) -> str:
+        return self.key or self.name
+
+    @property
+    def expected(self) -> str:
+        """What a valid value looks like, in words: the tail of every error message about this option."""
+        if self.choices:
+            text = "one of " + ", ".join(str(c) for c in self.choices)
+        elif self.type is bool:
+            text = "true or false"
+        elif self.type is str:
+            text = "a text"
+        else:
+            noun = "an integer" if self.type is int else "a number"
+            text = noun + _range_words(self.minimum, self.maximum)
+        return text + (" (or none)" if self.nullable else "")
+
+    def check(self, value: Any) -> Any:
+        """`value` made canonical (ints as floats for float options, choices in their declared case)."""
+        if value is None:
+            if self.nullable:
+                return None
+            raise InvalidOption([self._bad(value)])
+        if self.type is bool:
+            ok = isinstance(value, bool)
+        elif self.type is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif self.type is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else:
+            ok = isinstance(value, str)
+        if ok and self.choices:
+            return self._choice(value)
+        if not ok or not self._in_range(value):
+            raise InvalidOption([self._bad(value)])
+        return float(value) if self.type is float else value
+
+    def parse(self, text: str) -> Any:
+        """A value typed from command-line text (`--set name=text`), then checked."""
+        raw = text.strip()
+        if self.nullable and raw.lower() in ("", "none", "null"):
+            return None
+        try:
+            if self.type is bool:
+                value: Any = _BOOL_WORDS[raw.lower()]
+            elif self.type is int:
+                value = int(raw.replace("_", ""))
+            elif self.type is float:
+                value = float(raw.replace("_", ""))
+            else:
+                value = raw
+        except (KeyError, ValueError):
+            raise InvalidOption([f"{self.name}: expected {self.expected}, got {raw!r}"]) from None
+        return self.check(value)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able description for the UI (tooltip = reason) and `--help`."""
+        return {"name": self.name, "type": self.type.__name__, "default": self.default, "minimum": self.minimum,
+                "maximum": self.maximum, "choices": list(self.choices), "nullable": self.nullable,
+                "reason": self.reason, "group": self.group, "where": self.where, "key": self.toml_key,
+                "expected": self.expected}
+
+    def _choice(self, value: Any) -> Any:
+        for c in self.choices:
+            if c == value or (self.ignore_case and str(c).lower() == str(value).lower()):
+                return c
+        raise InvalidOption([self._bad(value)])
+
+    def _in_range(self, value: Any) -> bool:
+        if self.type not in (int, float):
+            return True
+        return (self.minimum is None or value >= self.minimum) and (self.maximum is None or value <= self.maximum)
+
+    def _bad(self, value: Any) -> str:
+        return f"{self.name}: expected {self.expected}, got {value!r}"
+
+
+_BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "1": True, "0": False}
+
+
+def _range_words(lo: float | None, hi: float | None) -> str:
+    def num(x: float) -> str:
+        return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+    if lo is not None and hi is not None:
+        return f" from {num(lo)} to {num(hi)}"
+    if lo is not None:
+        return f" ≥ {num(lo)}"
+    if hi is not None:
+        return f" ≤ {num(hi)}"
+    return ""
+
+
+OPTIMIZERS = ("AdamW", "AdamW8bit", "PagedAdamW", "PagedAdamW8bit", "PagedAdamW32bit", "Lion", "Lion8bit",
+              "PagedLion8bit", "SGDNesterov", "SGDNesterov8bit", "DAdaptation", "DAdaptAdamPreprint", "DAdaptAdaGrad",
+              "DAdaptAdam", "DAdaptAdan", "DAdaptAdanIP", "DAdaptLion", "DAdaptSGD", "Prodigy", "Adafactor",
+              "RAdamScheduleFree", "AdamWScheduleFree", "SGDScheduleFree")
+SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
+              "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay", "piecewise_constant")
+# lycoris-lora 3.4.0 (the pinned version) `lycoris.wrapper.network_module_dict`; it has no ia3
+LYCORIS_ALGOS = ("lora", "locon", "loha", "lokr", "dylora", "glora", "full", "diag-oft", "boft")
+SAMPLERS = ("ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",
+            "dpmsingle", "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a")
+
+
+def _o(name: str, type_: type, default: Any, reason: str, group: str, **kw: Any) -> Option:
+    return Option(name=name, type=type_, default=default, reason=reason, group=group, **kw)
+
+
+OPTIONS: tuple[Option, ...] = (
+    # --- network ------------------------------------------------------------------------------------------------
+    _o("network_module", str, "networks.lora", "networks.lora for LoRA; lycoris.kohya for LoCon, LoHa and the other "
+       "LyCORIS kinds (needs lycoris-lora).", "network", choices=("networks.lora", "lycoris.kohya")),
+    _o("network_dim", int, 16, "Rank of the linear layers: capacity and file size; 8–32 is plenty for most styles "
+       "and characters.", "network", minimum=1, maximum=1024),
+    _o("network_alpha", float, 8.0, "Scales the update by alpha/dim: lower alpha is like a lower learning rate.",
+       "network", minimum=0, maximum=1024),
+    _o("conv_dim", int, None, "Rank of the 3×3 convolution layers (LoCon/LoHa); none leaves them untrained.",
+       "network", minimum=1, maximum=1024, where="network_args"),
+    _o("conv_alpha", float, None, "Alpha of the convolution layers, as network_alpha is for the linear ones.",
+       "network", minimum=0, maximum=1024, where="network_args"),
+    _o("algo", str, None, "LyCORIS algorithm (only with network_module lycoris.kohya): locon, loha, lokr, …",
+       "network", choices=LYCORIS_ALGOS, where="network_args"),
+    _o("use_tucker", bool, None, "LyCORIS: Tucker-decompose convolution weights (smaller, slower to train).",
+       "network", where="network_args"),
+    _o("network_dropout", float, None, "Dropout on the network's neurons each step; none is no dropout.",
+       "network", minimum=0, maximum=1),
+    _o("network_train_unet_only", bool, False, "Train the U-Net only and leave the text encoder(s) untouched.",
+       "network"),
+    # --- optimizer ----------------------------------------------------------------------------------------------
+    _o("optimizer_type", str, "AdamW8bit", "Optimizer; AdamW8bit needs bitsandbytes, DAdapt*/Prodigy pick their "
+       "own step size (set learning_rate 1).", "optimizer", choices=OPTIMIZERS, ignore_case=True),
+    _o("learning_rate", float, 1e-4, "Step size for everything not given its own rate.", "optimizer",
+       minimum=0, maximum=10),
+    _o("unet_lr", float, None, "U-Net learning rate; none uses learning_rate.", "optimizer", minimum=0, maximum=10),
+    _o("text_encoder_lr", float, None, "Text-encoder learning rate; lower keeps more of the base model's prompt "
+       "understanding, but slows learning.", "optimizer", minimum=0, maximum=10),
+    _o("lr_scheduler", str, "constant", "How the learning rate changes over the run.", "optimizer",
+       choices=SCHEDULERS),
+    _o("lr_warmup_steps", int, 0, "Steps to ramp the learning rate up; 'constant' must have 0.", "optimizer",
+       minimum=0, maximum=1_000_000),
+    _o("lr_scheduler_num_cycles", int, 1, "Restarts of cosine_with_restarts.", "optimizer", minimum=1, maximum=1000),
+    _o("max_grad_norm", float, 1.0, "Gradient clipping; 0 turns it off.", "optimizer", minimum=0, maximum=1000),
+    _o("min_snr_gamma", float, None, "Min-SNR loss weighting (5 is the usual value): steadier, faster "
+       "convergence.", "optimizer", minimum=0, maximum=100),
+    _o("noise_offset", float, None, "Lets the model learn very dark and very bright images (about 0.05–0.1).",
+       "optimizer", minimum=0, maximum=1),
+    # --- training length ----------------------------------------------------------------------------------------
+    _o("max_train_epochs", int, 10, "Passes over the dataset (each image × its repeats); overrides "
+       "max_train_steps.", "training", minimum=1, maximum=10_000, optional=True),
+    _o("max_train_steps", int, None, "Optimizer steps in all; used only when max_train_epochs is none.",
+       "training", minimum=1, maximum=10_000_000),
+    _o("train_batch_size", int, 1, "Images per step; larger needs more VRAM and fewer steps per epoch.",
+       "training", minimum=1, maximum=256, where="dataset", key="batch_size"),
+    _o("gradient_accumulation_steps", int, 1, "Steps whose gradients add up before one update: a larger "
+       "effective batch without the VRAM.", "training", minimum=1, maximum=1024),
+    _o("seed", int, 42, "Random seed: same seed and data, same result.", "training", minimum=0,
+       maximum=2**32 - 1),
+    _o("clip_skip", int, None, "Use the text encoder's n-th layer from the end; match what you sample with "
+       "(SD1 only: SDXL ignores it).", "training", minimum=1, maximum=12),
+    _o("max_token_length", int, None, "Caption tokens read (none is 75): 150 or 225 for long captions.",
+       "training", choices=(150, 225)),
+    # --- dataset ([general] of the dataset TOML) --------------------------------------------------------------
+    _o("resolution", int, 512, "Training size in pixels (square side): 512 for SD1, 1024 for SDXL.", "dataset",
+       minimum=64, maximum=4096, where="dataset"),
+    _o("enable_bucket", bool, True, "Aspect-ratio buckets: images keep their shape instead of being "
+       "centre-cropped.", "dataset", where="dataset"),
+    _o("min_bucket_reso", int, 256, "Smallest bucket side; must not exceed resolution.", "dataset",
+       minimum=64, maximum=4096, where="dataset"),
+    _o("max_bucket_reso", int, 1024, "Largest bucket side; must be at least resolution.", "dataset",
+       minimum=64, maximum=8192, where="dataset"),
+    _o("bucket_reso_steps", int, 64, "Bucket sides are multiples of this (64 is safe for SD1 and SDXL).",
+       "dataset", minimum=8, maximum=512, where="dataset"),
+    _o("bucket_no_upscale", bool, False, "Never enlarge a small image to fill its bucket.", "dataset",
+       where="dataset"),
+    _o("shuffle_caption", bool, True, "Shuffle the comma-separated tags each step, so no tag order is learned.",
+       "dataset", where="dataset"),
+    _o("keep_tokens", int, None, "Leading tags never shuffled; none keeps the project's trigger words in front.",
+       "dataset", minimum=0, maximum=255, where="subset"),
+    _o("flip_aug", bool, False, "Random horizontal flips: doubles poses but erases a character's left/right "
+       "features.", "dataset", where="dataset"),
+    _o("caption_dropout_rate", float, 0.0, "Share of steps that train with an empty caption.", "dataset",
+       minimum=0, maximum=1, where="dataset"),
+    _o("caption_tag_dropout_rate", float, 0.0, "Share of tags dropped from each caption.", "dataset",
+       minimum=0, maximum=1, where="dataset"),
+    # --- saving ---------------------------------------------------------------------------------------------------
+    _o("save_every_n_epochs", int, 1, "Keep a LoRA file every n epochs so an earlier, less overcooked one can be "
+       "picked.", "saving", minimum=1, maximum=10_000, optional=True),
+    _o("save_every_n_steps", int, None, "Also keep a LoRA file every n steps.", "saving", minimum=1,
+       maximum=10_000_000),
+    _o("save_precision", str, "fp16", "Precision of the saved file: fp16 halves its size.", "saving",
+       choices=("float", "fp16", "bf16")),
+    _o("save_state", bool, False, "Also save optimizer state with each file, so training can resume from it.",
+       "saving"),
+    # --- sampling -------------------------------------------------------------------------------------------------
+    _o("sample_every_n_epochs", int, None, "Draw the sample prompts every n epochs (overrides the step "
+       "setting).", "sampling", minimum=1, maximum=10_000),
+    _o("sample_every_n_steps", int, None, "Draw the sample prompts every n steps.", "sampling", minimum=1,
+       maximum=10_000_000),
+    _o("sample_at_first", bool, False, "Draw the samples once before training, as a baseline.", "sampling"),
+    _o("sample_sampler", str, "euler_a", "Sampler for the samples.", "sampling", choices=SAMPLERS),
+    # --- performance ----------------------------------------------------------------------------------------------
+    _o("mixed_precision", str, "fp16", "Compute precision: fp16 or bf16 on GPUs, no on CPU.", "performance",
+       choices=("no", "fp16", "bf16")),
+    _o("gradient_checkpointing", bool, False, "Recompute activations instead of storing them: much less VRAM, "
+       "~20% slower.", "performance"),
+    _o("cache_latents", bool, True, "Encode each image with the VAE once instead of every step (faster).",
+       "performance"),
+    _o("cache_latents_to_disk", bool, False, "Keep the cached latents on disk between runs.", "performance"),
+    _o("sdpa", bool, True, "PyTorch's scaled-dot-product attention: fast, no extra package.", "performance"),
+    _o("xformers", bool, False, "xformers attention (needs the xformers package); not with sdpa.", "performance"),
+    _o("no_half_vae", bool, False, "Keep the VAE in fp32: SDXL's VAE gives NaN latents in fp16.", "performance"),
+    _o("max_data_loader_n_workers", int, 2, "Image-loading processes; more use more RAM.", "performance",
+       minimum=0, maximum=64),
+)
+
+OPTION_MAP: Mapping[str, Option] = MappingProxyType({o.name: o for o in OPTIONS})
+
+# Old or foreign names still accepted with a warning, so saved presets keep loading (LyCORIS does the same with
+# its `deprecated_arg_dict`).
+ALIASES: Mapping[str, str] = MappingProxyType({
+    "batch_size": "train_batch_size",  # sd-scripts' dataset-TOML name
+    "epoch": "max_train_epochs",  # kohya_ss GUI
+    "use_cp": "use_tucker",  # LyCORIS < 2
+    "use_conv_cp": "use_tucker",  # LyCORIS < 2
+})
+
+# Pairs where setting the first (to a value, or to true) in a later layer switches the second off.
+EXCLUSIVE: tuple[tuple[str, str], ...] = (
+    ("max_train_steps", "max_train_epochs"), ("max_train_epochs", "max_train_steps"),
+    ("xformers", "sdpa"), ("sdpa", "xformers"),
+)
+
+
+def defaults() -> dict[str, Any]:
+    """Every option at its default (None where sd-scripts' own default applies)."""
+    return {o.name: o.default for o in OPTIONS}
+
+
+def canonical_name(name: str) -> str:
+    """The declared name for `name` (an old name is mapped, with a warning); unknown names raise with hints."""
+    if name in OPTION_MAP:
+        return name
+    if name in ALIASES:
+        log.warning("Training option %r is an old name; use %r instead.", name, ALIASES[name])
+        return ALIASES[name]
+    raise InvalidOption([unknown_message(name)])
+
+
+def unknown_message(name: str) -> str:
+    """`unknown option 'x'`, with the closest declared names (difflib) when some are close."""
+    close = difflib.get_close_matches(str(name), list(OPTION_MAP) + list(ALIASES), n=3, cutoff=0.6)
+    close = list(dict.fromkeys(ALIASES.get(c, c) for c in close))
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    return f"unknown option {name!r}{hint}"
+
+
+def validate(values: Mapping[str, Any], *, complete: bool = False) -> dict[str, Any]:
+    """Check `values` against the declarations and return them canonical (declared names, typed values).
+
+    Every problem is collected and raised together as one InvalidOption, each naming its option and what it
+    allows. With `complete=True` the result holds every option (defaults filled in) and the combinations
+    sd-scripts would reject later (e.g. sdpa with xformers, resolution below min_bucket_reso) are checked too.
+    """
+    problems: list[str] = []
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        try:
+            key = canonical_name(name)
+            if key in out and key != name:
+                raise InvalidOption([f"{name}: both {name!r} and {key!r} are given; keep {key!r}"])
+            out[key] = OPTION_MAP[key].check(value)
+        except InvalidOption as e:
+            problems += e.problems
+    if not problems and complete:
+        out = {**defaults(), **out}
+        problems = combination_problems(out)
+    if problems:
+        raise InvalidOption(problems)
+    return {name: out[name] for name in OPTION_MAP if name in out}
+
+
+def combination_problems(s: Mapping[str, Any]) -> list[str]:
+    """Problems between options of a complete settings mapping, worded as sd-scripts' failure would be fixed."""
+    problems = []
+    if s["sdpa"] and s["xformers"]:
+        problems.append("sdpa and xformers: choose one attention (set the other to false)")
+    if s["max_train_epochs"] is None and s["max_train_steps"] is None:
+        problems.append("max_train_epochs and max_train_steps: set one of them")
+    lycoris_only = [n for n in ("algo", "use_tucker") if s[n] is not None]
+    if lycoris_only and s["network_module"] != "lycoris.kohya":
+        problems.append(f"{', '.join(lycoris_only)}: only network_module lycoris.kohya reads it; "
+                        f"network_module is {s['network_module']}")
+    if s["network_module"] == "lycoris.kohya" and s["algo"] is None:
+        problems.append(f"algo: lycoris.kohya needs one of {', '.join(LYCORIS_ALGOS)}")
+    if s["lr_scheduler"] == "constant" and s["lr_warmup_steps"]:
+        problems.append(f"lr_warmup_steps: the constant scheduler takes no warm-up (got {s['lr_warmup_steps']}); "
+                        "set 0 or use constant_with_warmup")
+    if s["enable_bucket"]:
+        problems += _bucket_problems(s)
+    return problems
+
+
+def _bucket_problems(s: Mapping[str, Any]) -> list[str]:
+    res, lo, hi, step = s["resolution"], s["min_bucket_reso"], s["max_bucket_reso"], s["bucket_reso_steps"]
+    problems = []
+    if lo > res:
+        problems.append(f"min_bucket_reso: expected at most resolution {res}, got {lo}; lower it or set "
+                        "enable_bucket=false")
+    if hi < res:
+        problems.append(f"max_bucket_reso: expected at least resolution {res}, got {hi}")
+    for name, value in (("min_bucket_reso", lo), ("max_bucket_reso", hi)):
+        if value % step:
+            problems.append(f"{name}: expected a multiple of bucket_reso_steps {step}, got {value}")
+    return problems
+
+
+def parse_set(items: Iterable[str]) -> dict[str, Any]:
+    """`["max_train_steps=4", "resolution=64"]` → `{"max_train_steps": 4, "resolution": 64}`, typed by each
+    option's declaration; `none` clears an optional value. All problems are raised together."""
+    out: dict[str, Any] = {}
+    problems: list[str] = []
+    for item in items:
+        name, sep, text = str(item).partition("=")
+        name = name.strip()
+        if not sep or not name:
+            problems.append(f"{item!r}: expected NAME=VALUE, e.g. max_train_epochs=10")
+            continue
+        try:
+            key = canonical_name(name)
+            out[key] = OPTION_MAP[key].parse(text)
+        except InvalidOption as e:
+            problems += e.problems
+    if problems:
+        raise InvalidOption(problems)
+    return out
+
+
+def describe() -> list[dict[str, Any]]:
+    """All options, in declaration order, as JSON-able dicts (name, type, default, range, choices, reason, …)."""
+    return [o.describe() for o in OPTIONS]
+
+
+def options_where(where: Where) -> tuple[Option, ...]:
+    return tuple(o for o in OPTIONS if o.where == where)

@@ -1,0 +1,236 @@
+"""Training as the user sees it: plan (settings, steps, preflight), create a run, queue it, register results.
+
+The tab, the CLI and the API call this; it composes presets, config, the trainer environment, the runner and
+the queue, and holds no state of its own.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from ..dataset.report import build_report
+from ..errors import LorakitError
+from ..fsutil import atomic_write_json, read_json
+from ..host import Host, checkpoint_arch
+from ..project import Project
+from ..results.registry import Registered, register_files
+from ..tomlio import read_toml, write_toml
+from . import presets as _presets
+from .config import RunFiles, SampleSettings, build_run_files, write_run_files
+from .environment import TrainerEnvironment, check_submodule
+from .queue import TrainQueue
+from .runner import Runs, RunSnapshot, RunSpec
+from .steps import StepPlan, plan_project
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One preflight check that failed (`error` blocks the run; `warning` asks for attention)."""
+
+    code: str
+    severity: str
+    message: str
+    fix: str = ""
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "severity": self.severity, "message": self.message, "fix": self.fix}
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    project: str
+    preset: str
+    base_model: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    output_name: Optional[str] = None
+    samples: Optional[SampleSettings] = None
+    accept_missing_captions: bool = False
+    num_processes: int = 1
+    accelerate_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    settings: _presets.ResolvedSettings
+    steps: StepPlan
+    findings: tuple[Finding, ...]
+    base_arch: str
+
+    @property
+    def blocked(self) -> bool:
+        return any(f.severity == "error" for f in self.findings)
+
+    def to_dict(self) -> dict:
+        return {"preset": self.settings.preset, "base_arch": self.base_arch, "settings": self.settings.explain(),
+                "steps": asdict(self.steps),
+                "findings": [f.to_dict() for f in self.findings], "blocked": self.blocked}
+
+
+class TrainingService:
+    def __init__(self, host: Host, *, trainer: TrainerEnvironment, tokenizer_cache_dir: Optional[Path] = None,
+                 env: Optional[Mapping[str, str]] = None):
+        self.host = host
+        self.trainer = trainer
+        self.tokenizer_cache_dir = tokenizer_cache_dir
+        self.extra_env = dict(env or {})
+
+    def presets_dir(self) -> Path:
+        return Path(self.host.projects_home()) / "presets"
+
+    # 1. the plan: settings with their sources, the step maths and the preflight findings; writes nothing
+    def plan(self, project: Project, req: TrainRequest) -> TrainPlan:
+        settings = _presets.resolve(req.preset, req.overrides, user_dir=self.presets_dir())
+        base = Path(req.base_model).expanduser()
+        arch = checkpoint_arch(base) if base.is_file() else "Unknown"
+        steps = plan_project(project, settings.values, num_processes=req.num_processes)
+        findings = preflight(project, req, settings=settings, base=base, arch=arch, trainer=self.trainer,
+                             lora_dir=Path(self.host.lora_dir()))
+        return TrainPlan(settings=settings, steps=steps, findings=tuple(findings), base_arch=arch)
+
+    # 2. a run folder with its TOMLs and launch description, queued
+    def create_run(self, project: Project, req: TrainRequest, *, queue: bool = True) -> RunSnapshot:
+        plan = self.plan(project, req)
+        if plan.blocked:
+            errors = [f for f in plan.findings if f.severity == "error"]
+            raise LorakitError("Cannot train yet:\n" + "\n".join(
+                f"- {f.message}" + (f" Fix: {f.fix}" if f.fix else "") for f in errors))
+        runs = Runs(project)
+        run_dir = runs.new_dir(req.output_name or plan.settings.preset)
+        files = build_run_files(project, plan.settings, run_dir=run_dir, pretrained_model=Path(req.base_model),
+                                base_arch=plan.base_arch if plan.base_arch != "Unknown" else plan.settings.base,
+                                output_name=req.output_name, tokenizer_cache_dir=self.tokenizer_cache_dir,
+                                samples=req.samples)
+        paths = write_run_files(files, run_dir)
+        spec = RunSpec(argv=tuple(self.launch_argv(files, paths.args_toml, paths.dataset_toml, req)),
+                       cwd=str(self.trainer.sd_scripts_dir), output_name=files.output_name,
+                       env={**self.trainer.subprocess_env({}), **self.extra_env})
+        meta = {"preset": plan.settings.preset, "base_model": str(req.base_model), "base_arch": plan.base_arch,
+                "trigger_words": list(project.settings.trigger_words), "steps": asdict(plan.steps),
+                "settings": dict(plan.settings.values)}
+        snap = runs.create(run_dir, spec, files={}, meta=meta)
+        if queue:
+            TrainQueue(self.host).add(project.name, snap.id)
+        return snap
+
+    def launch_argv(self, files: RunFiles, args_toml: Path, dataset_toml: Path, req: TrainRequest) -> list[str]:
+        """accelerate launch … <script> --config_file … --dataset_config …, as an argument list (no shell)."""
+        argv = [str(self.trainer.python), "-m", "accelerate.commands.launch", "--num_cpu_threads_per_process", "2"]
+        if req.num_processes > 1:
+            argv += ["--multi_gpu", "--num_processes", str(req.num_processes)]
+        argv += [*req.accelerate_args, files.script, "--config_file", str(args_toml),
+                 "--dataset_config", str(dataset_toml)]
+        return argv
+
+    # 3. resume a stopped, failed or interrupted run from its last saved state, in the same folder
+    def resume(self, project: Project, run_id: str, *, queue: bool = True) -> RunSnapshot:
+        runs = Runs(project)
+        snap = runs.get(run_id)
+        if snap.active:
+            raise LorakitError(f"Run {run_id} is {snap.state}; only a stopped or failed run can be resumed.")
+        state = latest_state(snap.dir)
+        if state is None:
+            raise LorakitError(f"Run {run_id} saved no training state to resume from (save_state was off, or it "
+                               "stopped before the first save). Start a new run instead.")
+        args_path = snap.dir / "args.toml"
+        args = read_toml(args_path)
+        args.update(resume=str(state), skip_until_initial_step=True)
+        write_toml(args_path, args)
+        requeue(snap.dir, resumed_from=state.name)
+        if queue:
+            TrainQueue(self.host).add(project.name, run_id)
+        return runs.get(run_id)
+
+    # 4. registration of what a run saved
+    def register(self, project: Project, run_id: str, *, weight: float = 0.8) -> list[Registered]:
+        snap = Runs(project).get(run_id)
+        files = [snap.dir / f for f in snap.files]
+        if not files:
+            raise LorakitError(f"Run {run_id} has saved no LoRA yet.")
+        preview = snap.dir / snap.samples[-1] if snap.samples else None
+        steps = snap.progress.get("total") or "?"
+        images = snap.meta.get("steps", {}).get("train_images", "?")
+        description = f"Train Style run {run_id}: preset {snap.meta.get('preset')}, {steps} steps, {images} images"
+        return register_files(files, lora_dir=Path(self.host.lora_dir()), project=project.name,
+                              trigger_words=snap.meta.get("trigger_words", []), description=description,
+                              preview=preview, weight=weight, host=self.host)
+
+
+def latest_state(run_dir: Path) -> Optional[Path]:
+    """The newest `<name>-step<N>-state` / `<name>-state` folder sd-scripts left (the one with train_state.json)."""
+    def step(p: Path) -> int:
+        return int((read_json(p / "train_state.json", default={}) or {}).get("current_step") or 0)
+
+    states = [p for p in run_dir.glob("*-state") if (p / "train_state.json").is_file()]
+    return max(states, key=lambda p: (step(p), p.stat().st_mtime_ns), default=None)
+
+
+def requeue(run_dir: Path, **meta: Any) -> None:
+    data = read_json(run_dir / "run.json")
+    data.update(state="queued", error="", advice="")
+    data.setdefault("meta", {}).update(meta)
+    atomic_write_json(run_dir / "run.json", data)
+
+
+def preflight(project: Project, req: TrainRequest, *, settings: _presets.ResolvedSettings, base: Path, arch: str,
+              trainer: TrainerEnvironment, lora_dir: Path) -> list[Finding]:
+    """Every reason the run would fail or disappoint, each with the fix."""
+    found: list[Finding] = []
+    # a. base model: present, and of the preset's family
+    if not base.is_file():
+        found.append(Finding("BASE_MODEL_MISSING", "error", f"The base model {base} does not exist.",
+                             "Pick a checkpoint from the list or give its full path."))
+    elif arch == "Unknown":
+        found.append(Finding("BASE_MODEL_UNKNOWN", "warning", f"Could not tell whether {base.name} is SD1, SD2 or "
+                             "SDXL (only .safetensors checkpoints can be read safely).",
+                             f"Make sure it is a {settings.base} model."))
+    elif (arch == "SDXL") != (settings.base == "SDXL"):
+        found.append(Finding("BASE_MODEL_MISMATCH", "error", f"{base.name} is an {arch} model but preset "
+                             f"{settings.preset} is for {settings.base}.", f"Pick a {arch} preset."))
+    # b. captions and trigger words
+    report = build_report(project)
+    missing = [m for c in report.concepts if c.kind == "dataset" for m in c.missing_captions]
+    if missing and not req.accept_missing_captions:
+        found.append(Finding("MISSING_CAPTIONS", "error", f"{len(missing)} training images have no caption "
+                             f"(e.g. {missing[0]}); sd-scripts would train them on the folder name alone.",
+                             "Tag them in Captions, or accept training without captions."))
+    if report.total_images == 0:
+        found.append(Finding("NO_IMAGES", "error", "The project has no training images.", "Import images first."))
+    if not project.settings.trigger_words:
+        found.append(Finding("NO_TRIGGER", "warning", "The project has no trigger word: the LoRA's card will have "
+                             "no activation text and the style will be tied to no word.",
+                             "Set trigger words in the project settings."))
+    # c. the trainer and sd-scripts
+    sub = check_submodule(REPO_ROOT)
+    if sub:
+        found.append(Finding("SD_SCRIPTS", "error", sub))
+    if not trainer.setup_complete():
+        found.append(Finding("TRAINER_MISSING", "error", "The trainer environment is not set up.",
+                             "Press 'Set up trainer' or run `python -m lib_lorakit trainer setup`."))
+    # d. disk and name collisions
+    found += _disk_and_names(project, req, settings, lora_dir)
+    return found
+
+
+def _disk_and_names(project: Project, req: TrainRequest, settings: _presets.ResolvedSettings,
+                    lora_dir: Path) -> list[Finding]:
+    found = []
+    values = settings.values
+    lora_mb = 10 + (values.get("network_dim") or 16) * (8 if settings.base == "SDXL" else 4)
+    saves = 12
+    need = lora_mb * saves * (3 if values.get("save_state") else 1) * 1024 * 1024
+    free = shutil.disk_usage(project.root).free
+    if free < need:
+        found.append(Finding("DISK", "error", f"Only {free / 2**30:.1f} GiB free; this run may write about "
+                             f"{need / 2**30:.1f} GiB.", "Free disk space or save less often."))
+    name = req.output_name or project.name
+    taken = Path(lora_dir) / "train-style" / project.name / f"{name}.safetensors"
+    if taken.exists():
+        found.append(Finding("NAME_TAKEN", "warning", f"A registered LoRA named {name} exists; registering this "
+                             "run will replace it.", "Choose another output name to keep both."))
+    return found
