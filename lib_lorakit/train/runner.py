@@ -171,6 +171,17 @@ class Runs:
             os.kill(pid, signal.SIGTERM)
         return self.get(run_id)
 
+    def launch(self, run_id: str) -> dict:
+        """The launch description (argv, cwd, env, output) of a run."""
+        return read_json(self.dir(run_id) / "launch.json")
+
+    def mark(self, run_id: str, state: str) -> None:
+        """Set a run's state by hand (e.g. "draft" for a dry run that must not be started by the queue)."""
+        path = self.dir(run_id) / "run.json"
+        data = read_json(path)
+        data["state"] = state
+        atomic_write_json(path, data)
+
     def wait(self, run_id: str, timeout: float | None = None, poll: float = 0.5) -> RunSnapshot:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:

@@ -53,6 +53,7 @@ class TrainRequest:
     accept_missing_captions: bool = False
     num_processes: int = 1
     accelerate_args: tuple[str, ...] = ()
+    dry_run: bool = False  # write the files and show the command; a missing trainer is then only a warning
 
 
 @dataclass(frozen=True)
@@ -206,11 +207,12 @@ def preflight(project: Project, req: TrainRequest, *, settings: _presets.Resolve
                              "no activation text and the style will be tied to no word.",
                              "Set trigger words in the project settings."))
     # c. the trainer and sd-scripts
+    level = "warning" if req.dry_run else "error"
     sub = check_submodule(REPO_ROOT)
     if sub:
-        found.append(Finding("SD_SCRIPTS", "error", sub))
+        found.append(Finding("SD_SCRIPTS", level, sub))
     if not trainer.setup_complete():
-        found.append(Finding("TRAINER_MISSING", "error", "The trainer environment is not set up.",
+        found.append(Finding("TRAINER_MISSING", level, "The trainer environment is not set up.",
                              "Press 'Set up trainer' or run `python -m lib_lorakit trainer setup`."))
     # d. disk and name collisions
     found += _disk_and_names(project, req, settings, lora_dir)

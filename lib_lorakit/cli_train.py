@@ -1,0 +1,181 @@
+"""The training commands of `python -m lib_lorakit`: presets, train, runs, run, register, trainer."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .errors import LorakitError
+from .studio import Studio
+from .train import presets as _presets
+from .train.config import SampleSettings
+from .train.environment import TrainerEnvironment, doctor, setup_trainer
+from .train.options import parse_set
+from .train.queue import TrainQueue
+from .train.runner import Runs
+from .train.service import REPO_ROOT, TrainingService, TrainRequest
+
+DEFAULT_TORCH = "2.13.0"
+Result = tuple[int, Any, str]
+
+
+def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    sub.add_parser("presets", parents=[common], help="list training presets")
+    t = sub.add_parser("train", parents=[common], help="train a LoRA on a project")
+    t.add_argument("project")
+    t.add_argument("--preset", required=True)
+    t.add_argument("--base-model", required=True, help="the checkpoint to train on (.safetensors)")
+    t.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE", help="override a preset option")
+    t.add_argument("--output-name")
+    t.add_argument("--sample", action="append", default=[], metavar="PROMPT", help="a sample prompt (repeatable)")
+    t.add_argument("--accept-missing-captions", action="store_true")
+    t.add_argument("--dry-run", action="store_true", help="write the TOMLs and print the command; start nothing")
+    t.add_argument("--wait", action="store_true", help="stay until the run ends, showing progress")
+    r = sub.add_parser("runs", parents=[common], help="list a project's runs")
+    r.add_argument("project")
+    run = sub.add_parser("run", parents=[common], help="status, stop or resume one run")
+    run.add_argument("action", choices=("status", "stop", "resume"))
+    run.add_argument("project")
+    run.add_argument("run")
+    run.add_argument("--wait", action="store_true")
+    reg = sub.add_parser("register", parents=[common], help="put a run's LoRAs in the Lora folder with cards")
+    reg.add_argument("project")
+    reg.add_argument("run")
+    tr = sub.add_parser("trainer", parents=[common], help="set up or check sd-scripts' own environment")
+    tr.add_argument("action", choices=("setup", "doctor"))
+    tr.add_argument("--torch-version", default=DEFAULT_TORCH, help="the webui's torch version, to reuse its wheel")
+    tr.add_argument("--torch-index-url", help="e.g. the PyTorch CUDA wheel index for your GPU")
+    for p in (t, run, tr):
+        p.add_argument("--trainer-python", help="use an existing environment's python instead of ours")
+        p.add_argument("--tokenizer-cache-dir", type=Path, help="offline tokenizers for sd-scripts")
+
+
+def trainer_env(studio: Studio, args: argparse.Namespace) -> TrainerEnvironment:
+    python = getattr(args, "trainer_python", None) or os.environ.get("TRAIN_STYLE_TRAINER_PYTHON")
+    venv = Path(python).resolve().parent.parent if python else studio.host.projects_home() / ".trainer" / "venv"
+    return TrainerEnvironment(venv, REPO_ROOT / "sd-scripts")
+
+
+def service(studio: Studio, args: argparse.Namespace) -> TrainingService:
+    return TrainingService(studio.host, trainer=trainer_env(studio, args),
+                           tokenizer_cache_dir=getattr(args, "tokenizer_cache_dir", None))
+
+
+def handle(studio: Studio, args: argparse.Namespace) -> Result:
+    return {"presets": _list_presets, "train": _train, "runs": _runs, "run": _run, "register": _register,
+            "trainer": _trainer}[args.command](studio, args)
+
+
+def _list_presets(studio: Studio, args: argparse.Namespace) -> Result:
+    rows = [p.to_dict() for p in _presets.presets(studio.host.projects_home() / "presets")]
+    text = "\n".join(f"{r['name']:<24} {r['base']:<5} {r['network']:<5} {r['task']}" for r in rows)
+    return 0, {"presets": rows}, text
+
+
+def _train(studio: Studio, args: argparse.Namespace) -> Result:
+    project = studio.project(args.project)
+    svc = service(studio, args)
+    req = TrainRequest(project=args.project, preset=args.preset, base_model=args.base_model,
+                       overrides=parse_set(args.set), output_name=args.output_name,
+                       samples=SampleSettings(prompts=tuple(args.sample)) if args.sample else None,
+                       accept_missing_captions=args.accept_missing_captions, dry_run=args.dry_run)
+    plan = svc.plan(project, req)
+    for f in plan.findings:
+        print(f"{f.severity}: {f.message}" + (f" Fix: {f.fix}" if f.fix else ""), file=sys.stderr)
+    s = plan.steps
+    print(f"{s.train_images} images, {s.epoch_images} images × repeats per epoch, {s.epochs} epochs, batch "
+          f"{s.batch_size} → {s.total_steps} steps ({s.steps_per_image:.0f} per image)", file=sys.stderr)
+    for w in s.warnings:
+        print(f"{w.level}: {w.message}", file=sys.stderr)
+    snap = svc.create_run(project, req, queue=not args.dry_run)
+    argv = Runs(project).launch(snap.id)["argv"]
+    data = {"run": snap.id, "dir": str(snap.dir), "argv": argv, "plan": plan.to_dict()}
+    if args.dry_run:
+        Runs(project).mark(snap.id, "draft")
+        return 0, data, "Dry run: wrote " + str(snap.dir) + "\n" + " ".join(argv)
+    if not args.wait:
+        TrainQueue(studio.host).tick()
+        return 0, data, f"Queued run {snap.id}; follow it with `run status {args.project} {snap.id}`."
+    final = _follow(studio, project, snap.id)
+    data["final"] = final.to_dict()
+    return (0 if final.state == "succeeded" else 1), data, _describe(final)
+
+
+def _follow(studio: Studio, project: Any, run_id: str):
+    queue, runs = TrainQueue(studio.host), Runs(project)
+    while True:
+        queue.tick()
+        snap = runs.get(run_id)
+        p = snap.progress
+        print(f"\r{snap.state}: step {p.get('step', 0)}/{p.get('total', '?')} loss {p.get('loss')} "
+              f"eta {p.get('eta_s')} s   ", end="", file=sys.stderr, flush=True)
+        if snap.state not in ("queued", "starting", "running"):
+            print(file=sys.stderr)
+            return snap
+        time.sleep(1)
+
+
+def _describe(snap: Any) -> str:
+    lines = [f"Run {snap.id}: {snap.state}"]
+    p = snap.progress
+    if p:
+        lines.append(f"  step {p.get('step')}/{p.get('total')}, epoch {p.get('epoch')}/{p.get('epochs')}, "
+                     f"loss {p.get('loss')}, eta {p.get('eta_s')} s")
+    lines += [f"  saved {f}" for f in snap.files]
+    if snap.error:
+        lines.append(f"  {snap.error}")
+    if snap.advice:
+        lines.append(f"  advice: {snap.advice}")
+    if snap.state == "failed":
+        lines += ["  log tail:"] + [f"    {line}" for line in snap.log_tail[-12:]]
+    return "\n".join(lines)
+
+
+def _runs(studio: Studio, args: argparse.Namespace) -> Result:
+    snaps = Runs(studio.project(args.project)).list()
+    text = "\n".join(f"{s.id}  {s.state:<11} step {s.progress.get('step', 0)}/{s.progress.get('total', '?')}"
+                     for s in snaps) or "No runs yet."
+    return 0, {"runs": [s.to_dict() for s in snaps]}, text
+
+
+def _run(studio: Studio, args: argparse.Namespace) -> Result:
+    project = studio.project(args.project)
+    runs = Runs(project)
+    if args.action == "stop":
+        runs.stop(args.run)
+        TrainQueue(studio.host).remove(args.project, args.run)
+        snap = runs.wait(args.run, timeout=60)
+    elif args.action == "resume":
+        service(studio, args).resume(project, args.run)
+        snap = _follow(studio, project, args.run) if args.wait else runs.get(args.run)
+    else:
+        snap = runs.get(args.run)
+    return 0, snap.to_dict(), _describe(snap)
+
+
+def _register(studio: Studio, args: argparse.Namespace) -> Result:
+    done = service(studio, args).register(studio.project(args.project), args.run)
+    return 0, {"registered": [d.to_dict() for d in done]}, "\n".join(f"registered {d.lora}" for d in done)
+
+
+def _trainer(studio: Studio, args: argparse.Namespace) -> Result:
+    env = trainer_env(studio, args)
+    if args.action == "setup":
+        if getattr(args, "trainer_python", None):
+            raise LorakitError("--trainer-python names an existing environment; setup makes our own.")
+        report = setup_trainer(env.venv_dir, env.sd_scripts_dir, torch_version=args.torch_version,
+                               torch_index_url=args.torch_index_url, log=lambda line: print(line, file=sys.stderr))
+        return 0, {"ran": report.ran, "skipped": report.skipped, "warnings": report.warnings}, \
+            f"Trainer ready in {env.venv_dir} ({len(report.ran)} steps ran, {len(report.skipped)} already done)."
+    rep = doctor(env, repo_root=REPO_ROOT)
+    lines = [f"python {rep.python_version} torch {rep.torch_version} cuda {rep.cuda_available} "
+             f"{rep.device_name or ''} vram {rep.vram_free_mb}/{rep.vram_total_mb} MB",
+             f"sd-scripts {rep.sd_scripts_commit} (pinned {rep.sd_scripts_pinned}), lycoris {rep.lycoris_version}, "
+             f"bitsandbytes {'ok' if rep.bitsandbytes_ok else 'missing'}, sdpa {rep.sdpa_available}"]
+    lines += [f"{p.severity}: {p.what} Fix: {p.fix}" for p in rep.problems]
+    return (0 if rep.ok else 1), rep.to_dict() if hasattr(rep, "to_dict") else asdict(rep), "\n".join(lines)
