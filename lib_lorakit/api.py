@@ -100,6 +100,9 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
     def cancel(job_id: str) -> dict:
         return _guard(lambda: studio.jobs.cancel(job_id).to_dict())
 
+    from .api_train import add_routes
+
+    add_routes(r, studio, _guard)
     return r
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import asdict
@@ -18,7 +17,7 @@ from .train.environment import TrainerEnvironment, doctor, setup_trainer
 from .train.options import parse_set
 from .train.queue import TrainQueue
 from .train.runner import Runs
-from .train.service import REPO_ROOT, TrainingService, TrainRequest
+from .train.service import REPO_ROOT, TrainingService, TrainRequest, default_trainer
 
 DEFAULT_TORCH = "2.13.0"
 Result = tuple[int, Any, str]
@@ -56,9 +55,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
 
 
 def trainer_env(studio: Studio, args: argparse.Namespace) -> TrainerEnvironment:
-    python = getattr(args, "trainer_python", None) or os.environ.get("TRAIN_STYLE_TRAINER_PYTHON")
-    venv = Path(python).resolve().parent.parent if python else studio.host.projects_home() / ".trainer" / "venv"
-    return TrainerEnvironment(venv, REPO_ROOT / "sd-scripts")
+    return default_trainer(studio.host, getattr(args, "trainer_python", None))
 
 
 def service(studio: Studio, args: argparse.Namespace) -> TrainingService:

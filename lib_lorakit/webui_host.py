@@ -113,4 +113,7 @@ def mount_api(app) -> None:
     h = host()
     h.projects_home().mkdir(parents=True, exist_ok=True)
     api.mount(app, h, authorize=login_check(app))
+    from .train.queue import ensure_worker
+
+    ensure_worker(h)
     log.info("Train Style API mounted at %s (projects in %s)", api.PREFIX, h.projects_home())

@@ -131,3 +131,15 @@ class QueueWorker:
                 log.info("Train Style queue: %s", e)
             except Exception:  # the worker must survive a bad run folder
                 log.exception("Train Style queue failed")
+
+
+_workers: dict[str, QueueWorker] = {}
+
+
+def ensure_worker(host: Host) -> QueueWorker:
+    """One queue worker per projects home in this process (the webui re-runs its start-up hooks on reload)."""
+    key = str(Path(host.projects_home()).resolve())
+    worker = _workers.get(key)
+    if worker is None or not worker._thread.is_alive():
+        worker = _workers[key] = QueueWorker(TrainQueue(host)).start()
+    return worker

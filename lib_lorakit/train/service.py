@@ -6,6 +6,7 @@ the queue, and holds no state of its own.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -160,6 +161,14 @@ class TrainingService:
         return register_files(files, lora_dir=Path(self.host.lora_dir()), project=project.name,
                               trigger_words=snap.meta.get("trigger_words", []), description=description,
                               preview=preview, weight=weight, host=self.host)
+
+
+def default_trainer(host: Host, python: Optional[str] = None) -> TrainerEnvironment:
+    """The trainer environment: an existing one's python (argument or TRAIN_STYLE_TRAINER_PYTHON), else ours
+    under `<projects home>/.trainer/venv`."""
+    python = python or os.environ.get("TRAIN_STYLE_TRAINER_PYTHON")
+    venv = Path(python).resolve().parent.parent if python else Path(host.projects_home()) / ".trainer" / "venv"
+    return TrainerEnvironment(venv, REPO_ROOT / "sd-scripts")
 
 
 def latest_state(run_dir: Path) -> Optional[Path]:

@@ -39,6 +39,9 @@ def serve(host: StandaloneHost, *, host_name: str = "127.0.0.1", port: int = 786
     fastapi_app, local_url, _ = app.launch(server_name=host_name, server_port=port, prevent_thread_lock=True,
                                            show_api=False, inbrowser=False, quiet=True, **kw)
     api.mount(fastapi_app, host)
+    from ..train.queue import ensure_worker
+
+    ensure_worker(host)
     log.info("Train Style is running at %s (projects in %s)", local_url, host.projects_home())
     if not block:
         return app
