@@ -117,3 +117,10 @@ def mount_api(app) -> None:
 
     ensure_worker(h)
     log.info("Train Style API mounted at %s (projects in %s)", api.PREFIX, h.projects_home())
+
+
+def training_message() -> Optional[str]:
+    """For the webui's generation guard: a message when a Train Style run holds the GPU."""
+    from .train.queue import TrainQueue
+
+    return TrainQueue(host()).training_message()

@@ -1,6 +1,6 @@
 """Train Style for the AUTOMATIC1111 webui and Forge: thin glue; everything else lives in lib_lorakit."""
 
-from modules import script_callbacks, shared
+from modules import script_callbacks, scripts, shared
 
 from lib_lorakit import webui_host
 
@@ -22,6 +22,21 @@ def on_ui_settings():
 
 def on_app_started(demo, app):
     webui_host.mount_api(app)
+
+
+class TrainStyleGuard(scripts.Script):
+    """Stops a generation that would compete with a training run for the GPU, with the reason."""
+
+    def title(self):
+        return "Train Style guard"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def process(self, p, *args):
+        message = webui_host.training_message()
+        if message:
+            raise RuntimeError(message)
 
 
 script_callbacks.on_ui_tabs(on_ui_tabs)

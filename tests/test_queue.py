@@ -86,3 +86,21 @@ def test_removed_and_stopped_runs_leave_the_queue(workspace):
     runs.stop(b.id)  # a queued run that is stopped never starts
     assert drain(queue) == []
     assert runs.get(a.id).state == "queued" and runs.get(b.id).state == "stopped"
+
+
+def test_a_running_training_explains_why_the_gpu_is_taken(workspace):
+    project = workspace.create("q")
+    host = GpuHost(home=workspace.home, lora=workspace.home / "L", models=workspace.home / "M")
+    queue = TrainQueue(host)
+    runs, snap = make_run(project, "hang", delay=0.002)
+    queue.add("q", snap.id)
+    assert queue.training_message() is None  # queued is not training
+    queue.tick()
+    deadline = time.monotonic() + 30
+    while runs.get(snap.id).state != "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    message = queue.training_message()
+    assert message and snap.id in message and "stop the run" in message
+    runs.stop(snap.id)
+    runs.wait(snap.id, timeout=60)
+    assert queue.training_message() is None

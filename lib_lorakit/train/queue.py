@@ -74,6 +74,20 @@ class TrainQueue:
     def snapshot(self, entry: QueueEntry) -> RunSnapshot:
         return Runs(Workspace(self.host.projects_home()).open(entry.project)).get(entry.run)
 
+    def training_message(self) -> Optional[str]:
+        """Why the GPU is taken, if a queued run is training now (shown when the webui tries to generate)."""
+        for entry in self.entries():
+            try:
+                snap = self.snapshot(entry)
+            except LorakitError:
+                continue
+            if snap.state in ("starting", "running"):
+                p = snap.progress
+                return (f"Train Style is training on this GPU (project {entry.project}, run {entry.run}, step "
+                        f"{p.get('step', 0)}/{p.get('total', '?')}). Generate when it has finished, or stop the "
+                        "run in the Train Style tab.")
+        return None
+
     # --- scheduling ---------------------------------------------------------------------------------------------
     def tick(self) -> Optional[RunSnapshot]:
         """Start the next run if none is active; give the GPU back when all is done. Returns the active run."""
