@@ -104,3 +104,18 @@ def test_a_running_training_explains_why_the_gpu_is_taken(workspace):
     runs.stop(snap.id)
     runs.wait(snap.id, timeout=60)
     assert queue.training_message() is None
+
+
+def test_each_run_the_queue_started_is_reported_once_when_it_ends(workspace):
+    project = workspace.create("q")
+    host = GpuHost(home=workspace.home, lora=workspace.home / "L", models=workspace.home / "M")
+    finished = []
+    queue = TrainQueue(host, on_finished=lambda entry, snap: finished.append((entry.run, snap.state)))
+    runs, a = make_run(project, "success", delay=0.002)
+    _, b = make_run(project, "crash", delay=0.002)
+    queue.add("q", a.id)
+    queue.add("q", b.id)
+    drain(queue)
+    queue.tick()
+    queue.tick()
+    assert finished == [(a.id, "succeeded"), (b.id, "failed")]

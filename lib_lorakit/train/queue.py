@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -32,9 +33,11 @@ class QueueEntry:
 
 
 class TrainQueue:
-    def __init__(self, host: Host, unload_model: bool = True):
+    def __init__(self, host: Host, unload_model: bool = True,
+                 on_finished: Optional[Callable[[QueueEntry, RunSnapshot], None]] = None):
         self.host = host
         self.unload_model = unload_model
+        self.on_finished = on_finished  # called once for each run the queue started, when it has ended
         self.file = Path(host.projects_home()) / ".train-queue.json"
         self._lock = threading.RLock()
 
@@ -92,6 +95,7 @@ class TrainQueue:
     def tick(self) -> Optional[RunSnapshot]:
         """Start the next run if none is active; give the GPU back when all is done. Returns the active run."""
         with self._lock:
+            self._report_finished()
             pending: list[QueueEntry] = []
             for entry in self.entries():
                 try:
@@ -110,6 +114,25 @@ class TrainQueue:
                 self._save(pending, model_unloaded=False)
             return None
 
+    def _report_finished(self) -> None:
+        data = read_json(self.file, default={}) or {}
+        still = []
+        for item in data.get("started", []):
+            entry = QueueEntry(**item)
+            try:
+                snap = self.snapshot(entry)
+            except LorakitError:
+                continue
+            if snap.active:
+                still.append(item)
+            elif self.on_finished is not None:
+                try:
+                    self.on_finished(entry, snap)
+                except LorakitError as e:
+                    log.warning("Train Style: after run %s: %s", entry.run, e)
+        if still != data.get("started", []):
+            self._save(self.entries(), started=still)
+
     def _start(self, entry: QueueEntry) -> RunSnapshot:
         busy = getattr(self.host, "busy", lambda: None)()
         if busy:
@@ -118,7 +141,10 @@ class TrainQueue:
             self.host.unload_model()
             self._save(self.entries(), model_unloaded=True)
         log.info("Train Style: starting run %s of %s", entry.run, entry.project)
-        return Runs(Workspace(self.host.projects_home()).open(entry.project)).start(entry.run)
+        snap = Runs(Workspace(self.host.projects_home()).open(entry.project)).start(entry.run)
+        started = (read_json(self.file, default={}) or {}).get("started", [])
+        self._save(self.entries(), started=[*started, entry.to_dict()])
+        return snap
 
 
 class QueueWorker:
@@ -155,5 +181,18 @@ def ensure_worker(host: Host) -> QueueWorker:
     key = str(Path(host.projects_home()).resolve())
     worker = _workers.get(key)
     if worker is None or not worker._thread.is_alive():
-        worker = _workers[key] = QueueWorker(TrainQueue(host)).start()
+        worker = _workers[key] = QueueWorker(TrainQueue(host, on_finished=register_finished(host))).start()
     return worker
+
+
+def register_finished(host: Host) -> Callable[[QueueEntry, RunSnapshot], None]:
+    """After a run: put every LoRA it saved (also when stopped) into the Lora folder with cards."""
+    def register(entry: QueueEntry, snap: RunSnapshot) -> None:
+        if not snap.files:
+            return
+        from .service import TrainingService, default_trainer
+
+        project = Workspace(host.projects_home()).open(entry.project)
+        TrainingService(host, trainer=default_trainer(host)).register(project, entry.run)
+        log.info("Train Style: registered %d LoRA file(s) of run %s", len(snap.files), entry.run)
+    return register

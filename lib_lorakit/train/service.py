@@ -79,7 +79,9 @@ class TrainingService:
                  env: Optional[Mapping[str, str]] = None):
         self.host = host
         self.trainer = trainer
-        self.tokenizer_cache_dir = tokenizer_cache_dir
+        # offline machines keep sd-scripts' tokenizers in a folder (FACTS: --tokenizer_cache_dir)
+        cache = tokenizer_cache_dir or os.environ.get("TRAIN_STYLE_TOKENIZER_CACHE")
+        self.tokenizer_cache_dir = Path(cache) if cache else None
         self.extra_env = dict(env or {})
 
     def presets_dir(self) -> Path:

@@ -8,6 +8,7 @@ from ..host import Host
 from ..studio import Studio
 from .dataset_panel import DatasetPanel
 from .inspect_panel import InspectPanel
+from .train_panel import TrainPanel
 
 
 def build_tab(host: Host) -> gr.Blocks:
@@ -17,10 +18,15 @@ def build_tab(host: Host) -> gr.Blocks:
             with gr.Tab("Dataset", elem_id="train_style_dataset_tab"):
                 dataset = DatasetPanel(studio)
                 dataset.render()
+            with gr.Tab("Train", elem_id="train_style_train_tab"):
+                train = TrainPanel(studio, dataset.project)
+                train.render()
             with gr.Tab("Inspect", elem_id="train_style_inspect_tab"):
                 inspect = InspectPanel()
                 inspect.render()
         dataset.register()
         inspect.register()
+        train.register()
         dataset.load_event(blocks)
+        train.load_event(blocks)
     return blocks

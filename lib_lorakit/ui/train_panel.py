@@ -1,0 +1,225 @@
+"""The Train panel: preset, base model and overrides → Check (settings, steps, preflight) → Train; the runs of the
+project with progress, samples and the loss curve; Stop, Resume, Register; setting up the trainer."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any, Optional
+
+import gradio as gr
+
+from ..cli_train import DEFAULT_TORCH
+from ..errors import LorakitError
+from ..studio import Studio
+from ..train import options as _options
+from ..train import presets as _presets
+from ..train.config import SampleSettings
+from ..train.environment import doctor, setup_trainer
+from ..train.queue import TrainQueue, ensure_worker
+from ..train.runner import Runs, RunSnapshot
+from ..train.service import REPO_ROOT, TrainingService, TrainRequest, default_trainer
+from . import render_train as render
+from .dataset_panel import user_errors
+
+log = logging.getLogger(__name__)
+ProgressFn = Callable[[int, int, str], None]
+SETUP_KIND = "trainer-setup"
+
+
+class TrainPanel:
+    """Trains the project chosen in the Dataset panel (`project` is that dropdown)."""
+
+    def __init__(self, studio: Studio, project: gr.components.Component):
+        self.studio = studio
+        self.project = project
+
+    # --- layout -----------------------------------------------------------------------------------------------------
+    def render(self) -> None:
+        self.heading = gr.HTML(self._heading(None), elem_id="train_style_train_heading")
+        with gr.Row():
+            self.preset = gr.Dropdown(label="Preset", choices=self._preset_names(), elem_id="train_style_preset",
+                                      interactive=True)
+            self.base = gr.Dropdown(label="Base model", choices=list(self._checkpoints()),
+                                    elem_id="train_style_base_model", interactive=True)
+            self.refresh_lists = gr.Button("↻", elem_id="train_style_refresh_lists", scale=0, min_width=40)
+            self.base_path = gr.Textbox(label="Or the base model's path", elem_id="train_style_base_path")
+        with gr.Row():
+            self.overrides = gr.Textbox(label="Overrides (one option=value per line, e.g. max_train_epochs=8)",
+                                        lines=3, elem_id="train_style_overrides")
+            self.prompts = gr.Textbox(label="Sample prompts (one per line; empty: each concept's name)", lines=3,
+                                      elem_id="train_style_prompts")
+        with gr.Row():
+            self.output_name = gr.Textbox(label="Output name (default: the project's name)",
+                                          elem_id="train_style_output_name")
+            self.without_trigger = gr.Checkbox(label="Also sample each prompt without the trigger words", value=True,
+                                               elem_id="train_style_without_trigger")
+            self.accept_missing = gr.Checkbox(label="Train images without captions anyway",
+                                              elem_id="train_style_accept_missing")
+        with gr.Row():
+            self.check = gr.Button("Check", elem_id="train_style_check")
+            self.train = gr.Button("Train", elem_id="train_style_train", variant="primary")
+        self.plan = gr.HTML(elem_id="train_style_plan")
+        with gr.Row():
+            self.runs = gr.Dropdown(label="Runs", choices=[], elem_id="train_style_runs", interactive=True)
+            self.stop = gr.Button("Stop", elem_id="train_style_stop", scale=0)
+            self.resume = gr.Button("Resume", elem_id="train_style_resume", scale=0)
+            self.register_run = gr.Button("Register", elem_id="train_style_register", scale=0)
+            self.refresh = gr.Button("refresh", elem_id="train_style_train_refresh", elem_classes=["ts-hidden"])
+        self.run_box = gr.HTML(render.run_html(None), elem_id="train_style_run_box")
+        self.registered = gr.HTML(elem_id="train_style_registered")
+        self.samples = gr.Gallery(label="Samples", columns=4, height="auto", elem_id="train_style_samples")
+        with gr.Accordion("Trainer", open=False):
+            self.trainer_status = gr.HTML(elem_id="train_style_trainer_status")
+            with gr.Row():
+                self.torch_version = gr.Textbox(label="torch version (the webui's, to reuse its wheel)",
+                                                value=DEFAULT_TORCH, elem_id="train_style_torch_version")
+                self.torch_index = gr.Textbox(label="torch wheel index (optional, e.g. a CUDA index)",
+                                              elem_id="train_style_torch_index")
+                self.setup = gr.Button("Set up trainer", elem_id="train_style_setup_trainer")
+                self.doctor = gr.Button("Check trainer", elem_id="train_style_check_trainer")
+            self.setup_job = gr.HTML(render.setup_job_html(None), elem_id="train_style_setup_box")
+            self.doctor_report = gr.HTML(elem_id="train_style_doctor")
+
+    # --- events -----------------------------------------------------------------------------------------------------
+    def register(self) -> None:
+        request = [self.project, self.preset, self.base, self.base_path, self.overrides, self.output_name,
+                   self.prompts, self.without_trigger, self.accept_missing]
+        run_views = [self.runs, self.run_box, self.samples]
+        self.project.change(user_errors(self._project_changed), [self.project],
+                            [self.heading, self.plan, self.registered, *run_views])
+        self.refresh_lists.click(self._lists, [self.preset, self.base], [self.preset, self.base, self.trainer_status])
+        self.check.click(user_errors(self._check), request, [self.plan])
+        self.train.click(user_errors(self._train), request, run_views)
+        self.runs.change(user_errors(self._show), [self.project, self.runs], [self.run_box, self.samples])
+        self.refresh.click(user_errors(self._refresh), [self.project, self.runs],
+                           [*run_views, self.trainer_status, self.setup_job])
+        self.stop.click(user_errors(self._stop), [self.project, self.runs], run_views)
+        self.resume.click(user_errors(self._resume), [self.project, self.runs], run_views)
+        self.register_run.click(user_errors(self._register), [self.project, self.runs], [self.registered])
+        self.setup.click(user_errors(self._setup), [self.torch_version, self.torch_index], [self.setup_job])
+        self.doctor.click(user_errors(self._doctor), None, [self.doctor_report])
+
+    def load_event(self, blocks: gr.Blocks) -> None:
+        blocks.load(self._lists, [self.preset, self.base], [self.preset, self.base, self.trainer_status])
+
+    # --- handlers: read values → one core call → updates ------------------------------------------------------------
+    def _service(self) -> TrainingService:
+        return TrainingService(self.studio.host, trainer=default_trainer(self.studio.host))
+
+    def _preset_names(self) -> list[str]:
+        return [p.name for p in _presets.presets(self.studio.host.projects_home() / "presets")]
+
+    def _checkpoints(self) -> dict[str, str]:
+        """Dropdown label (`name (arch)`) → path."""
+        return {f"{c.name} ({c.arch})": str(c.path) for c in self.studio.host.checkpoints()}
+
+    def _lists(self, preset: Optional[str], base: Optional[str]) -> tuple[Any, Any, str]:
+        names, bases = self._preset_names(), list(self._checkpoints())
+        return (gr.update(choices=names, value=preset if preset in names else (names[0] if names else None)),
+                gr.update(choices=bases, value=base if base in bases else (bases[0] if bases else None)),
+                render.trainer_html(default_trainer(self.studio.host)))
+
+    def _heading(self, name: Optional[str]) -> str:
+        if not name:
+            return '<p class="ts-empty">Choose or create a project in the Dataset tab.</p>'
+        words = ", ".join(self.studio.project(name).settings.trigger_words) or "none"
+        return render.heading_html(name, words)
+
+    def _request(self, name: Optional[str], preset: Optional[str], base: Optional[str], base_path: str,
+                 overrides: str, output_name: str, prompts: str, without_trigger: bool,
+                 accept_missing: bool) -> TrainRequest:
+        if not name:
+            raise LorakitError("Choose or create a project in the Dataset tab first.")
+        if not preset:
+            raise LorakitError("Choose a preset.")
+        model = (base_path or "").strip() or self._checkpoints().get(base or "", "")
+        if not model:
+            raise LorakitError("Choose a base model or type its path.")
+        lines = [ln.strip() for ln in (overrides or "").splitlines() if ln.strip() and not ln.strip().startswith("#")]
+        sample_prompts = tuple(p.strip() for p in (prompts or "").splitlines() if p.strip())
+        return TrainRequest(project=name, preset=preset, base_model=model, overrides=_options.parse_set(lines),
+                            output_name=(output_name or "").strip() or None,
+                            samples=SampleSettings(prompts=sample_prompts, without_trigger=bool(without_trigger)),
+                            accept_missing_captions=bool(accept_missing))
+
+    def _check(self, name: Optional[str], *values: Any) -> str:
+        req = self._request(name, *values)
+        plan = self._service().plan(self.studio.project(name), req)
+        return render.plan_html(plan, {o["name"]: o["reason"] for o in _options.describe()})
+
+    def _train(self, name: Optional[str], *values: Any) -> tuple:
+        req = self._request(name, *values)
+        snap = self._service().create_run(self.studio.project(name), req)
+        ensure_worker(self.studio.host).queue.tick()  # the worker's queue: its lock keeps one start at a time
+        return self._run_views(name, snap.id)
+
+    def _project_changed(self, name: Optional[str]) -> tuple:
+        return (self._heading(name), "", "", *self._run_views(name, None))
+
+    def _run_views(self, name: Optional[str], run_id: Optional[str]) -> tuple[Any, str, list]:
+        """The runs dropdown (`run_id` chosen, else the newest), the run box and the samples."""
+        snaps = Runs(self.studio.project(name)).list() if name else []
+        chosen = next((s for s in snaps if s.id == run_id), snaps[0] if snaps else None)
+        choices = render.run_choices(snaps)
+        value = render.run_choices([chosen])[0] if chosen else None
+        return gr.update(choices=choices, value=value), render.run_html(chosen), render.sample_items(chosen)
+
+    def _snapshot(self, name: Optional[str], choice: Optional[str]) -> Optional[RunSnapshot]:
+        run_id = render.run_id_of(choice)
+        return Runs(self.studio.project(name)).get(run_id) if name and run_id else None
+
+    def _need_run(self, name: Optional[str], choice: Optional[str]) -> str:
+        if not name or not render.run_id_of(choice):
+            raise LorakitError("Choose a run first.")
+        return render.run_id_of(choice)
+
+    def _show(self, name: Optional[str], choice: Optional[str]) -> tuple[str, list]:
+        snap = self._snapshot(name, choice)
+        return render.run_html(snap), render.sample_items(snap)
+
+    def _refresh(self, name: Optional[str], choice: Optional[str]) -> tuple:
+        setups = [j for j in self.studio.jobs.list("") if j.kind == SETUP_KIND]
+        return (*self._run_views(name, render.run_id_of(choice) or None),
+                render.trainer_html(default_trainer(self.studio.host)),
+                render.setup_job_html(setups[0] if setups else None))
+
+    def _stop(self, name: Optional[str], choice: Optional[str]) -> tuple:
+        run_id = self._need_run(name, choice)
+        Runs(self.studio.project(name)).stop(run_id)
+        TrainQueue(self.studio.host).remove(name, run_id)
+        return self._run_views(name, run_id)
+
+    def _resume(self, name: Optional[str], choice: Optional[str]) -> tuple:
+        run_id = self._need_run(name, choice)
+        self._service().resume(self.studio.project(name), run_id)
+        ensure_worker(self.studio.host).queue.tick()
+        return self._run_views(name, run_id)
+
+    def _register(self, name: Optional[str], choice: Optional[str]) -> str:
+        run_id = self._need_run(name, choice)
+        return render.registered_html(self._service().register(self.studio.project(name), run_id))
+
+    def _setup(self, torch_version: str, index_url: str) -> str:
+        if os.environ.get("TRAIN_STYLE_TRAINER_PYTHON"):
+            raise LorakitError("TRAIN_STYLE_TRAINER_PYTHON names an existing trainer environment; Set up makes our "
+                               "own. Unset it to use ours.")
+        work = setup_work(self.studio, (torch_version or DEFAULT_TORCH).strip(), (index_url or "").strip() or None)
+        return render.setup_job_html(self.studio.jobs.start(kind=SETUP_KIND, project="", title="Trainer setup",
+                                                            work=work))
+
+    def _doctor(self) -> str:
+        return render.doctor_html(doctor(default_trainer(self.studio.host), repo_root=REPO_ROOT))
+
+
+def setup_work(studio: Studio, torch_version: str, index_url: Optional[str]) -> Callable[..., dict]:
+    """The job body of 'Set up trainer': the same logged, resumable setup as `trainer setup` on the CLI."""
+    env = default_trainer(studio.host)
+
+    def work(progress: ProgressFn, cancel: threading.Event) -> dict:
+        report = setup_trainer(env.venv_dir, env.sd_scripts_dir, torch_version=torch_version,
+                               torch_index_url=index_url, log=log.info, progress=progress, cancel=cancel)
+        return {"ran": list(report.ran), "skipped": list(report.skipped), "warnings": list(report.warnings)}
+    return work
