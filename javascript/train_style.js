@@ -1,9 +1,13 @@
-// Train Style page script: keeps the job progress bar current and refreshes the panel when a job ends.
-// Logic lives in Python; this only polls the job API and clicks the panel's own buttons.
+// Train Style page script: keeps progress bars current and refreshes a panel when its job or run ends.
+// Logic lives in Python; this only polls the API and clicks the panels' own (hidden) refresh buttons.
 (function () {
     if (window.trainStyleLoaded) return;
     window.trainStyleLoaded = true;
     const ACTIVE = ["queued", "running"];
+    const RUN_ACTIVE = ["queued", "starting", "running"];
+    // [job box, the hidden button that redraws its panel]
+    const JOB_BOXES = [["#train_style_job", "#train_style_refresh"],
+                       ["#train_style_setup_job", "#train_style_train_refresh"]];
 
     function root() {
         if (typeof gradioApp === "function") return gradioApp();
@@ -11,7 +15,12 @@
         return (app && app.shadowRoot) || document;
     }
 
-    function render(box, job) {
+    function click(selector) {
+        const button = root().querySelector(selector);
+        if (button) button.click();
+    }
+
+    function renderJob(box, job) {
         box.dataset.state = job.state;
         const fill = box.querySelector(".ts-fill");
         const text = box.querySelector(".ts-job-text");
@@ -25,33 +34,70 @@
         }
     }
 
+    async function pollJob(boxSelector, refreshSelector) {
+        const box = root().querySelector(boxSelector);
+        const id = box && box.dataset.jobId;
+        if (!id || !ACTIVE.includes(box.dataset.state)) return;
+        const r = await fetch("/train-style/v1/jobs/" + encodeURIComponent(id));
+        if (!r.ok) return;
+        const job = await r.json();
+        renderJob(box, job);
+        if (!ACTIVE.includes(job.state)) click(refreshSelector);
+    }
+
+    function duration(s) {
+        s = Math.floor(s);
+        const two = (n) => String(n).padStart(2, "0");
+        if (s >= 3600) return Math.floor(s / 3600) + ":" + two(Math.floor((s % 3600) / 60)) + ":" + two(s % 60);
+        return Math.floor(s / 60) + ":" + two(s % 60);
+    }
+
+    // the same line as render_train.progress_text
+    function runText(run) {
+        const p = run.progress || {};
+        const parts = [run.state];
+        if (p.total) parts.push("step " + (p.step || 0) + "/" + p.total);
+        if (p.epochs) parts.push("epoch " + (p.epoch || 0) + "/" + p.epochs);
+        if (p.loss !== null && p.loss !== undefined) parts.push("loss " + Number(p.loss).toFixed(4));
+        if (RUN_ACTIVE.includes(run.state) && p.eta_s !== null && p.eta_s !== undefined) parts.push("ETA " + duration(p.eta_s));
+        return parts.join(" · ");
+    }
+
+    async function pollRun() {
+        const box = root().querySelector("#train_style_run");
+        const id = box && box.dataset.runId;
+        if (!id || !box.dataset.project || !RUN_ACTIVE.includes(box.dataset.state)) return;
+        const r = await fetch("/train-style/v1/projects/" + encodeURIComponent(box.dataset.project) + "/runs/" +
+                              encodeURIComponent(id));
+        if (!r.ok) return;
+        const run = await r.json();
+        const p = run.progress || {};
+        box.dataset.state = run.state;
+        const fill = box.querySelector(".ts-fill");
+        const state = box.querySelector(".ts-run-state");
+        const text = box.querySelector(".ts-run-text");
+        if (fill) fill.style.width = (run.state === "succeeded" ? 100 : p.total ? Math.round((100 * (p.step || 0)) / p.total) : 0) + "%";
+        if (state) state.textContent = run.state;
+        if (text) text.textContent = runText(run);
+        if (!RUN_ACTIVE.includes(run.state)) click("#train_style_train_refresh");
+    }
+
     async function poll() {
-        try {
-            const box = root().querySelector("#train_style_job");
-            const id = box && box.dataset.jobId;
-            if (id && ACTIVE.includes(box.dataset.state)) {
-                const r = await fetch("/train-style/v1/jobs/" + encodeURIComponent(id));
-                if (r.ok) {
-                    const job = await r.json();
-                    render(box, job);
-                    if (!ACTIVE.includes(job.state)) {
-                        const refresh = root().querySelector("#train_style_refresh");
-                        if (refresh) refresh.click();
-                    }
-                }
+        for (const [box, refresh] of JOB_BOXES) {
+            try {
+                await pollJob(box, refresh);
+            } catch (e) {
+                console.debug("Train Style: job poll failed", e);
             }
+        }
+        try {
+            await pollRun();
         } catch (e) {
-            console.debug("Train Style: job poll failed", e);
+            console.debug("Train Style: run poll failed", e);
         }
         setTimeout(poll, 1000);
     }
 
-    function loadProjects(attempt) {
-        const button = root().querySelector("#train_style_refresh_projects");
-        if (button) button.click();
-        else if (attempt < 60) setTimeout(() => loadProjects(attempt + 1), 500);
-    }
 
     setTimeout(poll, 1000);
-    loadProjects(0);
 })();

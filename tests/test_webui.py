@@ -52,7 +52,7 @@ def _get(url: str, data: dict | None = None, opener=None) -> tuple[int, dict]:
         return e.code, json.loads(e.read() or b"{}")
 
 
-def _launch(data: Path, *extra: str):
+def _launch(data: Path, *extra: str, env: dict | None = None):
     """Start the webui with `data` as its data dir; yields its URL; stops it afterwards."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -63,7 +63,7 @@ def _launch(data: Path, *extra: str):
                              "--data-dir", str(data), "--ckpt-dir", str(Path(WEBUI) / "models" / "Stable-diffusion"),
                              *extra],
                             cwd=WEBUI, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -207,3 +207,51 @@ def test_the_tab_and_api_survive_reload_ui(webui):
     log = (data / "webui.log").read_text()
     assert "Reloading" in log or "Restarting UI" in log or log.count("Running on local URL") >= 2
     assert "lib_lorakit" not in log, log[-3000:]  # no traceback from our code
+
+
+TRAINER_VENV = os.environ.get("TRAIN_STYLE_TRAINER_VENV")
+SD15_DIR = os.environ.get("TRAIN_STYLE_SD15_DIR")
+
+
+@pytest.mark.skipif(not (TRAINER_VENV and SD15_DIR), reason="real training in the webui also needs "
+                    "TRAIN_STYLE_TRAINER_VENV and TRAIN_STYLE_SD15_DIR (see tests/test_train_real.py)")
+def test_training_inside_the_webui_registers_cards_and_guards_generation(tmp_path_factory):
+    from lib_lorakit.project import Workspace
+
+    data = _data_dir(tmp_path_factory)
+    project = Workspace(data / "train-style").create("inweb", trigger_words=("zkstyle",))
+    concept = project.add_concept("inweb", 1)
+    for name, colour in (("red", (220, 30, 30)), ("green", (30, 200, 30)), ("blue", (30, 30, 220))):
+        Image.new("RGB", (64, 64), colour).save(concept.folder / f"{name}.png")
+        (concept.folder / f"{name}.txt").write_text(f"zkstyle, {name} square")
+    env = {"TRAIN_STYLE_TRAINER_PYTHON": str(Path(TRAINER_VENV) / "bin" / "python"),
+           "TRAIN_STYLE_TOKENIZER_CACHE": str(Path(SD15_DIR) / "tokenizers")}
+    tiny = {"max_train_steps": 4, "resolution": 64, "enable_bucket": False, "network_dim": 4, "network_alpha": 2,
+            "optimizer_type": "AdamW", "mixed_precision": "no", "save_precision": "float", "save_every_n_steps": 2,
+            "sample_every_n_epochs": None, "cache_latents": False, "max_data_loader_n_workers": 0, "sdpa": False}
+    for url in _launch(data, env=env):
+        status, run = _get(url + "/train-style/v1/projects/inweb/train",
+                           {"preset": "style-sd15-lora", "base_model": str(Path(SD15_DIR) / "sd15-random.safetensors"),
+                            "overrides": tiny, "output_name": "inweb"})
+        assert status == 201, run
+        deadline, blocked = time.monotonic() + 900, None
+        while time.monotonic() < deadline:
+            run = _get(url + f"/train-style/v1/projects/inweb/runs/{run['id']}")[1]
+            if run["state"] == "running" and blocked is None:
+                blocked = _get(url + "/sdapi/v1/txt2img", {"prompt": "x", "steps": 2, "width": 64, "height": 64})
+            if run["state"] not in ("queued", "starting", "running"):
+                break
+            time.sleep(2)
+        assert run["state"] == "succeeded", run
+        assert blocked and blocked[0] >= 400 and "Train Style is training" in json.dumps(blocked[1]), blocked
+        deadline = time.monotonic() + 60  # the queue worker registers the files and refreshes the Lora list
+        names = []
+        while time.monotonic() < deadline and "inweb" not in names:
+            names = [lora["name"] for lora in _get(url + "/sdapi/v1/loras")[1]]
+            time.sleep(2)
+        assert {"inweb", "inweb-step00000002"} <= set(names), names
+        card = json.loads((data / "models" / "Lora" / "train-style" / "inweb" / "inweb.json").read_text())
+        assert card["activation text"] == "zkstyle" and card["sd version"] == "SD1"
+        status, image = _get(url + "/sdapi/v1/txt2img", {"prompt": "zkstyle <lora:inweb:0.8>", "steps": 2,
+                                                         "width": 64, "height": 64})
+        assert status == 200 and image["images"]  # the model is back and generating works again

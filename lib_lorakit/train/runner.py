@@ -37,11 +37,12 @@ class RunSpec:
     argv: tuple[str, ...]
     cwd: str
     output_name: str
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # set over the supervisor's environment
+    unset: tuple[str, ...] = ()  # removed from it (e.g. PYTHONPATH pointing at the webui's packages)
 
     def to_dict(self, output_dir: Path) -> dict:
-        return {"argv": list(self.argv), "cwd": self.cwd, "env": dict(self.env), "output_dir": str(output_dir),
-                "output_name": self.output_name}
+        return {"argv": list(self.argv), "cwd": self.cwd, "env": dict(self.env), "unset": list(self.unset),
+                "output_dir": str(output_dir), "output_name": self.output_name}
 
 
 @dataclass(frozen=True)

@@ -111,9 +111,12 @@ class TrainingService:
                                 output_name=req.output_name, tokenizer_cache_dir=self.tokenizer_cache_dir,
                                 samples=req.samples)
         paths = write_run_files(files, run_dir)
+        # only what differs from the supervisor's own environment is stored (no secrets copied into the run)
+        wanted = {**self.trainer.subprocess_env(dict(os.environ)), **self.extra_env}
         spec = RunSpec(argv=tuple(self.launch_argv(files, paths.args_toml, paths.dataset_toml, req)),
                        cwd=str(self.trainer.sd_scripts_dir), output_name=files.output_name,
-                       env={**self.trainer.subprocess_env({}), **self.extra_env})
+                       env={k: v for k, v in wanted.items() if os.environ.get(k) != v},
+                       unset=tuple(sorted(set(os.environ) - set(wanted)) + ["PYTHONPATH"]))
         meta = {"preset": plan.settings.preset, "base_model": str(req.base_model), "base_arch": plan.base_arch,
                 "trigger_words": list(project.settings.trigger_words), "steps": asdict(plan.steps),
                 "settings": dict(plan.settings.values)}
@@ -135,8 +138,9 @@ class TrainingService:
     def resume(self, project: Project, run_id: str, *, queue: bool = True) -> RunSnapshot:
         runs = Runs(project)
         snap = runs.get(run_id)
-        if snap.active:
-            raise LorakitError(f"Run {run_id} is {snap.state}; only a stopped or failed run can be resumed.")
+        if snap.active or snap.state in ("succeeded", "draft"):
+            raise LorakitError(f"Run {run_id} is {snap.state}; only a stopped, failed or interrupted run can be "
+                               "resumed.")
         state = latest_state(snap.dir)
         if state is None:
             raise LorakitError(f"Run {run_id} saved no training state to resume from (save_state was off, or it "
@@ -169,7 +173,8 @@ def default_trainer(host: Host, python: Optional[str] = None) -> TrainerEnvironm
     """The trainer environment: an existing one's python (argument or TRAIN_STYLE_TRAINER_PYTHON), else ours
     under `<projects home>/.trainer/venv`."""
     python = python or os.environ.get("TRAIN_STYLE_TRAINER_PYTHON")
-    venv = Path(python).resolve().parent.parent if python else Path(host.projects_home()) / ".trainer" / "venv"
+    # absolute, not resolved: a venv's bin/python is a symlink to the interpreter it was made from
+    venv = Path(python).absolute().parent.parent if python else Path(host.projects_home()) / ".trainer" / "venv"
     return TrainerEnvironment(venv, REPO_ROOT / "sd-scripts")
 
 

@@ -43,6 +43,8 @@ class Supervisor:
     # 1. start the trainer in a group of its own
     def start(self) -> None:
         env = {**os.environ, **self.spec.get("env", {})}
+        for key in self.spec.get("unset", []):
+            env.pop(key, None)
         self.child = subprocess.Popen(self.spec["argv"], cwd=self.spec["cwd"], env=env, stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         self.state.update(state="running", supervisor_pid=os.getpid(), pid=self.child.pid, started=now())

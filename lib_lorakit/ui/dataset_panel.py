@@ -102,37 +102,34 @@ class DatasetPanel:
 
     # --- events ---------------------------------------------------------------------------------------------------
     def register(self) -> None:
-        # Every refresh also shows the latest job and its outcome, so an import that ends while another event
-        # redraws the panel still shows its result.
+        # Every handler here returns at once (imports run as jobs), so none goes through gradio's queue: in gradio
+        # 3.41 a queued event whose page closes at the wrong moment leaves a task that hangs "Reload UI".
         views = [self.report, self.gallery, self.concept_pick, self.job, self.import_result]
-        self.refresh_projects.click(self._refresh_projects, [self.project], [self.project])
-        self.create.click(user_errors(self._create), [self.new_name], [self.project, self.new_name])
-        self.project.change(user_errors(self._views), [self.project], views)
         settings = [self.trigger_words, self.resolution, self.max_mp, self.near_distance, self.background,
                     self.notes]
-        self.project.change(user_errors(self._settings), [self.project], settings)
-        self.save_settings.click(user_errors(self._save_settings), [self.project, *settings], settings + views)
-        self.import_uploads.click(user_errors(self._start_uploads),
-                                  [self.project, self.upload, self.concept, self.repeats, self.reg],
-                                  [self.job, self.import_result])
-        self.import_folder.click(user_errors(self._start_folder),
-                                 [self.project, self.folder, self.concept, self.repeats, self.reg],
-                                 [self.job, self.import_result])
-        self.refresh.click(user_errors(self._finished), [self.project], views + [self.upload])
-        self.cancel.click(user_errors(self._cancel), [self.project], [self.job])
+        on = functools.partial(_bind, queue=False)
+        on(self.refresh_projects.click, self._refresh_projects, [self.project], [self.project])
+        on(self.create.click, self._create, [self.new_name], [self.project, self.new_name])
+        on(self.project.change, self._select, [self.project], views + settings)
+        on(self.save_settings.click, self._save_settings, [self.project, *settings], settings + views)
+        on(self.import_uploads.click, self._start_uploads,
+           [self.project, self.upload, self.concept, self.repeats, self.reg], [self.job, self.import_result])
+        on(self.import_folder.click, self._start_folder,
+           [self.project, self.folder, self.concept, self.repeats, self.reg], [self.job, self.import_result])
+        on(self.refresh.click, self._finished, [self.project], views + [self.upload])
+        on(self.cancel.click, self._cancel, [self.project], [self.job])
         concept_in = [self.project, self.concept_pick, self.concept_name, self.concept_repeats, self.concept_reg]
         for button, op in ((self.add_concept, "add"), (self.rename_concept, "rename"),
                            (self.set_repeats, "repeats"), (self.remove_concept, "remove")):
-            button.click(user_errors(functools.partial(self._concept_op, op)), concept_in, views)
-        self.concept_pick.change(self._pick_concept, [self.concept_pick], [self.concept_name, self.concept_repeats])
-        self.preview_balance.click(user_errors(self._preview_balance), [self.project, self.balance_target],
-                                   [self.balance])
-        self.apply_balance.click(user_errors(self._apply_balance), [self.project, self.balance_target],
-                                 [self.balance] + views)
-        self.drop_dups.click(user_errors(self._drop_dups), [self.project], views)
+            on(button.click, functools.partial(self._concept_op, op), concept_in, views)
+        on(self.concept_pick.change, self._pick_concept, [self.concept_pick],
+           [self.concept_name, self.concept_repeats])
+        on(self.preview_balance.click, self._preview_balance, [self.project, self.balance_target], [self.balance])
+        on(self.apply_balance.click, self._apply_balance, [self.project, self.balance_target], [self.balance] + views)
+        on(self.drop_dups.click, self._drop_dups, [self.project], views)
 
     def load_event(self, blocks: gr.Blocks) -> None:
-        blocks.load(self._initial, None, [self.project])
+        blocks.load(self._initial, None, [self.project], queue=False)
 
     # --- handlers: read values → one core call → updates ------------------------------------------------------------
     def _project_names(self) -> list[str]:
@@ -173,6 +170,9 @@ class DatasetPanel:
             outcome = render.error_html(last.error)
         return (html, images, gr.update(choices=folders, value=folders[0] if folders else None),
                 render.job_html(last), outcome)
+
+    def _select(self, name: str | None) -> tuple:
+        return (*self._views(name), *self._settings(name))
 
     def _options(self, concept: str, repeats: float | None, reg: bool) -> dict:
         return {"concept": (concept or "").strip(), "repeats": int(repeats) if repeats else None,
@@ -262,6 +262,10 @@ class DatasetPanel:
         extra = [img for g in report.duplicates if g.kind == "exact" for img in g.images[1:]]
         remove_copies(project, extra)
         return self._views(name)
+
+
+def _bind(event: Callable, fn: Callable, inputs: list, outputs: list, queue: bool = False) -> Any:
+    return event(user_errors(fn), inputs, outputs, queue=queue)
 
 
 def asset_path(name: str) -> Path:

@@ -85,25 +85,30 @@ class TrainPanel:
 
     # --- events -----------------------------------------------------------------------------------------------------
     def register(self) -> None:
+        # Handlers return at once (a run is a process, setup a job), so they skip gradio's queue like the Dataset
+        # panel's; only the doctor, which waits for a probe process, is queued.
         request = [self.project, self.preset, self.base, self.base_path, self.overrides, self.output_name,
                    self.prompts, self.without_trigger, self.accept_missing]
         run_views = [self.runs, self.run_box, self.samples]
-        self.project.change(user_errors(self._project_changed), [self.project],
-                            [self.heading, self.plan, self.registered, *run_views])
-        self.refresh_lists.click(self._lists, [self.preset, self.base], [self.preset, self.base, self.trainer_status])
-        self.check.click(user_errors(self._check), request, [self.plan])
-        self.train.click(user_errors(self._train), request, run_views)
-        self.runs.change(user_errors(self._show), [self.project, self.runs], [self.run_box, self.samples])
-        self.refresh.click(user_errors(self._refresh), [self.project, self.runs],
-                           [*run_views, self.trainer_status, self.setup_job])
-        self.stop.click(user_errors(self._stop), [self.project, self.runs], run_views)
-        self.resume.click(user_errors(self._resume), [self.project, self.runs], run_views)
-        self.register_run.click(user_errors(self._register), [self.project, self.runs], [self.registered])
-        self.setup.click(user_errors(self._setup), [self.torch_version, self.torch_index], [self.setup_job])
-        self.doctor.click(user_errors(self._doctor), None, [self.doctor_report])
+        _on(self.project.change, self._project_changed, [self.project],
+            [self.heading, self.plan, self.registered, *run_views])
+        _on(self.refresh_lists.click, self._lists, [self.preset, self.base], [self.preset, self.base,
+                                                                              self.trainer_status])
+        _on(self.check.click, self._check, request, [self.plan])
+        _on(self.train.click, self._train, request, run_views)
+        # `input`, not `change`: handlers that redraw the list draw the run box themselves, and a redraw caused by
+        # the list's new label must not draw a newer state under a stale label
+        _on(self.runs.input, self._show, [self.project, self.runs], [self.run_box, self.samples])
+        _on(self.refresh.click, self._refresh, [self.project, self.runs], [*run_views, self.trainer_status,
+                                                                           self.setup_job])
+        _on(self.stop.click, self._stop, [self.project, self.runs], run_views)
+        _on(self.resume.click, self._resume, [self.project, self.runs], run_views)
+        _on(self.register_run.click, self._register, [self.project, self.runs], [self.registered])
+        _on(self.setup.click, self._setup, [self.torch_version, self.torch_index], [self.setup_job])
+        _on(self.doctor.click, self._doctor, [], [self.doctor_report], queue=True)
 
     def load_event(self, blocks: gr.Blocks) -> None:
-        blocks.load(self._lists, [self.preset, self.base], [self.preset, self.base, self.trainer_status])
+        blocks.load(self._lists, [self.preset, self.base], [self.preset, self.base, self.trainer_status], queue=False)
 
     # --- handlers: read values → one core call → updates ------------------------------------------------------------
     def _service(self) -> TrainingService:
@@ -212,6 +217,10 @@ class TrainPanel:
 
     def _doctor(self) -> str:
         return render.doctor_html(doctor(default_trainer(self.studio.host), repo_root=REPO_ROOT))
+
+
+def _on(event: Callable, fn: Callable, inputs: list, outputs: list, queue: bool = False) -> Any:
+    return event(user_errors(fn), inputs, outputs, queue=queue)
 
 
 def setup_work(studio: Studio, torch_version: str, index_url: Optional[str]) -> Callable[..., dict]:
