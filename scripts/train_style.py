@@ -25,7 +25,9 @@ def on_app_started(demo, app):
 
 
 class TrainStyleGuard(scripts.Script):
-    """Stops a generation that would compete with a training run for the GPU, with the reason."""
+    """Stops a generation that would compete with a training run for the GPU, and says why in its info.
+
+    The webui reports and ignores exceptions from scripts, so the guard interrupts the job instead."""
 
     def title(self):
         return "Train Style guard"
@@ -36,7 +38,9 @@ class TrainStyleGuard(scripts.Script):
     def process(self, p, *args):
         message = webui_host.training_message()
         if message:
-            raise RuntimeError(message)
+            p.comment(message)
+            shared.state.interrupt()
+            print(f"[Train Style] {message}")
 
 
 script_callbacks.on_ui_tabs(on_ui_tabs)

@@ -243,7 +243,9 @@ def test_training_inside_the_webui_registers_cards_and_guards_generation(tmp_pat
                 break
             time.sleep(2)
         assert run["state"] == "succeeded", run
-        assert blocked and blocked[0] >= 400 and "Train Style is training" in json.dumps(blocked[1]), blocked
+        # generation was stopped before sampling; the tab shows the reason under the result (the API has no field)
+        assert blocked and blocked[1]["images"] == [], blocked
+        assert "[Train Style] Train Style is training on this GPU" in (data / "webui.log").read_text()
         deadline = time.monotonic() + 60  # the queue worker registers the files and refreshes the Lora list
         names = []
         while time.monotonic() < deadline and "inweb" not in names:
