@@ -203,7 +203,7 @@ def test_the_tab_and_api_survive_reload_ui(webui):
     status, body = _get(url + "/train-style/v1/projects")
     assert status == 200 and [p["name"] for p in body["projects"]] == ["webui-demo"]
     routes = _get(url + "/openapi.json")[1]["paths"]
-    assert sum(1 for r in routes if r.startswith("/train-style/v1/projects")) == 3
+    assert {"/train-style/v1/projects/{name}/report", "/train-style/v1/projects/{name}/runs"} <= set(routes)
     log = (data / "webui.log").read_text()
     assert "Reloading" in log or "Restarting UI" in log or log.count("Running on local URL") >= 2
     assert "lib_lorakit" not in log, log[-3000:]  # no traceback from our code
