@@ -7,9 +7,13 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 from lib_lorakit.requirements import plan_install  # noqa: E402
+from lib_lorakit.train.environment import check_submodule  # noqa: E402
 
 
 def main() -> None:
+    problem = check_submodule(ROOT)
+    if problem:
+        print(f"[Train Style] {problem}")
     plan = plan_install(ROOT / "requirements.txt")
     for warning in plan.mismatched:
         print(f"[Train Style] {warning}")

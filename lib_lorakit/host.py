@@ -46,6 +46,9 @@ class Host(Protocol):
     def reload_model(self) -> None: ...
     def refresh_loras(self) -> None: ...
     def busy(self) -> Optional[str]: ...
+    def gpu_memory(self) -> Optional[tuple[int, int]]: ...
+    def trainer_python(self) -> Optional[str]: ...
+    def torch_version(self) -> Optional[str]: ...
 
 
 def resolve_server_path(host: Host, path: str) -> Path:
@@ -128,6 +131,7 @@ class StandaloneHost:
     extra_roots: list[Path] = field(default_factory=list)
     exposed: bool = False
     name: str = "standalone"
+    trainer: Optional[str] = None  # the python of an existing trainer environment (config `trainer_python`)
 
     @classmethod
     def from_options(cls, *, home: str | None = None, lora_dir: str | None = None, models_dir: str | None = None,
@@ -139,7 +143,8 @@ class StandaloneHost:
         models = Path(models_dir or cfg.get("models_dir") or home_dir / "models").expanduser()
         lora = Path(lora_dir or cfg.get("lora_dir") or models / "Lora").expanduser()
         roots = [Path(r).expanduser() for r in list(cfg.get("allowed_roots", [])) + list(allow_roots)]
-        return cls(home=home_dir, lora=lora, models=models, extra_roots=roots, exposed=exposed)
+        return cls(home=home_dir, lora=lora, models=models, extra_roots=roots, exposed=exposed,
+                   trainer=cfg.get("trainer_python"))
 
     def projects_home(self) -> Path:
         return self.home
@@ -170,4 +175,16 @@ class StandaloneHost:
 
     def busy(self) -> Optional[str]:
         """Nothing else uses the GPU here."""
+        return None
+
+    def gpu_memory(self) -> Optional[tuple[int, int]]:
+        from .train.vram import nvidia_smi_memory
+
+        return nvidia_smi_memory()
+
+    def trainer_python(self) -> Optional[str]:
+        return self.trainer
+
+    def torch_version(self) -> Optional[str]:
+        """No torch in this process: the trainer setup picks its default."""
         return None

@@ -78,6 +78,24 @@ class WebuiHost:
             return f"the webui is busy ({state.job or 'generating'}); training starts when it finishes"
         return None
 
+    def gpu_memory(self) -> Optional[tuple[int, int]]:
+        """(free MB, total MB) of the webui's CUDA device, measured in-process; None without CUDA."""
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        free, total = torch.cuda.mem_get_info()
+        return free // 2**20, total // 2**20
+
+    def trainer_python(self) -> Optional[str]:
+        return self._opt("train_style_trainer_python") or None
+
+    def torch_version(self) -> Optional[str]:
+        """The webui's torch, so the trainer setup reuses the same wheel."""
+        import torch
+
+        return torch.__version__.split("+")[0]
+
     def refresh_loras(self) -> None:
         networks = sys.modules.get("networks")
         if networks is not None and hasattr(networks, "list_available_networks"):

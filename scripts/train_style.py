@@ -18,6 +18,8 @@ def on_ui_settings():
     shared.opts.add_option("train_style_allowed_roots", shared.OptionInfo(
         "", "Folders the tab may import from, one per line (the projects folder is always allowed)",
         section=section))
+    shared.opts.add_option("train_style_trainer_python", shared.OptionInfo(
+        "", "Trainer python (empty: Train Style's own sd-scripts environment)", section=section))
 
 
 def on_app_started(demo, app):

@@ -26,6 +26,7 @@ from .environment import TrainerEnvironment, check_submodule
 from .queue import TrainQueue
 from .runner import Runs, RunSnapshot, RunSpec
 from .steps import StepPlan, plan_project
+from .vram import estimate_vram
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,6 +96,7 @@ class TrainingService:
         steps = plan_project(project, settings.values, num_processes=req.num_processes)
         findings = preflight(project, req, settings=settings, base=base, arch=arch, trainer=self.trainer,
                              lora_dir=Path(self.host.lora_dir()))
+        findings += vram_findings(settings, getattr(self.host, "gpu_memory", lambda: None)())
         return TrainPlan(settings=settings, steps=steps, findings=tuple(findings), base_arch=arch)
 
     # 2. a run folder with its TOMLs and launch description, queued
@@ -172,7 +174,7 @@ class TrainingService:
 def default_trainer(host: Host, python: Optional[str] = None) -> TrainerEnvironment:
     """The trainer environment: an existing one's python (argument or TRAIN_STYLE_TRAINER_PYTHON), else ours
     under `<projects home>/.trainer/venv`."""
-    python = python or os.environ.get("TRAIN_STYLE_TRAINER_PYTHON")
+    python = python or os.environ.get("TRAIN_STYLE_TRAINER_PYTHON") or getattr(host, "trainer_python", lambda: None)()
     # absolute, not resolved: a venv's bin/python is a symlink to the interpreter it was made from
     venv = Path(python).absolute().parent.parent if python else Path(host.projects_home()) / ".trainer" / "venv"
     return TrainerEnvironment(venv, REPO_ROOT / "sd-scripts")
@@ -233,6 +235,24 @@ def preflight(project: Project, req: TrainRequest, *, settings: _presets.Resolve
     # d. disk and name collisions
     found += _disk_and_names(project, req, settings, lora_dir)
     return found
+
+
+def vram_findings(settings: _presets.ResolvedSettings, gpu: Optional[tuple[int, int]]) -> list[Finding]:
+    """The run's VRAM estimate against the GPU (free is measured before the webui's model is unloaded, so only a
+    run larger than the whole card is an error)."""
+    if gpu is None:
+        return []
+    free_mb, total_mb = gpu
+    est = estimate_vram(settings.base, settings.values)
+    fix = ("Turn on gradient_checkpointing and cache_latents, use mixed_precision fp16/bf16, or lower "
+           "train_batch_size or resolution.")
+    if est.gb * 1024 > total_mb:
+        return [Finding("VRAM", "error", f"This run needs about {est.gb} GB of VRAM ({est.detail}); the GPU has "
+                        f"{total_mb / 1024:.1f} GB.", fix)]
+    if est.gb * 1024 > free_mb:
+        return [Finding("VRAM", "warning", f"This run needs about {est.gb} GB of VRAM ({est.detail}); "
+                        f"{free_mb / 1024:.1f} GB is free now. Unloading the webui's model may free enough.", fix)]
+    return []
 
 
 def _disk_and_names(project: Project, req: TrainRequest, settings: _presets.ResolvedSettings,

@@ -75,7 +75,8 @@ class TrainPanel:
             self.trainer_status = gr.HTML(elem_id="train_style_trainer_status")
             with gr.Row():
                 self.torch_version = gr.Textbox(label="torch version (the webui's, to reuse its wheel)",
-                                                value=DEFAULT_TORCH, elem_id="train_style_torch_version")
+                                                value=getattr(self.studio.host, "torch_version", lambda: None)()
+                                                or DEFAULT_TORCH, elem_id="train_style_torch_version")
                 self.torch_index = gr.Textbox(label="torch wheel index (optional, e.g. a CUDA index)",
                                               elem_id="train_style_torch_index")
                 self.setup = gr.Button("Set up trainer", elem_id="train_style_setup_trainer")
