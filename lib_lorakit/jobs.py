@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import LorakitError, NotFound
-from .fsutil import atomic_write_json, read_json
+from .fsutil import atomic_write_json, pid_alive, read_json
 
 log = logging.getLogger(__name__)
 ACTIVE = ("queued", "running")
@@ -60,18 +60,6 @@ class JobState:
 def _now() -> str:
     # microseconds: jobs are listed newest first, and two can start within one second
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class JobManager:
@@ -137,7 +125,7 @@ class JobManager:
         return self._revive(JobState(**data))
 
     def _revive(self, job: JobState) -> JobState:
-        orphaned = job.active and (job.id not in _STARTED_HERE if job.pid == os.getpid() else not _alive(job.pid))
+        orphaned = job.active and (job.id not in _STARTED_HERE if job.pid == os.getpid() else not pid_alive(job.pid))
         if orphaned:
             job.state = "interrupted"
             job.error = ("The server stopped while this job was running. What it finished is kept; run it again "

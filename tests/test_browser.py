@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from appserver import running_app
 from awkward import build_awkward_folder
 from PIL import Image
 
@@ -25,40 +22,13 @@ pytestmark = [pytest.mark.browser,
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     """The standalone app as its own process, allowed to import from the awkward folder."""
     tmp = tmp_path_factory.mktemp("app")
     awk = build_awkward_folder(tmp / "user")
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRAIN_STYLE_CONFIG": str(tmp / "none.toml"),
-           "GRADIO_ANALYTICS_ENABLED": "False"}
-    log = open(tmp / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "lib_lorakit", "--home", str(tmp / "home"), "ui",
-                             "--port", str(port), "--allow-root", str(awk.root)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url + "/train-style/v1/projects", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail("the app exited: " + (tmp / "server.log").read_text())
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("the app did not start: " + (tmp / "server.log").read_text())
-    yield url, awk, tmp
-    proc.terminate()
-    proc.wait(10)
+    with running_app(tmp / "home", tmp, "--allow-root", str(awk.root)) as url:
+        yield url, awk, tmp
 
 
 @pytest.fixture(scope="module")

@@ -63,17 +63,17 @@ def import_html(report: dict) -> str:
             + "".join(_list(f"{d['kind'].capitalize()} duplicates", d["images"]) for d in dups) + "</div>")
 
 
-def job_html(job: JobState | None) -> str:
+def job_html(job: JobState | None, element_id: str = "train_style_job") -> str:
     """A progress bar the page's script keeps up to date while the job is active."""
     if job is None:
-        return '<div id="train_style_job" class="ts-job" data-state="none"></div>'
+        return f'<div id="{element_id}" class="ts-job" data-state="none"></div>'
     pct = int(round(100 * job.fraction)) if job.active else 100
     text = f"{job.title}: {job.state}"
     if job.active and job.total:
         text += f" — {job.done}/{job.total} {job.message}"
     if job.error:
         text += f" — {job.error}"
-    return (f'<div id="train_style_job" class="ts-job" data-job-id="{escape(job.id)}" '
+    return (f'<div id="{element_id}" class="ts-job" data-job-id="{escape(job.id)}" '
             f'data-state="{escape(job.state)}">'
             f'<div class="ts-bar"><div class="ts-fill" style="width:{pct}%"></div></div>'
             f'<span class="ts-job-text">{escape(text)}</span></div>')

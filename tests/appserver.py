@@ -1,0 +1,54 @@
+"""The standalone app as its own process, for browser tests: started on a free port, stopped afterwards."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_app(home: Path, log_dir: Path, *ui_args: str, env: dict | None = None) -> Iterator[str]:
+    """`python -m lib_lorakit --home HOME ui …` until the block ends; yields its URL once the API answers."""
+    port = free_port()
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "TRAIN_STYLE_CONFIG": str(log_dir / "none.toml"),
+                "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
+    log_file = log_dir / "server.log"
+    argv: Sequence[str] = [sys.executable, "-m", "lib_lorakit", "--home", str(home), "ui", "--port", str(port),
+                           *ui_args]
+    with open(log_file, "w") as log:
+        proc = subprocess.Popen(argv, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(url + "/train-style/v1/projects", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("the app did not start: " + log_file.read_text())
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
