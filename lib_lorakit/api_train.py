@@ -7,9 +7,14 @@ from typing import Any, Optional
 from fastapi import APIRouter
 from pydantic import BaseModel
 
+from .paths import resolve_inside
 from .studio import Studio
+from .train import differential
 from .train import presets as _presets
+from .train.bundle import export_run, import_bundle
 from .train.config import SampleSettings
+from .train.differential import DifferentialRequest
+from .train.distributed import AccelerateOptions
 from .train.options import parse_set, validate
 from .train.queue import TrainQueue
 from .train.runner import Runs
@@ -24,6 +29,33 @@ class TrainBody(BaseModel):
     samples: list[str] = []
     accept_missing_captions: bool = False
     dry_run: bool = False
+    # multi-GPU / multi-node (train.distributed.AccelerateOptions): processes per machine, this machine's GPUs, …
+    num_processes: int = 1
+    gpu_ids: str = ""
+    num_machines: int = 1
+    machine_rank: int = 0
+    main_process_ip: str = ""
+    main_process_port: Optional[int] = None
+
+    def accelerate(self) -> AccelerateOptions:
+        return AccelerateOptions.from_values(
+            num_processes=self.num_processes, gpu_ids=self.gpu_ids, num_machines=self.num_machines,
+            machine_rank=self.machine_rank, main_process_ip=self.main_process_ip,
+            main_process_port=self.main_process_port)
+
+
+class ExportBody(BaseModel):
+    include_model: bool = False
+
+
+class ImportBody(BaseModel):
+    path: str  # a trained bundle on the server (.zip or folder) inside the allowed folders
+
+
+class DifferentialBody(TrainBody):
+    target_concepts: list[str]
+    stage1_concepts: list[str] = []  # empty: every concept that is not a target
+    stage1_overrides: dict[str, Any] = {}
 
 
 class QueueMove(BaseModel):
@@ -38,13 +70,15 @@ def add_routes(r: APIRouter, studio: Studio, guard) -> None:
     def service() -> TrainingService:
         return TrainingService(host, trainer=default_trainer(host))
 
+    def parsed(values: dict[str, Any]) -> dict[str, Any]:
+        return validate({k: (parse_set([f"{k}={v}"])[k] if isinstance(v, str) else v) for k, v in values.items()})
+
     def request(name: str, body: TrainBody) -> TrainRequest:
-        overrides = validate({k: (parse_set([f"{k}={v}"])[k] if isinstance(v, str) else v)
-                              for k, v in body.overrides.items()})
+        overrides = parsed(body.overrides)
         return TrainRequest(project=name, preset=body.preset, base_model=body.base_model, overrides=overrides,
                             output_name=body.output_name, accept_missing_captions=body.accept_missing_captions,
                             samples=SampleSettings(prompts=tuple(body.samples)) if body.samples else None,
-                            dry_run=body.dry_run)
+                            dry_run=body.dry_run, accelerate=body.accelerate())
 
     @r.get("/presets")
     def presets() -> dict:
@@ -62,6 +96,25 @@ def add_routes(r: APIRouter, studio: Studio, guard) -> None:
             if body.dry_run:
                 Runs(project).mark(snap.id, "draft")
             return Runs(project).get(snap.id).to_dict()
+        return guard(go)
+
+    @r.post("/projects/{name}/train/differential", status_code=201)
+    def train_differential(name: str, body: DifferentialBody) -> dict:
+        """Stage 1 (a base LoRA on `stage1_concepts`) and stage 2 (the targets with it merged in), queued."""
+        def go() -> dict:
+            project = studio.project(name)
+            req = DifferentialRequest(
+                project=name, preset=body.preset, base_model=body.base_model,
+                target_concepts=tuple(body.target_concepts), stage1_concepts=tuple(body.stage1_concepts),
+                overrides=parsed(body.overrides), stage1_overrides=parsed(body.stage1_overrides),
+                output_name=body.output_name, accept_missing_captions=body.accept_missing_captions,
+                samples=SampleSettings(prompts=tuple(body.samples)) if body.samples else None, dry_run=body.dry_run)
+            made = differential.create(service(), project, req, queue=not body.dry_run)
+            runs = Runs(project)
+            if body.dry_run:
+                for snap in (made.stage1, made.stage2):
+                    runs.mark(snap.id, "draft")
+            return {"stage1": runs.get(made.stage1.id).to_dict(), "stage2": runs.get(made.stage2.id).to_dict()}
         return guard(go)
 
     @r.get("/projects/{name}/runs")
@@ -88,6 +141,23 @@ def add_routes(r: APIRouter, studio: Studio, guard) -> None:
     def register(name: str, run_id: str) -> dict:
         return guard(lambda: {"registered": [d.to_dict() for d in
                                              service().register(studio.project(name), run_id)]})
+
+    @r.post("/projects/{name}/runs/{run_id}/export")
+    def export(name: str, run_id: str, body: Optional[ExportBody] = None) -> dict:
+        """A bundle to train the run on another machine, written into the project's exports/ folder."""
+        def go() -> dict:
+            path = export_run(studio.project(name), run_id, include_model=bool(body and body.include_model))
+            return {"path": str(path), "size": path.stat().st_size}
+        return guard(go)
+
+    @r.post("/projects/{name}/runs/import", status_code=201)
+    def import_run(name: str, body: ImportBody) -> dict:
+        """The LoRAs of a trained bundle (a server path inside the allowed folders) as a new run."""
+        def go() -> dict:
+            project = studio.project(name)
+            path = resolve_inside(body.path, [*host.allowed_roots(), project.root])
+            return import_bundle(project, path).to_dict()
+        return guard(go)
 
     @r.get("/queue")
     def queue() -> dict:

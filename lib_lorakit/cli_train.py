@@ -11,8 +11,12 @@ from typing import Any
 
 from .errors import LorakitError
 from .studio import Studio
+from .train import differential
 from .train import presets as _presets
+from .train.bundle import export_run, import_bundle
 from .train.config import SampleSettings
+from .train.differential import DifferentialRequest
+from .train.distributed import AccelerateOptions
 from .train.environment import TrainerEnvironment, doctor, setup_trainer
 from .train.options import parse_set
 from .train.queue import TrainQueue
@@ -35,12 +39,32 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     t.add_argument("--accept-missing-captions", action="store_true")
     t.add_argument("--dry-run", action="store_true", help="write the TOMLs and print the command; start nothing")
     t.add_argument("--wait", action="store_true", help="stay until the run ends, showing progress")
+    add_accelerate_args(t)
+    d = sub.add_parser("train-differential", parents=[common],
+                       help="two-stage training: a base LoRA on some concepts, then the targets with it merged in")
+    d.add_argument("project")
+    d.add_argument("--preset", required=True)
+    d.add_argument("--base-model", required=True, help="the checkpoint to train on (.safetensors)")
+    d.add_argument("--target-concepts", required=True, metavar="A,B", help="what stage 2 learns")
+    d.add_argument("--stage1-concepts", default="", metavar="A,B",
+                   help="what stage 1 learns, the look to remove (default: every other concept)")
+    d.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE", help="override, both stages")
+    d.add_argument("--stage1-set", action="append", default=[], metavar="OPTION=VALUE",
+                   help="override for stage 1 only")
+    d.add_argument("--output-name", help="stage 2's LoRA name (stage 1's is NAME-base)")
+    d.add_argument("--sample", action="append", default=[], metavar="PROMPT", help="a sample prompt (repeatable)")
+    d.add_argument("--accept-missing-captions", action="store_true")
+    d.add_argument("--dry-run", action="store_true", help="write both runs' TOMLs and print the commands")
+    d.add_argument("--wait", action="store_true", help="stay until both runs end, showing progress")
     r = sub.add_parser("runs", parents=[common], help="list a project's runs")
     r.add_argument("project")
     run = sub.add_parser("run", parents=[common], help="status, stop or resume one run")
-    run.add_argument("action", choices=("status", "stop", "resume"))
+    run.add_argument("action", choices=("status", "stop", "resume", "export", "import"),
+                     help="export: a bundle to train elsewhere; import: bring a trained bundle's LoRAs back")
     run.add_argument("project")
-    run.add_argument("run")
+    run.add_argument("run", help="the run id (import: the trained bundle, a .zip or its folder)")
+    run.add_argument("--out", type=Path, help="export: the bundle file to write (default: <project>/exports/)")
+    run.add_argument("--include-model", action="store_true", help="export: put the base model in the bundle too")
     run.add_argument("--wait", action="store_true")
     reg = sub.add_parser("register", parents=[common], help="put a run's LoRAs in the Lora folder with cards")
     reg.add_argument("project")
@@ -49,9 +73,26 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     tr.add_argument("action", choices=("setup", "doctor"))
     tr.add_argument("--torch-version", default=DEFAULT_TORCH, help="the webui's torch version, to reuse its wheel")
     tr.add_argument("--torch-index-url", help="e.g. the PyTorch CUDA wheel index for your GPU")
-    for p in (t, run, tr):
+    for p in (t, d, run, tr):
         p.add_argument("--trainer-python", help="use an existing environment's python instead of ours")
         p.add_argument("--tokenizer-cache-dir", type=Path, help="offline tokenizers for sd-scripts")
+
+
+def add_accelerate_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("multi-GPU / multi-node (accelerate launch)")
+    g.add_argument("--num-processes", type=int, default=1, help="processes (one per GPU) on each machine")
+    g.add_argument("--gpu-ids", default="", help="this machine's GPUs, e.g. 0,1 (default: all)")
+    g.add_argument("--num-machines", type=int, default=1)
+    g.add_argument("--machine-rank", type=int, default=0, help="this machine's rank (0: the main machine)")
+    g.add_argument("--main-process-ip", default="", help="the main machine's address (more than one machine)")
+    g.add_argument("--main-process-port", type=int, help="its port (accelerate's default: 29500)")
+
+
+def accelerate_options(args: argparse.Namespace) -> AccelerateOptions:
+    return AccelerateOptions.from_values(
+        num_processes=args.num_processes, gpu_ids=args.gpu_ids, num_machines=args.num_machines,
+        machine_rank=args.machine_rank, main_process_ip=args.main_process_ip,
+        main_process_port=args.main_process_port)
 
 
 def trainer_env(studio: Studio, args: argparse.Namespace) -> TrainerEnvironment:
@@ -64,7 +105,8 @@ def service(studio: Studio, args: argparse.Namespace) -> TrainingService:
 
 
 def handle(studio: Studio, args: argparse.Namespace) -> Result:
-    return {"presets": _list_presets, "train": _train, "runs": _runs, "run": _run, "register": _register,
+    return {"presets": _list_presets, "train": _train, "train-differential": _train_differential,
+            "runs": _runs, "run": _run, "register": _register,
             "trainer": _trainer}[args.command](studio, args)
 
 
@@ -80,7 +122,8 @@ def _train(studio: Studio, args: argparse.Namespace) -> Result:
     req = TrainRequest(project=args.project, preset=args.preset, base_model=args.base_model,
                        overrides=parse_set(args.set), output_name=args.output_name,
                        samples=SampleSettings(prompts=tuple(args.sample)) if args.sample else None,
-                       accept_missing_captions=args.accept_missing_captions, dry_run=args.dry_run)
+                       accept_missing_captions=args.accept_missing_captions, dry_run=args.dry_run,
+                       accelerate=accelerate_options(args))
     plan = svc.plan(project, req)
     for f in plan.findings:
         print(f"{f.severity}: {f.message}" + (f" Fix: {f.fix}" if f.fix else ""), file=sys.stderr)
@@ -101,6 +144,43 @@ def _train(studio: Studio, args: argparse.Namespace) -> Result:
     final = _follow(studio, project, snap.id)
     data["final"] = final.to_dict()
     return (0 if final.state == "succeeded" else 1), data, _describe(final)
+
+
+def _train_differential(studio: Studio, args: argparse.Namespace) -> Result:
+    project = studio.project(args.project)
+    svc = service(studio, args)
+    req = DifferentialRequest(project=args.project, preset=args.preset, base_model=args.base_model,
+                              target_concepts=(args.target_concepts,), stage1_concepts=(args.stage1_concepts,),
+                              overrides=parse_set(args.set), stage1_overrides=parse_set(args.stage1_set),
+                              output_name=args.output_name,
+                              samples=SampleSettings(prompts=tuple(args.sample)) if args.sample else None,
+                              accept_missing_captions=args.accept_missing_captions, dry_run=args.dry_run)
+    plans = differential.plan(svc, project, req)
+    for stage, plan in enumerate(plans, 1):
+        s = plan.steps
+        print(f"stage {stage}: {s.train_images} images, {s.epochs} epochs, batch {s.batch_size} → {s.total_steps} "
+              "steps", file=sys.stderr)
+        for f in plan.findings:
+            print(f"stage {stage} {f.severity}: {f.message}" + (f" Fix: {f.fix}" if f.fix else ""), file=sys.stderr)
+    made = differential.create(svc, project, req, queue=not args.dry_run)
+    runs = Runs(project)
+    data: dict[str, Any] = {"stage1": made.stage1.id, "stage2": made.stage2.id,
+                            "dirs": [str(made.stage1.dir), str(made.stage2.dir)],
+                            "argv": [runs.launch(made.stage1.id)["argv"], runs.launch(made.stage2.id)["argv"]],
+                            "plans": [p.to_dict() for p in plans]}
+    if args.dry_run:
+        for snap in (made.stage1, made.stage2):
+            runs.mark(snap.id, "draft")
+        return 0, data, (f"Dry run: wrote {made.stage1.dir} and {made.stage2.dir}\n"
+                         + "\n".join(" ".join(a) for a in data["argv"]))
+    if not args.wait:
+        TrainQueue(studio.host).tick()
+        return 0, data, (f"Queued stage 1 {made.stage1.id} and stage 2 {made.stage2.id} (starts when stage 1 has "
+                         f"succeeded); follow them with `runs {args.project}`.")
+    finals = [_follow(studio, project, made.stage1.id), _follow(studio, project, made.stage2.id)]
+    data["final"] = [f.to_dict() for f in finals]
+    ok = all(f.state == "succeeded" for f in finals)
+    return (0 if ok else 1), data, "\n".join(_describe(f) for f in finals)
 
 
 def _follow(studio: Studio, project: Any, run_id: str):
@@ -150,6 +230,12 @@ def _run(studio: Studio, args: argparse.Namespace) -> Result:
     elif args.action == "resume":
         service(studio, args).resume(project, args.run)
         snap = _follow(studio, project, args.run) if args.wait else runs.get(args.run)
+    elif args.action == "export":
+        path = export_run(project, args.run, out=args.out, include_model=args.include_model)
+        return 0, {"bundle": str(path)}, f"Wrote {path}\n(unzip it on the training machine and read README.md)"
+    elif args.action == "import":
+        snap = import_bundle(project, Path(args.run))
+        return 0, snap.to_dict(), _describe(snap) + f"\nRegister it with `register {args.project} {snap.id}`."
     else:
         snap = runs.get(args.run)
     return 0, snap.to_dict(), _describe(snap)

@@ -10,13 +10,13 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from appserver import running_app
 from fake_trainer_env import build_fake_trainer
 from PIL import Image
-from test_browser import CHROMIUM, ROOT, free_port, html_of
+from test_browser import CHROMIUM, ROOT, html_of
 from test_host import TEXT_ENCODERS, write_safetensors
 
 pytestmark = [pytest.mark.browser,
@@ -49,26 +49,8 @@ def app(tmp_path_factory):
     models = home / "models" / "Stable-diffusion"
     models.mkdir(parents=True)
     write_safetensors(models / "base.safetensors", ["model.diffusion_model.out.0.weight", TEXT_ENCODERS["SD1"]])
-    port = free_port()
-    log = open(tmp / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "lib_lorakit", "--home", str(home), "ui", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url + "/train-style/v1/projects", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail("the app exited: " + (tmp / "server.log").read_text())
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("the app did not start: " + (tmp / "server.log").read_text())
-    yield url, home
-    proc.terminate()
-    proc.wait(10)
+    with running_app(home, tmp, env={"TRAIN_STYLE_TRAINER_PYTHON": str(python)}) as url:
+        yield url, home
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,12 @@ def make_run(project, mode: str, delay: float = 0.01):
     return runs, snap
 
 
+def wait_until_running(runs: Runs, run_id: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while runs.get(run_id).state != "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def expected_progress() -> LogReader:
     reader = LogReader()
     reader.feed(LOG.read_bytes().decode("utf-8", "replace"))
@@ -68,9 +74,7 @@ def test_exit_zero_without_the_final_file_is_a_failure(project):
 def test_stop_terminates_the_trainer_group_and_keeps_saved_files(project):
     runs, snap = make_run(project, "hang")
     runs.start(snap.id)
-    deadline = time.monotonic() + 30
-    while runs.get(snap.id).state != "running" and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until_running(runs, snap.id)
     time.sleep(0.5)
     import json
 
@@ -86,9 +90,9 @@ def test_stop_terminates_the_trainer_group_and_keeps_saved_files(project):
 def test_a_run_whose_supervisor_died_unwatched_is_marked_interrupted(project):
     runs, snap = make_run(project, "hang")
     runs.start(snap.id)
-    deadline = time.monotonic() + 30
-    while runs.get(snap.id).state != "running" and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until_running(runs, snap.id)
+    while not ((snap.dir / "train.log").is_file() and (snap.dir / "train.log").stat().st_size):  # output first
+        time.sleep(0.05)
     import json
 
     state = json.loads((snap.dir / "run.json").read_text())

@@ -14,6 +14,7 @@ the cards; a stopped run resumes from its saved state.
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import pytest
 from PIL import Image
 
 from lib_lorakit.host import StandaloneHost
-from lib_lorakit.results.lora_info import read_lora_info
+from lib_lorakit.results.lora_info import read_header, read_lora_info
 from lib_lorakit.train.config import SampleSettings
 from lib_lorakit.train.environment import TrainerEnvironment
 from lib_lorakit.train.queue import TrainQueue
@@ -115,3 +116,58 @@ def test_stop_then_resume_from_the_saved_state(service, project):
     log = (final.dir / "train.log").read_text(errors="replace")
     assert "resume training from local state" in log and "skipping" in log  # continued, not restarted
     assert final.progress["step"] >= 3
+
+
+def test_differential_two_stages_with_base_weights(service, workspace):
+    """seeds/004: stage 1 learns `renders`, stage 2 learns `hero` over stage 1's LoRA merged in (--base_weights)."""
+    import json
+
+    from lib_lorakit.tomlio import read_toml
+    from lib_lorakit.train import differential
+
+    project = workspace.create("duo", trigger_words=("zkchar",))
+    for concept, colours in (("renders", ((220, 220, 220), (200, 60, 60))), ("hero", ((40, 160, 40), (30, 30, 200)))):
+        folder = project.add_concept(concept, 1).folder
+        for i, colour in enumerate(colours):
+            Image.new("RGB", (64, 64), colour).save(folder / f"{i}.png")
+            (folder / f"{i}.txt").write_text(f"zkchar, {concept} {i}")
+    quiet = {**TINY, "sample_every_n_steps": None, "sample_every_n_epochs": None, "save_state": False}
+    req = differential.DifferentialRequest(project="duo", preset="style-sd15-lora",
+                                           base_model=str(MODELS / "sd15-random.safetensors"),
+                                           target_concepts=("hero",), overrides=quiet)
+    started = time.monotonic()
+    made = differential.create(service, project, req)
+    stage2_args = {k: v for s in read_toml(made.stage2.dir / "args.toml").values() for k, v in s.items()}
+    final1 = made.stage1.dir / "duo-base.safetensors"
+    assert stage2_args["base_weights"] == [str(final1)] and stage2_args["base_weights_multiplier"] == [1.0]
+    one = run_queue(service, project, made.stage1.id)
+    assert one.state == "succeeded", (one.error, one.log_tail[-15:])
+    assert Runs(project).get(made.stage2.id).state in ("queued", "starting", "running")  # started only now
+    two = run_queue(service, project, made.stage2.id)
+    assert two.state == "succeeded", (two.error, two.log_tail[-15:])
+    print(f"differential: both stages in {time.monotonic() - started:.0f} s")
+    # each stage learnt only its own concepts
+    assert set(json.loads(read_lora_info(final1).metadata["ss_tag_frequency"])) == {"1_renders"}
+    final2 = two.dir / "duo.safetensors"
+    info2 = read_lora_info(final2)
+    assert set(json.loads(info2.metadata["ss_tag_frequency"])) == {"1_hero"}
+    # stage 2 merged stage 1 first: the log says so, and our training comment records it in the metadata
+    log2 = (two.dir / "train.log").read_text(errors="replace")
+    assert f"merging module: {final1} with multiplier 1.0" in log2 and "all weights merged" in log2
+    assert "base weights merged first: duo-base.safetensors x1" in info2.metadata["ss_training_comment"]
+    # sd-scripts' quirk: after the merge networks.lora also trains the ResNet blocks' time_emb_proj and 1x1
+    # conv_shortcut layers (36 more U-Net modules on SD1.5); we keep it and say so in the run's meta
+    def unet_modules(log: str) -> int:
+        return int(re.findall(r"create LoRA for U-Net: (\d+) modules", log)[-1])
+
+    log1 = (one.dir / "train.log").read_text(errors="replace")
+    assert unet_modules(log2) - unet_modules(log1) == 36
+
+    def modules(path: Path) -> set[str]:
+        header, _ = read_header(path)
+        return {k.split(".")[0] for k in header if k != "__metadata__"}
+
+    extra = modules(final2) - modules(final1)
+    assert len(extra) == 36 and modules(final1) <= modules(final2)
+    assert sum("time_emb_proj" in m for m in extra) == 22 and sum("conv_shortcut" in m for m in extra) == 14
+    assert any("time_emb_proj" in w for w in two.meta["warnings"])

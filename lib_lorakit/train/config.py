@@ -168,12 +168,20 @@ def _arg_text(value: Any) -> str:
 def build_args_config(settings: Mapping[str, Any], *, pretrained_model: str, dataset_config: Path,
                       output_dir: Path, output_name: str, caption_extension: str, logging_dir: Path,
                       tokenizer_cache_dir: Path | None = None, sample_prompts: Path | None = None,
-                      training_comment: str | None = None) -> dict[str, Any]:
-    """The arguments TOML: sections by option group, every key unique, None values left out."""
+                      training_comment: str | None = None,
+                      base_weights: Sequence[tuple[str | Path, float]] = ()) -> dict[str, Any]:
+    """The arguments TOML: sections by option group, every key unique, None values left out.
+
+    `base_weights`: (LoRA file, multiplier) pairs sd-scripts merges into the model before training
+    (`--base_weights`/`--base_weights_multiplier`; the differential method's stage 2). They are run inputs
+    that name another run's output file, not tunable settings, so they are not declared options."""
     sections: dict[str, dict[str, Any]] = {g: {} for g in ("model", "dataset", *opts.GROUPS, "logging")}
     sections["model"] = {"pretrained_model_name_or_path": str(pretrained_model)}
     if tokenizer_cache_dir is not None:
         sections["model"]["tokenizer_cache_dir"] = str(tokenizer_cache_dir)
+    if base_weights:
+        sections["model"]["base_weights"] = [str(path) for path, _ in base_weights]
+        sections["model"]["base_weights_multiplier"] = [float(m) for _, m in base_weights]
     sections["dataset"] = {"dataset_config": str(dataset_config), "caption_extension": caption_extension}
     for o in opts.options_where("args"):
         if settings[o.name] is not None and (sample_prompts is not None or o.name not in SAMPLE_KEYS):
@@ -199,8 +207,13 @@ def sampling_on(settings: Mapping[str, Any]) -> bool:
 def build_run_files(project: Project, settings: ResolvedSettings | Mapping[str, Any], *, run_dir: Path,
                     pretrained_model: str | Path, base_arch: str, output_name: str | None = None,
                     output_dir: Path | None = None, logging_dir: Path | None = None,
-                    tokenizer_cache_dir: Path | None = None, samples: SampleSettings | None = None) -> RunFiles:
+                    tokenizer_cache_dir: Path | None = None, samples: SampleSettings | None = None,
+                    concepts: Sequence[str] | None = None,
+                    base_weights: Sequence[tuple[str | Path, float]] = ()) -> RunFiles:
     """Everything sd-scripts needs for one run of `project`, with the files meant to live in `run_dir`.
+
+    `concepts`: the names of the concepts to train (see `select_concepts`; default all). `base_weights`: LoRA
+    files merged into the model before training (see `build_args_config`).
 
     Raises LorakitError when the settings do not validate, the preset was made for another base model, or the
     project has no training images (sd-scripts would "train" zero steps and exit 0).
@@ -213,24 +226,45 @@ def build_run_files(project: Project, settings: ResolvedSettings | Mapping[str, 
                            f"{family}: pick a {family} preset.")
     # 2. the project's concepts, which must hold images
     ps = project.settings
-    concepts = project.concepts()
-    _check_images(project, concepts)
+    chosen = select_concepts(project, concepts)
+    _check_images(project, chosen)
     # 3. sample prompts, when sampling is on
     run_dir = Path(run_dir).resolve()
-    prompts = _samples(project, concepts, values, samples or SampleSettings()) if sampling_on(values) else ()
+    prompts = _samples(project, chosen, values, samples or SampleSettings()) if sampling_on(values) else ()
     name = output_name or project.name
     # 4. the two TOMLs
-    dataset = build_dataset_config(concepts, values, caption_extension=ps.caption_extension,
+    dataset = build_dataset_config(chosen, values, caption_extension=ps.caption_extension,
                                    trigger_words=ps.trigger_words)
     comment = f"Train Style preset {settings.preset}" if isinstance(settings, ResolvedSettings) else None
+    if base_weights:  # sd-scripts keeps no record of base weights in the LoRA; the comment (ss_training_comment) does
+        merged = ", ".join(f"{Path(p).name} x{float(m):g}" for p, m in base_weights)
+        comment = f"{comment or 'Train Style'}; trained over base weights merged first: {merged}"
     args = build_args_config(
         values, pretrained_model=str(pretrained_model), dataset_config=run_dir / DATASET_FILE,
         output_dir=Path(output_dir or run_dir), output_name=name, caption_extension=ps.caption_extension,
         logging_dir=Path(logging_dir or run_dir / "logs"), tokenizer_cache_dir=tokenizer_cache_dir,
-        sample_prompts=run_dir / PROMPTS_FILE if prompts else None, training_comment=comment)
+        sample_prompts=run_dir / PROMPTS_FILE if prompts else None, training_comment=comment,
+        base_weights=base_weights)
     text = "".join(p.line + "\n" for p in prompts) if prompts else None
     return RunFiles(dataset=dataset, args=args, sample_prompts=text, output_name=name, script=SCRIPTS[family],
                     samples=prompts)
+
+
+def select_concepts(project: Project, names: Sequence[str] | None = None) -> list[Concept]:
+    """The project's concepts a run trains: all when `names` is None, else the dataset concepts named (by name,
+    `art`, or folder, `10_art`), in the project's order. Regularisation sets are kept either way: the filter
+    chooses what is learnt, not what it is regularised against."""
+    concepts = project.concepts()
+    if names is None:
+        return concepts
+    wanted = [str(n).strip() for n in names if str(n).strip()]
+    train = [c for c in concepts if c.kind == "dataset"]
+    unknown = [n for n in wanted if not any(n in (c.name, c.folder_name) for c in train)]
+    if unknown or not wanted:
+        have = ", ".join(c.name for c in train) or "none yet"
+        what = f"no concept named {', '.join(map(repr, unknown))}" if unknown else "no concept chosen"
+        raise LorakitError(f"Project {project.name!r} has {what} (have: {have}).")
+    return [c for c in concepts if c.kind == "reg" or c.name in wanted or c.folder_name in wanted]
 
 
 def _values(settings: ResolvedSettings | Mapping[str, Any]) -> Mapping[str, Any]:

@@ -97,6 +97,7 @@ class TrainQueue:
         with self._lock:
             self._report_finished()
             pending: list[QueueEntry] = []
+            ready: list[QueueEntry] = []
             for entry in self.entries():
                 try:
                     snap = self.snapshot(entry)
@@ -105,14 +106,40 @@ class TrainQueue:
                 if snap.state in ("starting", "running"):
                     return snap
                 if snap.state == "queued":
-                    pending.append(entry)
+                    blocked = self._dependency(entry, snap)
+                    if blocked == "wait":
+                        pending.append(entry)  # stays in line, not startable yet
+                    elif blocked:
+                        Runs(Workspace(self.host.projects_home()).open(entry.project)).mark(
+                            entry.run, "failed", error=blocked, advice="Resume the run it waits for (or train it "
+                            "again); then Resume this one, which never started, to queue it again.")
+                    else:
+                        pending.append(entry)
+                        ready.append(entry)
             self._save(pending)
-            if pending:
-                return self._start(pending[0])
+            if ready:
+                return self._start(ready[0])
             if (read_json(self.file, default={}) or {}).get("model_unloaded"):
                 self.host.reload_model()
                 self._save(pending, model_unloaded=False)
             return None
+
+    def _dependency(self, entry: QueueEntry, snap: RunSnapshot) -> str:
+        """For a run with `depends_on` in its meta (e.g. stage 2 of a differential training): "" when it may
+        start (that run succeeded), "wait" while that run is still queued or training, else why it never will."""
+        dep = snap.meta.get("depends_on")
+        if not dep:
+            return ""
+        try:
+            other = Runs(Workspace(self.host.projects_home()).open(entry.project)).get(dep)
+        except LorakitError:
+            return f"Run {entry.run} waits for run {dep}, which no longer exists; it did not start."
+        if other.state == "succeeded":
+            return ""
+        if other.active:
+            return "wait"
+        return (f"Run {entry.run} did not start: it needs run {dep} to succeed first, and that run is "
+                f"{other.state}" + (f" ({other.error})" if other.error else "") + ".")
 
     def _report_finished(self) -> None:
         data = read_json(self.file, default={}) or {}

@@ -20,10 +20,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from ..errors import LorakitError, NotFound
-from ..fsutil import atomic_write_json, atomic_write_text, read_json
+from ..fsutil import atomic_write_json, atomic_write_text, pid_alive, read_json
 from ..project import Project
 
 ACTIVE = ("queued", "starting", "running")
@@ -73,22 +72,6 @@ class RunSnapshot:
 def new_run_id(label: str) -> str:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{re.sub(r'[^A-Za-z0-9_-]+', '-', label).strip('-')[:40] or 'run'}"
-
-
-def _alive(pid: Optional[int]) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (finished child of ours not yet reaped) counts as gone
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][:1] != "Z"
-    except OSError:
-        return True
 
 
 class Runs:
@@ -168,7 +151,7 @@ class Runs:
         if data.get("state") == "queued":
             data.update(state="stopped", error="Removed from the queue before it started.", finished=_now())
             atomic_write_json(run_dir / "run.json", data)
-        elif data.get("state") in ACTIVE and _alive(pid):
+        elif data.get("state") in ACTIVE and pid_alive(pid):
             os.kill(pid, signal.SIGTERM)
         return self.get(run_id)
 
@@ -176,11 +159,15 @@ class Runs:
         """The launch description (argv, cwd, env, output) of a run."""
         return read_json(self.dir(run_id) / "launch.json")
 
-    def mark(self, run_id: str, state: str) -> None:
-        """Set a run's state by hand (e.g. "draft" for a dry run that must not be started by the queue)."""
+    def mark(self, run_id: str, state: str, **fields: str) -> None:
+        """Set a run's state by hand (e.g. "draft" for a dry run that must not be started by the queue), with
+        `error`/`advice` when it fails without having started."""
         path = self.dir(run_id) / "run.json"
         data = read_json(path)
         data["state"] = state
+        data.update(fields)
+        if state in ("failed", "stopped"):
+            data.setdefault("finished", _now())
         atomic_write_json(path, data)
 
     def wait(self, run_id: str, timeout: float | None = None, poll: float = 0.5) -> RunSnapshot:
@@ -200,7 +187,7 @@ def _reconcile(run_dir: Path, data: dict) -> dict:
     pid = data.get("supervisor_pid")
     if pid in _CHILDREN and _CHILDREN[pid].poll() is not None:
         _CHILDREN.pop(pid)
-    if data.get("state") in ("starting", "running") and pid and not _alive(pid):
+    if data.get("state") in ("starting", "running") and pid and not pid_alive(pid):
         data = read_json(run_dir / "run.json", default=data) or data  # it may have just written its verdict
         if data.get("state") in ("starting", "running"):
             tail = _log_tail(run_dir / "train.log") or _log_tail(run_dir / "supervisor.log")

@@ -21,7 +21,8 @@ from ..project import Project
 from ..results.registry import Registered, register_files
 from ..tomlio import read_toml, write_toml
 from . import presets as _presets
-from .config import RunFiles, SampleSettings, build_run_files, write_run_files
+from .config import RunFiles, SampleSettings, build_run_files, select_concepts, write_run_files
+from .distributed import AccelerateOptions, accelerate_argv
 from .environment import TrainerEnvironment, check_submodule
 from .queue import TrainQueue
 from .runner import Runs, RunSnapshot, RunSpec
@@ -53,9 +54,12 @@ class TrainRequest:
     output_name: Optional[str] = None
     samples: Optional[SampleSettings] = None
     accept_missing_captions: bool = False
-    num_processes: int = 1
-    accelerate_args: tuple[str, ...] = ()
+    accelerate: AccelerateOptions = field(default_factory=AccelerateOptions)  # multi-GPU / multi-node
     dry_run: bool = False  # write the files and show the command; a missing trainer is then only a warning
+    concepts: Optional[tuple[str, ...]] = None  # the concepts to train (config.select_concepts); None: all
+    base_weights: tuple[tuple[str, float], ...] = ()  # LoRAs merged into the model first: (file, multiplier)
+    depends_on: Optional[str] = None  # a run of the same project that must succeed before this one starts
+    meta: Mapping[str, Any] = field(default_factory=dict)  # extra facts stored in the run's meta
 
 
 @dataclass(frozen=True)
@@ -93,9 +97,11 @@ class TrainingService:
         settings = _presets.resolve(req.preset, req.overrides, user_dir=self.presets_dir())
         base = Path(req.base_model).expanduser()
         arch = checkpoint_arch(base) if base.is_file() else "Unknown"
-        steps = plan_project(project, settings.values, num_processes=req.num_processes)
+        steps = plan_project(project, settings.values, num_processes=_processes(req), concepts=req.concepts)
         findings = preflight(project, req, settings=settings, base=base, arch=arch, trainer=self.trainer,
                              lora_dir=Path(self.host.lora_dir()))
+        findings += [Finding("MULTI_GPU", "error", p, "Fix the Multi-GPU settings.")
+                     for p in req.accelerate.problems()]
         findings += vram_findings(settings, getattr(self.host, "gpu_memory", lambda: None)())
         return TrainPlan(settings=settings, steps=steps, findings=tuple(findings), base_arch=arch)
 
@@ -111,7 +117,7 @@ class TrainingService:
         files = build_run_files(project, plan.settings, run_dir=run_dir, pretrained_model=Path(req.base_model),
                                 base_arch=plan.base_arch if plan.base_arch != "Unknown" else plan.settings.base,
                                 output_name=req.output_name, tokenizer_cache_dir=self.tokenizer_cache_dir,
-                                samples=req.samples)
+                                samples=req.samples, concepts=req.concepts, base_weights=req.base_weights)
         paths = write_run_files(files, run_dir)
         # only what differs from the supervisor's own environment is stored (no secrets copied into the run)
         wanted = {**self.trainer.subprocess_env(dict(os.environ)), **self.extra_env}
@@ -121,7 +127,17 @@ class TrainingService:
                        unset=tuple(sorted(set(os.environ) - set(wanted)) + ["PYTHONPATH"]))
         meta = {"preset": plan.settings.preset, "base_model": str(req.base_model), "base_arch": plan.base_arch,
                 "trigger_words": list(project.settings.trigger_words), "steps": asdict(plan.steps),
-                "settings": dict(plan.settings.values)}
+                "settings": dict(plan.settings.values), **dict(req.meta)}
+        if req.concepts is not None:
+            meta["concepts"] = list(req.concepts)
+        meta["accelerate"] = req.accelerate.to_dict()
+        if req.base_weights:
+            meta["base_weights"] = [[str(p), float(m)] for p, m in req.base_weights]
+        if req.depends_on:
+            meta["depends_on"] = req.depends_on  # the queue holds this run until that one has succeeded
+        warnings = [f.message for f in plan.findings if f.code == BASE_WEIGHTS_QUIRK]
+        if warnings:
+            meta["warnings"] = [*meta.get("warnings", []), *warnings]
         snap = runs.create(run_dir, spec, files={}, meta=meta)
         if queue:
             TrainQueue(self.host).add(project.name, snap.id)
@@ -130,9 +146,7 @@ class TrainingService:
     def launch_argv(self, files: RunFiles, args_toml: Path, dataset_toml: Path, req: TrainRequest) -> list[str]:
         """accelerate launch … <script> --config_file … --dataset_config …, as an argument list (no shell)."""
         argv = [str(self.trainer.python), "-m", "accelerate.commands.launch", "--num_cpu_threads_per_process", "2"]
-        if req.num_processes > 1:
-            argv += ["--multi_gpu", "--num_processes", str(req.num_processes)]
-        argv += [*req.accelerate_args, files.script, "--config_file", str(args_toml),
+        argv += [*accelerate_argv(req.accelerate), files.script, "--config_file", str(args_toml),
                  "--dataset_config", str(dataset_toml)]
         return argv
 
@@ -144,6 +158,13 @@ class TrainingService:
             raise LorakitError(f"Run {run_id} is {snap.state}; only a stopped, failed or interrupted run can be "
                                "resumed.")
         state = latest_state(snap.dir)
+        if state is None and snap.meta.get("depends_on") and "launched" not in read_json(snap.dir / "run.json"):
+            # a later stage failed because the run it depends on had not succeeded; it never ran, so it is queued
+            # again as it was and waits for that run (resume that one first)
+            requeue(snap.dir)
+            if queue:
+                TrainQueue(self.host).add(project.name, run_id)
+            return runs.get(run_id)
         if state is None:
             raise LorakitError(f"Run {run_id} saved no training state to resume from (save_state was off, or it "
                                "stopped before the first save). Start a new run instead.")
@@ -180,6 +201,12 @@ def default_trainer(host: Host, python: Optional[str] = None) -> TrainerEnvironm
     return TrainerEnvironment(venv, REPO_ROOT / "sd-scripts")
 
 
+def _processes(req: TrainRequest) -> int:
+    """Processes over all machines for the step maths (1 while the multi-GPU settings are invalid: the plan then
+    shows their problems as findings)."""
+    return 1 if req.accelerate.problems() else req.accelerate.total_processes
+
+
 def latest_state(run_dir: Path) -> Optional[Path]:
     """The newest `<name>-step<N>-state` / `<name>-state` folder sd-scripts left (the one with train_state.json)."""
     def step(p: Path) -> int:
@@ -211,14 +238,16 @@ def preflight(project: Project, req: TrainRequest, *, settings: _presets.Resolve
     elif (arch == "SDXL") != (settings.base == "SDXL"):
         found.append(Finding("BASE_MODEL_MISMATCH", "error", f"{base.name} is an {arch} model but preset "
                              f"{settings.preset} is for {settings.base}.", f"Pick a {arch} preset."))
-    # b. captions and trigger words
+    # b. captions and trigger words (of the concepts this run trains)
     report = build_report(project)
-    missing = [m for c in report.concepts if c.kind == "dataset" for m in c.missing_captions]
+    chosen = {(c.kind, c.name) for c in select_concepts(project, req.concepts)}
+    report_concepts = [c for c in report.concepts if (c.kind, c.name) in chosen]
+    missing = [m for c in report_concepts if c.kind == "dataset" for m in c.missing_captions]
     if missing and not req.accept_missing_captions:
         found.append(Finding("MISSING_CAPTIONS", "error", f"{len(missing)} training images have no caption "
                              f"(e.g. {missing[0]}); sd-scripts would train them on the folder name alone.",
                              "Tag them in Captions, or accept training without captions."))
-    if report.total_images == 0:
+    if sum(c.images for c in report_concepts if c.kind == "dataset") == 0:
         found.append(Finding("NO_IMAGES", "error", "The project has no training images.", "Import images first."))
     if not project.settings.trigger_words:
         found.append(Finding("NO_TRIGGER", "warning", "The project has no trigger word: the LoRA's card will have "
@@ -234,6 +263,37 @@ def preflight(project: Project, req: TrainRequest, *, settings: _presets.Resolve
                              "Press 'Set up trainer' or run `python -m lib_lorakit trainer setup`."))
     # d. disk and name collisions
     found += _disk_and_names(project, req, settings, lora_dir)
+    # e. LoRAs merged in first: present (or made by the run this one waits for), and sd-scripts' module quirk
+    found += _base_weights(req, settings)
+    return found
+
+
+BASE_WEIGHTS_QUIRK = "BASE_WEIGHTS_EXTRA_MODULES"
+
+
+def _base_weights(req: TrainRequest, settings: _presets.ResolvedSettings) -> list[Finding]:
+    found = []
+    for path, _ in req.base_weights:
+        if not Path(path).is_file() and not req.depends_on:
+            found.append(Finding("BASE_WEIGHTS_MISSING", "error", f"The LoRA to merge first, {path}, does not "
+                                 "exist.", "Train that LoRA first, or give the path of an existing one."))
+    # sd-scripts v0.10.1 networks/lora.py, LoRANetwork.__init__: `target_modules = LoRANetwork.UNET_TARGET_
+    # REPLACE_MODULE; target_modules += LoRANetwork.UNET_TARGET_REPLACE_MODULE_CONV2D_3X3` extends the *class*
+    # list in place whenever a network is built from weights (modules_dim given). --base_weights does exactly that
+    # (create_network_from_weights, to merge the LoRA), so the network trained afterwards in the same process
+    # also targets ResnetBlock2D/Downsample2D/Upsample2D. Without conv_dim their 3x3 convs are still skipped, but
+    # their Linear and 1x1 layers get LoRA modules: each ResNet block's time_emb_proj and the 1x1 conv_shortcut
+    # where channels change (SD1.5: 22 + 14 = 36 more U-Net modules than the same run without base weights).
+    # networks.lora v0.10.1 has no argument that names the module set (no include/exclude patterns), and
+    # patching sd-scripts or swapping in our own network module would change what `ss_network_module` and the
+    # trained file say. So the run keeps sd-scripts' behaviour and says so: this warning, stored in the run's
+    # meta and shown in the plan. The extra modules are ordinary LoRA keys; the webui loads them.
+    if req.base_weights and settings.values.get("network_module") == "networks.lora":
+        found.append(Finding(BASE_WEIGHTS_QUIRK, "warning", "With base weights, sd-scripts' networks.lora also "
+                             "trains the U-Net ResNet blocks' time_emb_proj and 1x1 conv_shortcut layers (SD1.5: 36 "
+                             "more modules than the same run without base weights; a class-list mutation in "
+                             "sd-scripts' networks/lora.py). The LoRA works as usual; it is slightly larger.",
+                             "Nothing to do: this records what sd-scripts does."))
     return found
 
 

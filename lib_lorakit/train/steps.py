@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 from ..errors import LorakitError
 from ..project import Project
@@ -237,15 +237,19 @@ def count_images(folder: Path) -> int:
     return sum(1 for p in Path(folder).iterdir() if p.is_file() and p.suffix in suffixes)
 
 
-def project_counts(project: Project) -> list[ConceptCount]:
-    """Every concept and regularisation set of `project`, counted, in the order the dataset TOML lists them."""
+def project_counts(project: Project, concepts: Optional[Sequence[str]] = None) -> list[ConceptCount]:
+    """Every concept and regularisation set of `project` (only the named concepts when `concepts` is given; see
+    `config.select_concepts`), counted, in the order the dataset TOML lists them."""
+    from .config import select_concepts
+
     return [ConceptCount(images=count_images(c.folder), repeats=c.repeats, is_reg=c.kind == "reg", name=c.name)
-            for c in project.concepts()]
+            for c in select_concepts(project, concepts)]
 
 
-def plan_project(project: Project, settings: Mapping[str, Any], *, num_processes: int = 1) -> StepPlan:
+def plan_project(project: Project, settings: Mapping[str, Any], *, num_processes: int = 1,
+                 concepts: Optional[Sequence[str]] = None) -> StepPlan:
     """The step plan of `project` under validated `settings` (epochs, steps, batch size, accumulation)."""
-    return plan_steps(project_counts(project), epochs=settings["max_train_epochs"],
+    return plan_steps(project_counts(project, concepts), epochs=settings["max_train_epochs"],
                       max_train_steps=settings["max_train_steps"], batch_size=settings["train_batch_size"],
                       gradient_accumulation_steps=settings["gradient_accumulation_steps"],
                       num_processes=num_processes)

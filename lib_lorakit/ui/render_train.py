@@ -14,6 +14,7 @@ from ..results.registry import Registered
 from ..train.environment import DoctorReport, TrainerEnvironment
 from ..train.runner import RunSnapshot
 from ..train.service import TrainPlan
+from .render import job_html
 
 SETUP_JOB_ID = "train_style_setup_job"
 RUN_BOX_ID = "train_style_run"
@@ -117,6 +118,11 @@ def run_html(snap: Optional[RunSnapshot]) -> str:
              f'</span> <span class="ts-run-meta">{escape(_meta_line(snap.meta))}</span></div>',
              f'<div class="ts-bar"><div class="ts-fill" style="width:{pct}%"></div></div>',
              f'<p class="ts-run-text">{escape(progress_text(snap))}</p>']
+    if snap.meta.get("depends_on") and snap.state == "queued":
+        parts.append(f'<p class="ts-note ts-waits">Starts when run {escape(str(snap.meta["depends_on"]))} has '
+                     "succeeded (stage 1 of a two-stage training).</p>")
+    for warning in snap.meta.get("warnings", []):
+        parts.append(f'<p class="ts-warning">{escape(str(warning))}</p>')
     if snap.error:
         parts.append(f'<p class="ts-error">{escape(snap.error)}</p>')
     if snap.advice:
@@ -129,6 +135,19 @@ def run_html(snap: Optional[RunSnapshot]) -> str:
     parts.append(loss_svg(snap.losses))
     parts.append("</div>")
     return "".join(parts)
+
+
+def differential_html(stage1: RunSnapshot, stage2: RunSnapshot) -> str:
+    """What 'Train both stages' made: the two runs, their concepts, and stage 2's warnings."""
+    def concepts(snap: RunSnapshot) -> str:
+        return escape(", ".join(snap.meta.get("concepts", [])))
+
+    warnings = "".join(f'<li class="ts-warning">{escape(str(w))}</li>' for w in stage2.meta.get("warnings", []))
+    return ('<div class="ts-differential" id="train_style_differential_made">'
+            f"<p>Stage 1 <b>{escape(stage1.id)}</b> ({concepts(stage1)}) is {escape(stage1.state)}; stage 2 "
+            f"<b>{escape(stage2.id)}</b> ({concepts(stage2)}) trains over its final LoRA and starts when it has "
+            "succeeded. Use the stage 2 LoRA alone, at weight 1.</p>"
+            + (f"<ul>{warnings}</ul>" if warnings else "") + "</div>")
 
 
 def _meta_line(meta: Mapping) -> str:
@@ -249,14 +268,5 @@ def doctor_html(rep: DoctorReport) -> str:
 
 def setup_job_html(job: Optional[JobState]) -> str:
     """The setup job's bar; the page script keeps it current (same markup as the import job's)."""
-    if job is None:
-        return f'<div id="{SETUP_JOB_ID}" class="ts-job" data-state="none"></div>'
-    pct = int(round(100 * job.fraction)) if job.active else 100
-    text = f"{job.title}: {job.state}"
-    if job.active and job.total:
-        text += f" — {job.done}/{job.total} {job.message}"
-    if job.error:
-        text += f" — {job.error}"
-    return (f'<div id="{SETUP_JOB_ID}" class="ts-job" data-job-id="{_attr(job.id)}" data-state="{_attr(job.state)}">'
-            f'<div class="ts-bar"><div class="ts-fill" style="width:{pct}%"></div></div>'
-            f'<span class="ts-job-text">{escape(text)}</span></div>')
+    return job_html(job, SETUP_JOB_ID)
+

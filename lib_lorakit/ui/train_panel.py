@@ -14,9 +14,11 @@ import gradio as gr
 from ..cli_train import DEFAULT_TORCH
 from ..errors import LorakitError
 from ..studio import Studio
+from ..train import differential
 from ..train import options as _options
 from ..train import presets as _presets
 from ..train.config import SampleSettings
+from ..train.distributed import AccelerateOptions
 from ..train.environment import doctor, setup_trainer
 from ..train.queue import TrainQueue, ensure_worker
 from ..train.runner import Runs, RunSnapshot
@@ -58,6 +60,19 @@ class TrainPanel:
                                                elem_id="train_style_without_trigger")
             self.accept_missing = gr.Checkbox(label="Train images without captions anyway",
                                               elem_id="train_style_accept_missing")
+        with gr.Accordion("Multi-GPU", open=False, elem_id="train_style_multi_gpu"):
+            with gr.Row():
+                self.num_processes = gr.Number(label="GPUs (processes) per machine", value=1, precision=0,
+                                               elem_id="train_style_num_processes")
+                self.gpu_ids = gr.Textbox(label="GPU ids (e.g. 0,1; empty: all)", elem_id="train_style_gpu_ids")
+                self.num_machines = gr.Number(label="Machines", value=1, precision=0,
+                                              elem_id="train_style_num_machines")
+                self.machine_rank = gr.Number(label="This machine's rank (0: the main one)", value=0, precision=0,
+                                              elem_id="train_style_machine_rank")
+                self.main_process_ip = gr.Textbox(label="Main machine's address",
+                                                  elem_id="train_style_main_process_ip")
+                self.main_process_port = gr.Number(label="Port (0: accelerate's 29500)", value=0, precision=0,
+                                                   elem_id="train_style_main_process_port")
         with gr.Row():
             self.check = gr.Button("Check", elem_id="train_style_check")
             self.train = gr.Button("Train", elem_id="train_style_train", variant="primary")
@@ -71,6 +86,18 @@ class TrainPanel:
         self.run_box = gr.HTML(render.run_html(None), elem_id="train_style_run_box")
         self.registered = gr.HTML(elem_id="train_style_registered")
         self.samples = gr.Gallery(label="Samples", columns=4, height="auto", elem_id="train_style_samples")
+        with gr.Accordion("Two-stage (differential)", open=False):
+            gr.HTML('<p class="ts-note">Stage 1 trains a base LoRA on concepts that carry a look to remove (e.g. '
+                    "3D renders of varied characters on white); stage 2 trains the target concepts with it merged "
+                    "in, so the target's LoRA learns the character and not the look. Both use the preset, base "
+                    "model and overrides above.</p>")
+            with gr.Row():
+                self.stage1_concepts = gr.Dropdown(label="Stage 1 concepts (empty: all but the targets)", choices=[],
+                                                   multiselect=True, elem_id="train_style_stage1_concepts",
+                                                   interactive=True)
+                self.target_concepts = gr.Dropdown(label="Target concepts (stage 2)", choices=[], multiselect=True,
+                                                   elem_id="train_style_target_concepts", interactive=True)
+                self.train_differential = gr.Button("Train both stages", elem_id="train_style_train_differential")
         with gr.Accordion("Trainer", open=False):
             self.trainer_status = gr.HTML(elem_id="train_style_trainer_status")
             with gr.Row():
@@ -89,7 +116,10 @@ class TrainPanel:
         # Handlers return at once (a run is a process, setup a job), so they skip gradio's queue like the Dataset
         # panel's; only the doctor, which waits for a probe process, is queued.
         request = [self.project, self.preset, self.base, self.base_path, self.overrides, self.output_name,
-                   self.prompts, self.without_trigger, self.accept_missing]
+                   self.prompts, self.without_trigger, self.accept_missing,
+                   # multi-GPU: keyword arguments of _request, in their order
+                   self.num_processes, self.gpu_ids, self.num_machines, self.machine_rank, self.main_process_ip,
+                   self.main_process_port]
         run_views = [self.runs, self.run_box, self.samples]
         _on(self.project.change, self._project_changed, [self.project],
             [self.heading, self.plan, self.registered, *run_views])
@@ -97,6 +127,11 @@ class TrainPanel:
                                                                               self.trainer_status])
         _on(self.check.click, self._check, request, [self.plan])
         _on(self.train.click, self._train, request, run_views)
+        concept_lists = [self.stage1_concepts, self.target_concepts]
+        _on(self.project.change, self._concept_choices, [self.project], concept_lists)
+        _on(self.refresh_lists.click, self._concept_choices, [self.project, *concept_lists], concept_lists)
+        _on(self.train_differential.click, self._train_differential,
+            [self.stage1_concepts, self.target_concepts, *request], [self.plan, *run_views])
         # `input`, not `change`: handlers that redraw the list draw the run box themselves, and a redraw caused by
         # the list's new label must not draw a newer state under a stale label
         _on(self.runs.input, self._show, [self.project, self.runs], [self.run_box, self.samples])
@@ -136,7 +171,8 @@ class TrainPanel:
 
     def _request(self, name: Optional[str], preset: Optional[str], base: Optional[str], base_path: str,
                  overrides: str, output_name: str, prompts: str, without_trigger: bool,
-                 accept_missing: bool) -> TrainRequest:
+                 accept_missing: bool, num_processes: Any = None, gpu_ids: str = "", num_machines: Any = None,
+                 machine_rank: Any = None, main_process_ip: str = "", main_process_port: Any = None) -> TrainRequest:
         if not name:
             raise LorakitError("Choose or create a project in the Dataset tab first.")
         if not preset:
@@ -149,7 +185,11 @@ class TrainPanel:
         return TrainRequest(project=name, preset=preset, base_model=model, overrides=_options.parse_set(lines),
                             output_name=(output_name or "").strip() or None,
                             samples=SampleSettings(prompts=sample_prompts, without_trigger=bool(without_trigger)),
-                            accept_missing_captions=bool(accept_missing))
+                            accept_missing_captions=bool(accept_missing),
+                            accelerate=AccelerateOptions.from_values(
+                                num_processes=num_processes, gpu_ids=gpu_ids, num_machines=num_machines,
+                                machine_rank=machine_rank, main_process_ip=main_process_ip,
+                                main_process_port=main_process_port or None))  # an empty Number sends 0
 
     def _check(self, name: Optional[str], *values: Any) -> str:
         req = self._request(name, *values)
@@ -161,6 +201,22 @@ class TrainPanel:
         snap = self._service().create_run(self.studio.project(name), req)
         ensure_worker(self.studio.host).queue.tick()  # the worker's queue: its lock keeps one start at a time
         return self._run_views(name, snap.id)
+
+    def _concept_choices(self, name: Optional[str], *chosen: Optional[list[str]]) -> tuple[Any, ...]:
+        """The project's concepts for both lists, keeping what is still chosen (↻ after adding concepts)."""
+        names = [c.name for c in self.studio.project(name).concepts("dataset")] if name else []
+        chosen = chosen or ([], [])
+        return tuple(gr.update(choices=names, value=[n for n in (c or []) if n in names]) for c in chosen)
+
+    def _train_differential(self, stage1: Optional[list[str]], targets: Optional[list[str]], name: Optional[str],
+                            *values: Any) -> tuple:
+        req = self._request(name, *values)
+        made = differential.create(self._service(), self.studio.project(name), differential.DifferentialRequest(
+            project=req.project, preset=req.preset, base_model=req.base_model, target_concepts=tuple(targets or ()),
+            stage1_concepts=tuple(stage1 or ()), overrides=req.overrides, output_name=req.output_name,
+            samples=req.samples, accept_missing_captions=req.accept_missing_captions))
+        ensure_worker(self.studio.host).queue.tick()
+        return (render.differential_html(made.stage1, made.stage2), *self._run_views(name, made.stage1.id))
 
     def _project_changed(self, name: Optional[str]) -> tuple:
         return (self._heading(name), "", "", *self._run_views(name, None))
