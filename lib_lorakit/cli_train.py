@@ -28,7 +28,16 @@ Result = tuple[int, Any, str]
 
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    sub.add_parser("presets", parents=[common], help="list training presets")
+    pr = sub.add_parser("presets", parents=[common], help="list, show or save training presets")
+    pr.add_argument("action", nargs="?", choices=("list", "show", "save"), default="list")
+    pr.add_argument("name", nargs="?", help="show: the preset; save: the new preset's name")
+    pr.add_argument("--from", dest="source", help="save: the preset to start from")
+    pr.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE", help="save: an override")
+    pr.add_argument("--summary", default="")
+    q = sub.add_parser("queue", parents=[common], help="the training queue: list, or move a run up or down")
+    q.add_argument("action", choices=("list", "up", "down"), nargs="?", default="list")
+    q.add_argument("project", nargs="?")
+    q.add_argument("run", nargs="?")
     t = sub.add_parser("train", parents=[common], help="train a LoRA on a project")
     t.add_argument("project")
     t.add_argument("--preset", required=True)
@@ -105,9 +114,41 @@ def service(studio: Studio, args: argparse.Namespace) -> TrainingService:
 
 
 def handle(studio: Studio, args: argparse.Namespace) -> Result:
-    return {"presets": _list_presets, "train": _train, "train-differential": _train_differential,
+    return {"presets": _presets_cmd, "queue": _queue, "train": _train, "train-differential": _train_differential,
             "runs": _runs, "run": _run, "register": _register,
             "trainer": _trainer}[args.command](studio, args)
+
+
+def _presets_cmd(studio: Studio, args: argparse.Namespace) -> Result:
+    folder = studio.host.projects_home() / "presets"
+    if args.action == "show":
+        resolved = _presets.resolve(args.name or "", user_dir=folder)
+        rows = resolved.explain()
+        return 0, {"preset": resolved.preset, "settings": rows}, "\n".join(
+            f"{r['name']:<28} {r['value']!s:<14} {r['source']}" for r in rows)
+    if args.action == "save":
+        if not args.name or not args.source:
+            raise LorakitError("presets save NAME --from PRESET [--set option=value]...")
+        resolved = _presets.resolve(args.source, parse_set(args.set), user_dir=folder, override_source="--set")
+        path = _presets.save_resolved(folder, args.name, resolved, summary=args.summary)
+        return 0, {"saved": str(path)}, f"Saved preset {args.name} in {path}"
+    return _list_presets(studio, args)
+
+
+def _queue(studio: Studio, args: argparse.Namespace) -> Result:
+    queue = TrainQueue(studio.host)
+    if args.action in ("up", "down"):
+        if not (args.project and args.run):
+            raise LorakitError("queue up|down PROJECT RUN")
+        queue.move(args.project, args.run, -1 if args.action == "up" else 1)
+    rows = []
+    for entry in queue.entries():
+        try:
+            rows.append({**entry.to_dict(), "state": queue.snapshot(entry).state})
+        except LorakitError:
+            continue
+    text = "\n".join(f"{i + 1}. {r['project']} {r['run']} ({r['state']})" for i, r in enumerate(rows))
+    return 0, {"queue": rows}, text or "The training queue is empty."
 
 
 def _list_presets(studio: Studio, args: argparse.Namespace) -> Result:

@@ -159,3 +159,18 @@ def test_stop_a_running_run(app, page):
     page.locator("#train_style_runs li", has_text="— ").last.click()
     page.wait_for_function("() => !document.querySelector('#train_style_run').dataset.runId.endsWith('demo-hang')",
                            timeout=10_000)
+
+
+def test_save_the_settings_as_a_preset_and_see_the_queue(app, page):
+    url, home = app
+    pick(page, "train_style_preset", "style-sd15-lora")
+    page.fill("#train_style_overrides textarea", "network_dim=12")
+    page.fill("#train_style_preset_name input, #train_style_preset_name textarea", "my-flat-style")
+    page.click("#train_style_save_preset")
+    html_of(page, "train_style_plan").get_by_text("Saved preset my-flat-style").wait_for(timeout=20_000)
+    saved = (home / "presets" / "my-flat-style.toml").read_text()
+    assert "network_dim = 12" in saved and "tab overrides" in saved
+    page.wait_for_function("() => document.querySelector('#train_style_preset input').value === 'my-flat-style'",
+                           timeout=10_000)
+    # the queue box lists what the queue holds (empty once the runs above have ended)
+    assert "queue" in html_of(page, "train_style_queue").inner_text().lower()

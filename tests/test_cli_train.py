@@ -63,3 +63,49 @@ def test_preflight_blocks_with_the_fix(tmp_path):
     bad = cli(home, "train", "art", "--preset", "style-sd15-lora", "--base-model", str(model), "--set",
               "network_dim=0", "--dry-run", check=False)
     assert bad.returncode == 1 and "network_dim" in bad.stderr
+
+
+def test_save_a_preset_then_train_with_it(tmp_path):
+    home = tmp_path / "home"
+    model = make_project(home, tmp_path)
+    cli(home, "presets", "save", "mine", "--from", "style-sd15-loha", "--set", "network_dim=12", "--set",
+        "max_train_epochs=6")
+    shown = json.loads(cli(home, "presets", "show", "mine", "--json").stdout)["settings"]
+    dim = next(r for r in shown if r["name"] == "network_dim")
+    assert dim["value"] == 12 and "--set" in dim["source"]
+    conv = next(r for r in shown if r["name"] == "conv_dim")
+    assert conv["value"] == 4 and "seeds/003" in conv["source"]  # the preset it came from still speaks
+    assert "mine" in {p["name"] for p in json.loads(cli(home, "presets", "--json").stdout)["presets"]}
+    again = cli(home, "presets", "save", "style-sd15-loha", "--from", "mine", check=False)
+    assert again.returncode == 1 and "built-in" in again.stderr
+    data = json.loads(cli(home, "train", "art", "--preset", "mine", "--base-model", str(model), "--dry-run",
+                          "--json").stdout)
+    sections = read_toml(tmp_path / "home" / "art" / "runs" / data["run"] / "args.toml")
+    args = {k: v for section in sections.values() for k, v in section.items()}
+    assert args["network_dim"] == 12 and args["max_train_epochs"] == 6
+
+
+def test_queue_lists_and_reorders(tmp_path):
+    home = tmp_path / "home"
+    model = make_project(home, tmp_path)
+    ids = []
+    for _ in range(2):  # without a trainer the runs stay queued, which is what this test needs
+        out = cli(home, "train", "art", "--preset", "style-sd15-lora", "--base-model", str(model), "--json",
+                  check=False)
+        assert out.returncode == 1 and "trainer environment is not set up" in out.stderr
+    from test_runner import make_run
+
+    from lib_lorakit.host import StandaloneHost
+    from lib_lorakit.project import Workspace
+    from lib_lorakit.train.queue import TrainQueue
+
+    project = Workspace(home).open("art")
+    queue = TrainQueue(StandaloneHost(home=home, lora=home / "L", models=home / "M"))
+    for _ in range(2):
+        _, snap = make_run(project, "success")
+        queue.add("art", snap.id)
+        ids.append(snap.id)
+    listed = json.loads(cli(home, "queue", "--json").stdout)["queue"]
+    assert [r["run"] for r in listed] == ids and {r["state"] for r in listed} == {"queued"}
+    moved = json.loads(cli(home, "queue", "up", "art", ids[1], "--json").stdout)["queue"]
+    assert [r["run"] for r in moved] == ids[::-1]

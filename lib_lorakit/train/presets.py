@@ -327,3 +327,11 @@ def _check_labels(*, task: str, base: str, network: str) -> None:
     for label, value, allowed in (("task", task, TASKS), ("base", base, BASES), ("network", network, NETWORKS)):
         if value not in allowed:
             raise LorakitError(f"{label}: expected one of {', '.join(allowed)}, got {value!r}")
+
+
+def save_resolved(folder: Path, name: str, settings: ResolvedSettings, *, summary: str = "",
+                  overwrite: bool = False) -> Path:
+    """Save what a preset plus overrides resolved to as a user preset; each value keeps where it came from."""
+    return save_user_preset(folder, name, dict(settings.values), task=settings.task, base=settings.base,
+                            network=settings.network, summary=summary or f"from {settings.preset}",
+                            reasons=dict(settings.sources), overwrite=overwrite)

@@ -270,3 +270,16 @@ def setup_job_html(job: Optional[JobState]) -> str:
     """The setup job's bar; the page script keeps it current (same markup as the import job's)."""
     return job_html(job, SETUP_JOB_ID)
 
+
+
+def queue_html(rows: Sequence[tuple[str, str, str]]) -> str:
+    """The training queue, in order: (project, run, state)."""
+    if not rows:
+        return '<p class="ts-note">The training queue is empty.</p>'
+    items = "".join(f"<li>{escape(run)} <span class=\"ts-run-meta\">({escape(project)}, {escape(state)})</span></li>"
+                    for project, run, state in rows)
+    return f'<div class="ts-queue"><b>Training queue</b><ol>{items}</ol></div>'
+
+
+def note_html(text: str) -> str:
+    return f'<p class="ts-note">{escape(text)}</p>'

@@ -3,6 +3,7 @@ project with progress, samples and the loss curve; Stop, Resume, Register; setti
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -76,13 +77,19 @@ class TrainPanel:
         with gr.Row():
             self.check = gr.Button("Check", elem_id="train_style_check")
             self.train = gr.Button("Train", elem_id="train_style_train", variant="primary")
+            self.preset_name = gr.Textbox(label="Save these settings as preset", placeholder="my-style-preset",
+                                          elem_id="train_style_preset_name")
+            self.save_preset = gr.Button("Save preset", elem_id="train_style_save_preset", scale=0)
         self.plan = gr.HTML(elem_id="train_style_plan")
         with gr.Row():
             self.runs = gr.Dropdown(label="Runs", choices=[], elem_id="train_style_runs", interactive=True)
             self.stop = gr.Button("Stop", elem_id="train_style_stop", scale=0)
             self.resume = gr.Button("Resume", elem_id="train_style_resume", scale=0)
             self.register_run = gr.Button("Register", elem_id="train_style_register", scale=0)
+            self.queue_up = gr.Button("↑ in queue", elem_id="train_style_queue_up", scale=0)
+            self.queue_down = gr.Button("↓ in queue", elem_id="train_style_queue_down", scale=0)
             self.refresh = gr.Button("refresh", elem_id="train_style_train_refresh", elem_classes=["ts-hidden"])
+        self.queue_box = gr.HTML(elem_id="train_style_queue")
         self.run_box = gr.HTML(render.run_html(None), elem_id="train_style_run_box")
         self.registered = gr.HTML(elem_id="train_style_registered")
         self.samples = gr.Gallery(label="Samples", columns=4, height="auto", elem_id="train_style_samples")
@@ -120,12 +127,15 @@ class TrainPanel:
                    # multi-GPU: keyword arguments of _request, in their order
                    self.num_processes, self.gpu_ids, self.num_machines, self.machine_rank, self.main_process_ip,
                    self.main_process_port]
-        run_views = [self.runs, self.run_box, self.samples]
+        run_views = [self.runs, self.run_box, self.samples, self.queue_box]
         _on(self.project.change, self._project_changed, [self.project],
             [self.heading, self.plan, self.registered, *run_views])
         _on(self.refresh_lists.click, self._lists, [self.preset, self.base], [self.preset, self.base,
                                                                               self.trainer_status])
         _on(self.check.click, self._check, request, [self.plan])
+        _on(self.save_preset.click, self._save_preset, [self.preset_name, *request], [self.preset, self.plan])
+        _on(self.queue_up.click, functools.partial(self._move, -1), [self.project, self.runs], run_views)
+        _on(self.queue_down.click, functools.partial(self._move, 1), [self.project, self.runs], run_views)
         _on(self.train.click, self._train, request, run_views)
         concept_lists = [self.stage1_concepts, self.target_concepts]
         _on(self.project.change, self._concept_choices, [self.project], concept_lists)
@@ -221,13 +231,37 @@ class TrainPanel:
     def _project_changed(self, name: Optional[str]) -> tuple:
         return (self._heading(name), "", "", *self._run_views(name, None))
 
-    def _run_views(self, name: Optional[str], run_id: Optional[str]) -> tuple[Any, str, list]:
-        """The runs dropdown (`run_id` chosen, else the newest), the run box and the samples."""
+    def _run_views(self, name: Optional[str], run_id: Optional[str]) -> tuple[Any, str, list, str]:
+        """The runs dropdown (`run_id` chosen, else the newest), the run box, the samples and the queue."""
         snaps = Runs(self.studio.project(name)).list() if name else []
         chosen = next((s for s in snaps if s.id == run_id), snaps[0] if snaps else None)
         choices = render.run_choices(snaps)
         value = render.run_choices([chosen])[0] if chosen else None
-        return gr.update(choices=choices, value=value), render.run_html(chosen), render.sample_items(chosen)
+        return (gr.update(choices=choices, value=value), render.run_html(chosen), render.sample_items(chosen),
+                self._queue_html())
+
+    def _queue_html(self) -> str:
+        queue = TrainQueue(self.studio.host)
+        rows = []
+        for entry in queue.entries():
+            try:
+                rows.append((entry.project, entry.run, queue.snapshot(entry).state))
+            except LorakitError:
+                continue
+        return render.queue_html(rows)
+
+    def _move(self, offset: int, name: Optional[str], choice: Optional[str]) -> tuple:
+        run_id = self._need_run(name, choice)
+        TrainQueue(self.studio.host).move(name, run_id, offset)
+        return self._run_views(name, run_id)
+
+    def _save_preset(self, preset_name: str, name: Optional[str], *values: Any) -> tuple[Any, str]:
+        req = self._request(name, *values)
+        folder = self.studio.host.projects_home() / "presets"
+        settings = _presets.resolve(req.preset, req.overrides, user_dir=folder, override_source="tab overrides")
+        path = _presets.save_resolved(folder, (preset_name or "").strip(), settings)
+        names = self._preset_names()
+        return gr.update(choices=names, value=path.stem), render.note_html(f"Saved preset {path.stem} ({path}).")
 
     def _snapshot(self, name: Optional[str], choice: Optional[str]) -> Optional[RunSnapshot]:
         run_id = render.run_id_of(choice)
