@@ -105,4 +105,8 @@ def build_fake_trainer(folder: Path, *, delay: float = 0.03) -> Path:
     python.chmod(0o755)
     steps = {name: {"status": "done", "fingerprint": "fake", "note": "", "at": ""} for name in REQUIRED_STEPS}
     (venv / STATE_FILE).write_text(json.dumps({"steps": steps}))
+    # a stand-in sd-scripts folder (TRAIN_STYLE_SD_SCRIPTS), so tests need no submodule checkout (as in CI)
+    sd_scripts = Path(folder) / "sd-scripts"
+    sd_scripts.mkdir(exist_ok=True)
+    (sd_scripts / "train_network.py").write_text("# replaced by the fake trainer\n")
     return python

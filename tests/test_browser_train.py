@@ -49,7 +49,8 @@ def app(tmp_path_factory):
     models = home / "models" / "Stable-diffusion"
     models.mkdir(parents=True)
     write_safetensors(models / "base.safetensors", ["model.diffusion_model.out.0.weight", TEXT_ENCODERS["SD1"]])
-    with running_app(home, tmp, env={"TRAIN_STYLE_TRAINER_PYTHON": str(python)}) as url:
+    with running_app(home, tmp, env={"TRAIN_STYLE_TRAINER_PYTHON": str(python),
+                                     "TRAIN_STYLE_SD_SCRIPTS": str(tmp / "trainer" / "sd-scripts")}) as url:
         yield url, home
 
 

@@ -198,7 +198,9 @@ def default_trainer(host: Host, python: Optional[str] = None) -> TrainerEnvironm
     python = python or os.environ.get("TRAIN_STYLE_TRAINER_PYTHON") or getattr(host, "trainer_python", lambda: None)()
     # absolute, not resolved: a venv's bin/python is a symlink to the interpreter it was made from
     venv = Path(python).absolute().parent.parent if python else Path(host.projects_home()) / ".trainer" / "venv"
-    return TrainerEnvironment(venv, REPO_ROOT / "sd-scripts")
+    # TRAIN_STYLE_SD_SCRIPTS: a checkout of sd-scripts the user keeps elsewhere (else our pinned submodule)
+    sd_scripts = os.environ.get("TRAIN_STYLE_SD_SCRIPTS")
+    return TrainerEnvironment(venv, Path(sd_scripts) if sd_scripts else REPO_ROOT / "sd-scripts")
 
 
 def _processes(req: TrainRequest) -> int:
@@ -255,9 +257,13 @@ def preflight(project: Project, req: TrainRequest, *, settings: _presets.Resolve
                              "Set trigger words in the project settings."))
     # c. the trainer and sd-scripts
     level = "warning" if req.dry_run else "error"
-    sub = check_submodule(REPO_ROOT)
-    if sub:
-        found.append(Finding("SD_SCRIPTS", level, sub))
+    if Path(trainer.sd_scripts_dir) == REPO_ROOT / "sd-scripts":
+        sub = check_submodule(REPO_ROOT)
+        if sub:
+            found.append(Finding("SD_SCRIPTS", level, sub))
+    elif not (Path(trainer.sd_scripts_dir) / "train_network.py").is_file():
+        found.append(Finding("SD_SCRIPTS", level, f"{trainer.sd_scripts_dir} (TRAIN_STYLE_SD_SCRIPTS) holds no "
+                             "sd-scripts checkout (no train_network.py).", "Point it at an sd-scripts folder."))
     if not trainer.setup_complete():
         found.append(Finding("TRAINER_MISSING", level, "The trainer environment is not set up.",
                              "Press 'Set up trainer' or run `python -m lib_lorakit trainer setup`."))
