@@ -257,6 +257,8 @@ OPTIONS: tuple[Option, ...] = (
        choices=("float", "fp16", "bf16")),
     _o("save_state", bool, False, "Also save optimizer state with each file, so training can resume from it.",
        "saving"),
+    _o("save_last_n_epochs_state", int, None, "Keep only the newest n saved states (none keeps them all).",
+       "saving", minimum=1, maximum=10_000),
     # --- sampling -------------------------------------------------------------------------------------------------
     _o("sample_every_n_epochs", int, None, "Draw the sample prompts every n epochs (overrides the step "
        "setting).", "sampling", minimum=1, maximum=10_000),

@@ -111,6 +111,8 @@ _COMMON: dict[str, tuple[Any, str]] = {
     "min_snr_gamma": (5.0, "users' rule: min_snr_gamma 5 (Min-SNR weighting) steadies training"),
     "max_train_epochs": (10, "users' rule: about 10 epochs of 200–400 images × repeats each"),
     "save_every_n_epochs": (1, "seeds/002: 'always save your model every nth step' and keep the last good one"),
+    "save_state": (True, "Stop and Resume: a stopped or crashed run continues from its newest saved state"),
+    "save_last_n_epochs_state": (1, "only the newest state is kept, so resuming costs one state folder of disk"),
     "sample_every_n_epochs": (1, "seeds/000: look at samples at every stage, with and without the trigger"),
     "sample_sampler": ("euler_a", "seeds/002: judge progress with Euler a (50 steps, CFG 7.5)"),
     "enable_bucket": (True, "seeds/002: centre crops cut heads off; buckets keep each image's shape"),
