@@ -127,11 +127,7 @@ def add_routes(r: APIRouter, studio: Studio, guard) -> None:
 
     @r.post("/projects/{name}/runs/{run_id}/stop")
     def stop(name: str, run_id: str) -> dict:
-        def go() -> dict:
-            snap = Runs(studio.project(name)).stop(run_id)
-            TrainQueue(host).remove(name, run_id)
-            return snap.to_dict()
-        return guard(go)
+        return guard(lambda: TrainQueue(host).stop(name, run_id).to_dict())
 
     @r.post("/projects/{name}/runs/{run_id}/resume")
     def resume(name: str, run_id: str) -> dict:
@@ -161,7 +157,7 @@ def add_routes(r: APIRouter, studio: Studio, guard) -> None:
 
     @r.get("/queue")
     def queue() -> dict:
-        return {"queue": [e.to_dict() for e in TrainQueue(host).entries()]}
+        return {"queue": TrainQueue(host).listing()}
 
     @r.post("/queue/move")
     def move(body: QueueMove) -> dict:

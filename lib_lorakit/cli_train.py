@@ -141,12 +141,7 @@ def _queue(studio: Studio, args: argparse.Namespace) -> Result:
         if not (args.project and args.run):
             raise LorakitError("queue up|down PROJECT RUN")
         queue.move(args.project, args.run, -1 if args.action == "up" else 1)
-    rows = []
-    for entry in queue.entries():
-        try:
-            rows.append({**entry.to_dict(), "state": queue.snapshot(entry).state})
-        except LorakitError:
-            continue
+    rows = queue.listing()
     text = "\n".join(f"{i + 1}. {r['project']} {r['run']} ({r['state']})" for i, r in enumerate(rows))
     return 0, {"queue": rows}, text or "The training queue is empty."
 
@@ -265,8 +260,7 @@ def _run(studio: Studio, args: argparse.Namespace) -> Result:
     project = studio.project(args.project)
     runs = Runs(project)
     if args.action == "stop":
-        runs.stop(args.run)
-        TrainQueue(studio.host).remove(args.project, args.run)
+        TrainQueue(studio.host).stop(args.project, args.run)
         snap = runs.wait(args.run, timeout=60)
     elif args.action == "resume":
         service(studio, args).resume(project, args.run)

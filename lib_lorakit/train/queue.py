@@ -74,6 +74,23 @@ class TrainQueue:
             entries.insert(j, entries.pop(i))
             self._save(entries)
 
+    def listing(self) -> list[dict]:
+        """The queue in order, each entry with its run's state (entries whose run is gone are left out)."""
+        rows = []
+        for entry in self.entries():
+            try:
+                rows.append({**entry.to_dict(), "state": self.snapshot(entry).state})
+            except LorakitError:
+                continue
+        return rows
+
+    def stop(self, project: str, run: str) -> RunSnapshot:
+        """Stop a run (or cancel it while it waits) and take it out of the queue."""
+        with self._lock:
+            snap = Runs(Workspace(self.host.projects_home()).open(project)).stop(run)
+            self.remove(project, run)
+            return snap
+
     def snapshot(self, entry: QueueEntry) -> RunSnapshot:
         return Runs(Workspace(self.host.projects_home()).open(entry.project)).get(entry.run)
 

@@ -241,14 +241,8 @@ class TrainPanel:
                 self._queue_html())
 
     def _queue_html(self) -> str:
-        queue = TrainQueue(self.studio.host)
-        rows = []
-        for entry in queue.entries():
-            try:
-                rows.append((entry.project, entry.run, queue.snapshot(entry).state))
-            except LorakitError:
-                continue
-        return render.queue_html(rows)
+        rows = TrainQueue(self.studio.host).listing()
+        return render.queue_html([(r["project"], r["run"], r["state"]) for r in rows])
 
     def _move(self, offset: int, name: Optional[str], choice: Optional[str]) -> tuple:
         run_id = self._need_run(name, choice)
@@ -284,8 +278,7 @@ class TrainPanel:
 
     def _stop(self, name: Optional[str], choice: Optional[str]) -> tuple:
         run_id = self._need_run(name, choice)
-        Runs(self.studio.project(name)).stop(run_id)
-        TrainQueue(self.studio.host).remove(name, run_id)
+        TrainQueue(self.studio.host).stop(name, run_id)
         return self._run_views(name, run_id)
 
     def _resume(self, name: Optional[str], choice: Optional[str]) -> tuple:
