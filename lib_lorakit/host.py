@@ -13,7 +13,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Protocol, runtime_checkable
+from typing import Any, Literal, Optional, Protocol, runtime_checkable
 
 from .errors import LorakitError
 from .paths import resolve_inside
@@ -49,6 +49,8 @@ class Host(Protocol):
     def gpu_memory(self) -> Optional[tuple[int, int]]: ...
     def trainer_python(self) -> Optional[str]: ...
     def torch_version(self) -> Optional[str]: ...
+    def interrogators(self) -> list[str]: ...
+    def interrogate(self, name: str, images: Sequence[Any]) -> list[str]: ...
 
 
 def resolve_server_path(host: Host, path: str) -> Path:
@@ -188,3 +190,10 @@ class StandaloneHost:
     def torch_version(self) -> Optional[str]:
         """No torch in this process: the trainer setup picks its default."""
         return None
+
+    def interrogators(self) -> list[str]:
+        """The webui's DeepBooru and CLIP interrogators exist only inside the webui."""
+        return []
+
+    def interrogate(self, name: str, images: Sequence[Any]) -> list[str]:
+        raise LorakitError(f"The {name!r} interrogator belongs to the webui; outside it use the WD14 or CLIP tagger.")

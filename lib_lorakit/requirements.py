@@ -17,6 +17,10 @@ from typing import Optional
 WEBUI_PINS = {"gradio": "3.41.2", "fastapi": "0.94.0", "transformers": "4.30.2", "accelerate": "0.21.0",
               "pillow": "9.5.0", "numpy": "1.26.2", "safetensors": "0.4.2", "httpx": "0.24.1"}
 FORGE_PINS = {"gradio": "4.40.0"}
+# Distributions that provide the same import as a requirement: a user's onnxruntime-gpu must not be joined by the
+# CPU onnxruntime (the two overwrite each other's files and the GPU build is lost).
+ALTERNATIVES = {"onnxruntime": ("onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
+                                "onnxruntime-silicon", "ort-nightly-gpu")}
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,8 @@ def plan_install(requirements_file: Path,
         if not applies(req):
             continue
         have = version_of(req.name)
+        if have is None and any(version_of(alt) for alt in ALTERNATIVES.get(req.key, ())):
+            continue
         if have is None:
             install.append(req.line)
         elif not admits(req, have):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from fastapi import HTTPException, Request
 
 from . import api
+from .errors import LorakitError
 from .host import NETWORK_REFUSAL, Checkpoint, checkpoint_arch
 
 log = logging.getLogger(__name__)
@@ -101,8 +103,46 @@ class WebuiHost:
         if networks is not None and hasattr(networks, "list_available_networks"):
             networks.list_available_networks()
 
+    # --- the webui's own interrogators (the webui fetches their models itself) ---------------------
+    def interrogators(self) -> list[str]:
+        found = []
+        if _importable("modules.deepbooru"):
+            found.append("deepbooru")
+        if _importable("modules.interrogate"):
+            found.append("webui-clip")
+        return found
+
+    def interrogate(self, name: str, images: Sequence[Any]) -> list[str]:
+        """Captions for PIL images from the webui's DeepBooru or CLIP interrogator, loading its model once."""
+        if name == "deepbooru":
+            from modules import deepbooru
+
+            deepbooru.model.start()
+            try:
+                return [deepbooru.model.tag_multi(im, force_disable_ranks=True) for im in images]
+            finally:
+                deepbooru.model.stop()
+        if name == "webui-clip":
+            from modules import shared
+
+            texts = [shared.interrogator.interrogate(im.convert("RGB")) for im in images]
+            if any("<error>" in t for t in texts):  # the webui reports its own failure this way
+                raise LorakitError("The webui's CLIP interrogator failed; its console shows why (often a model it "
+                                   "could not download).")
+            return texts
+        raise LorakitError(f"No webui interrogator named {name!r} (have: {', '.join(self.interrogators())}).")
+
 
 _host: Optional[WebuiHost] = None
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def host() -> WebuiHost:

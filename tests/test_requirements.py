@@ -38,3 +38,11 @@ def test_plan_installs_only_what_is_missing_and_leaves_mismatches_alone(tmp_path
 def test_a_bad_pin_would_be_caught():
     (bad,) = parse_requirements("gradio>=4\n")
     assert not admits(bad, WEBUI_PINS["gradio"])
+
+
+def test_a_gpu_onnxruntime_counts_as_onnxruntime(tmp_path):
+    # installing the CPU build over onnxruntime-gpu would overwrite its files and lose the GPU
+    req = tmp_path / "requirements.txt"
+    req.write_text("onnxruntime>=1.16\n")
+    assert plan_install(req, version_of={"onnxruntime-gpu": "1.18.0"}.get).install == []
+    assert plan_install(req, version_of={}.get).install == ["onnxruntime>=1.16"]
