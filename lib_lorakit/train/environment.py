@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
+from .. import torchvision_shim
 from ..errors import Cancelled, LorakitError
 from ..fsutil import atomic_write_json, atomic_write_text, read_json
 
@@ -260,7 +262,8 @@ def setup_trainer(venv_dir: Path, sd_scripts_dir: Path, *, torch_version: str, l
         steps.append(SetupStep(f"optional:{name}", f"Installing {name} (optional)", name,
                                lambda name=name: _optional(run, pip_install + [name, "-c", str(constraints)], name),
                                optional=True))
-    steps.append(SetupStep("torchvision", "Checking torchvision", f"{SHIM_NAME} {' '.join(torch_specs)}",
+    shim = f"{SHIM_NAME}:{hashlib.sha256(SHIM_SOURCE.encode()).hexdigest()[:12]}"  # a new shim reruns the step
+    steps.append(SetupStep("torchvision", "Checking torchvision", f"{shim} {' '.join(torch_specs)}",
                            lambda: _ensure_torchvision(env, sub_env, log)))
     return _run_steps(env, steps, log=log, progress=progress, cancel=cancel)
 
@@ -348,61 +351,10 @@ except Exception as e:
 print("LORAKIT_JSON " + json.dumps(out))
 """
 
-SHIM_SOURCE = '''"""Written by Train Style's trainer setup.
-
-PyPI's torchvision wheels are CUDA builds whose _C library cannot load against a CPU-only torch; torchvision
-then registers fake kernels for operators that were never defined and `import torchvision` fails ("operator
-torchvision::nms does not exist"). Before torchvision is first imported, if its _C library cannot be loaded,
-define the two operator schemas so the import succeeds. sd-scripts only
-uses torchvision.transforms; the detection operators stay unavailable."""
-import importlib.abc
-import importlib.util
-import os
-import sys
-
-_library = None  # must stay alive, or torch drops the definitions
-
-
-def _define_missing_ops():
-    global _library
-    spec = importlib.util.find_spec("torchvision")
-    if spec is None or not spec.submodule_search_locations:
-        return
-    import torch
-    for folder in spec.submodule_search_locations:
-        for name in os.listdir(folder):
-            if name.startswith("_C.") and name.endswith((".so", ".pyd")):
-                try:
-                    torch.ops.load_library(os.path.join(folder, name))
-                    return
-                except (ImportError, OSError):
-                    pass
-    try:
-        torch._C._dispatch_find_schema_or_throw("torchvision::nms", "")
-        return
-    except RuntimeError:
-        pass
-    _library = torch.library.Library("torchvision", "DEF")
-    _library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    _library.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
-
-
-class _BeforeTorchvision(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname != "torchvision":
-            return None
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
-        try:
-            _define_missing_ops()
-        except Exception as e:  # never break the import itself
-            print(f"''' + SHIM_NAME + ''': {type(e).__name__}: {e}", file=sys.stderr)
-        return None
-
-
-if "torchvision" not in sys.modules:
-    sys.meta_path.insert(0, _BeforeTorchvision())
-'''
+# The module written into the trainer's venv: lib_lorakit's own workaround (self-contained by design), switched on
+# at every start of that venv's python by a `.pth` line that imports it.
+SHIM_SOURCE = ("# Written by Train Style's trainer setup from lib_lorakit/torchvision_shim.py.\n"
+               + inspect.getsource(torchvision_shim) + "\n\ninstall_import_hook()\n")
 
 
 def install_torchvision_shim(site_packages: Path) -> list[Path]:
