@@ -297,3 +297,30 @@ def test_unknown_weights_or_categories_are_clear_errors(make_tagger, tiny, tmp_p
     with pytest.raises(LorakitError, match="no model named 'ViT-Q-99'"):
         CLIPTagger(ClipOptions(model="ViT-Q-99"), vocab_dir=tmp_path / "v", cache_dir=tmp_path / "c").prepare(
             Image.new("RGB", (8, 8)))
+
+
+def test_text_embeddings_are_kept_on_disk_and_reused_until_something_changes(make_tagger, tmp_path, monkeypatch):
+    from lib_lorakit.taggers import clip as clip_module
+
+    tagger = make_tagger(categories=["gaze", "style"])
+    prepared = np.stack([tagger.prepare(i) for i in _images()[:2]])
+    first = tagger.predict(prepared)
+    kept = sorted((tmp_path / "cache" / "text-embeddings").glob("*.npy"))
+    assert len(kept) == 2  # one file per category
+    tagger.unload()
+    encoded = []
+    real = clip_module._embed
+    monkeypatch.setattr(clip_module, "_embed", lambda *a: encoded.append(a[2]) or real(*a))
+    again = tagger.predict(prepared)
+    assert encoded == []  # the second load encoded no text
+    for a, b in zip(first, again, strict=True):
+        assert a.names == b.names
+        np.testing.assert_allclose([t.score for t in a.tags], [t.score for t in b.tags], atol=1e-6)
+    # an edited vocabulary is encoded afresh; a damaged cache file is rebuilt, not fatal
+    (tmp_path / "vocab" / "gaze.txt").write_text("winking\nstaring\n", encoding="utf-8")
+    for path in kept:
+        path.write_bytes(b"not numpy")
+    tagger.unload()
+    assert all({t.tag for t in r.tags if t.category == "gaze"} <= {"winking", "staring"}
+               for r in tagger.predict(prepared))
+    assert sorted(map(len, encoded)) == [2, len(load_vocabularies(tmp_path / "vocab")["style"])]
