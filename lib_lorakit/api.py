@@ -100,9 +100,10 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
     def cancel(job_id: str) -> dict:
         return _guard(lambda: studio.jobs.cancel(job_id).to_dict())
 
-    from .api_train import add_routes
+    from . import api_captions, api_train
 
-    add_routes(r, studio, _guard)
+    api_train.add_routes(r, studio, _guard)
+    api_captions.add_routes(r, studio, _guard)
     return r
 
 

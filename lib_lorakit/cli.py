@@ -64,9 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("lora-info", parents=[common], help="how a LoRA was made (its safetensors metadata)")
     info.add_argument("file", type=Path)
 
-    from . import cli_train
+    from . import cli_captions, cli_train
 
     cli_train.add_parsers(sub, common)
+    cli_captions.add_parsers(sub, common)
 
     rep = sub.add_parser("report", parents=[common], help="the dataset report")
     rep.add_argument("project")
@@ -99,11 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _ui(args)
         host = StandaloneHost.from_options(home=args.home, lora_dir=args.lora_dir, models_dir=args.models_dir,
                                            allow_roots=[os.path.abspath(os.sep)], config=args.config)
-        from . import cli_train
+        from . import cli_captions, cli_train
 
         handler: Callable[[Studio, argparse.Namespace], tuple[int, Any, str]] = {
             "project": _project, "import": _import, "report": _report, "concept": _concept,
-            "lora-info": _lora_info}.get(args.command, cli_train.handle)
+            "lora-info": _lora_info, **dict.fromkeys(("tag", "caption", "tags", "check"), cli_captions.handle),
+        }.get(args.command, cli_train.handle)
         code, data, text = handler(Studio(host), args)
     except LorakitError as e:
         print(f"error: {e}", file=sys.stderr)

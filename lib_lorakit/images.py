@@ -79,8 +79,14 @@ def describe_unsupported(path: Path) -> str | None:
 
 
 def open_training_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                        background: tuple[int, int, int] = (255, 255, 255)) -> Union[LoadedImage, ImageProblem]:
-    """Decode `path` into an upright RGB image, or say why it can't be used."""
+                        background: tuple[int, int, int] = (255, 255, 255),
+                        draft: tuple[int, int] | None = None) -> Union[LoadedImage, ImageProblem]:
+    """Decode `path` into an upright RGB image, or say why it can't be used.
+
+    `draft` (width, height in the file's stored orientation) lets a JPEG decode at 1/2, 1/4 or 1/8 scale while
+    both sides stay at least that size (Pillow's `draft`): much cheaper when only a small copy is needed, as for
+    taggers. The size limit still applies to the full picture; a reduced decode is never kept byte for byte.
+    """
     max_pixels = min(max_pixels, PIL_HARD_LIMIT)
     try:
         size = Path(path).stat().st_size
@@ -92,7 +98,7 @@ def open_training_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                return _load(im, max_pixels=max_pixels, background=background)
+                return _load(im, max_pixels=max_pixels, background=background, draft=draft)
     except Image.UnidentifiedImageError:
         return ImageProblem("not a recognisable image (the content is not JPEG, PNG, WebP, BMP, GIF or TIFF)")
     except Image.DecompressionBombError as e:
@@ -105,7 +111,8 @@ def open_training_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         return ImageProblem(f"truncated or corrupt image ({_short(e)})")
 
 
-def _load(im: Image.Image, *, max_pixels: int, background: tuple[int, int, int]) -> Union[LoadedImage, ImageProblem]:
+def _load(im: Image.Image, *, max_pixels: int, background: tuple[int, int, int],
+          draft: tuple[int, int] | None = None) -> Union[LoadedImage, ImageProblem]:
     source_format, source_mode = im.format or "unknown", im.mode
     width, height = im.size
     if width < 1 or height < 1:
@@ -119,6 +126,10 @@ def _load(im: Image.Image, *, max_pixels: int, background: tuple[int, int, int])
         im.seek(0)
         notes.append(f"animated ({frames} frames): the first frame is used")
     orientation = _exif_orientation(im)
+    reduced = False
+    if draft is not None and im.format in ("JPEG", "MPO"):
+        im.draft("RGB", draft)
+        reduced = im.size != (width, height)
     im.load()
     upright = ImageOps.exif_transpose(im) if orientation in (2, 3, 4, 5, 6, 7, 8) else im
     if upright is not im:
@@ -126,7 +137,8 @@ def _load(im: Image.Image, *, max_pixels: int, background: tuple[int, int, int])
     # Pillow opens 16-bit grayscale PNGs as mode "I" in some versions: the format says they are 16-bit.
     sixteen_bit = source_mode.startswith("I;16") or (source_mode == "I" and source_format == "PNG")
     rgb = _to_rgb(upright, background=background, notes=notes, sixteen_bit=sixteen_bit)
-    keep = _KEEP_AS_IS.get(source_format) if (rgb is upright and source_mode == "RGB" and not notes) else None
+    keep = _KEEP_AS_IS.get(source_format) if (rgb is upright and source_mode == "RGB" and not notes
+                                              and not reduced) else None
     return LoadedImage(image=rgb if rgb is not im else im.copy(), source_format=source_format,
                        source_mode=source_mode, notes=notes, keep_bytes_suffix=keep)
 

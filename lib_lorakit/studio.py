@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+from .captions.service import CaptionService
 from .dataset.balance import RepeatChange, plan_balance
 from .dataset.importer import ImportReport, Verdict, import_paths, import_sources, sources_from_uploads
 from .dataset.report import DatasetReport, build_report
@@ -28,6 +29,10 @@ class Studio:
     @property
     def workspace(self) -> Workspace:
         return Workspace(self.host.projects_home())
+
+    @property
+    def captions(self) -> CaptionService:
+        return CaptionService(self.host)
 
     @property
     def jobs(self) -> JobManager:

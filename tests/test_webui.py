@@ -209,6 +209,44 @@ def test_the_tab_and_api_survive_reload_ui(webui):
     assert "lib_lorakit" not in log, log[-3000:]  # no traceback from our code
 
 
+_DEEPBOORU = """
+import sys, torch
+sys.path.insert(0, ".")
+sys.argv = ["build", "--skip-torch-cuda-test", "--use-cpu", "all"]
+from modules.deepbooru_model import DeepDanbooruModel
+torch.manual_seed(0)
+model = DeepDanbooruModel()
+weight = -torch.ones_like(model.n_Conv_178.weight)  # the last layer: only the first three tags score above 0.5
+weight[:3] = 1.0
+model.n_Conv_178.weight.data = weight
+state = model.state_dict()
+state["tags"] = ["1girl", "smile", "long_hair"] + [f"unused_{i}" for i in range(weight.shape[0] - 3)]
+torch.save(state, OUT)
+"""
+
+
+def test_the_webuis_deepbooru_tags_a_project_through_the_host(webui):
+    """The webui's own DeepBooru (its model class, its loader, its settings) as a Train Style tagger. Its real
+    weights are a download; a random-weight file with the real architecture stands in, steered to three tags."""
+    from lib_lorakit.project import Workspace
+
+    url, data, _ = webui
+    model = data / "models" / "torch_deepdanbooru" / "model-resnet_custom_v3.pt"
+    model.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([_python(), "-c", _DEEPBOORU.replace("OUT", repr(str(model)))], cwd=WEBUI, check=True,
+                   capture_output=True, timeout=600)
+    project = Workspace(data / "train-style").create("booru")
+    folder = project.add_concept("booru", 1).folder
+    for name in ("a", "b"):
+        Image.new("RGB", (80, 60), (30, 120, 200) if name == "a" else (200, 60, 20)).save(folder / f"{name}.png")
+    status, body = _get(url + "/train-style/v1/projects/booru/tag", {"tagger": "deepbooru", "wait": True})
+    assert status == 200, body
+    assert sorted(body["tagged"]) == ["dataset/1_booru/a.png", "dataset/1_booru/b.png"]
+    for name in ("a", "b"):
+        tags = (folder / f"{name}.txt").read_text(encoding="utf-8").strip().split(", ")
+        assert sorted(tags) == ["1girl", "long hair", "smile"]  # the webui's "use spaces" setting applied
+
+
 TRAINER_VENV = os.environ.get("TRAIN_STYLE_TRAINER_VENV")
 SD15_DIR = os.environ.get("TRAIN_STYLE_SD15_DIR")
 

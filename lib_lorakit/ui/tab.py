@@ -6,6 +6,7 @@ import gradio as gr
 
 from ..host import Host
 from ..studio import Studio
+from .captions_panel import CaptionsPanel
 from .dataset_panel import DatasetPanel
 from .inspect_panel import InspectPanel
 from .train_panel import TrainPanel
@@ -18,6 +19,9 @@ def build_tab(host: Host) -> gr.Blocks:
             with gr.Tab("Dataset", elem_id="train_style_dataset_tab"):
                 dataset = DatasetPanel(studio)
                 dataset.render()
+            with gr.Tab("Captions", elem_id="train_style_captions_tab"):
+                captions = CaptionsPanel(studio, dataset.project)
+                captions.render()
             with gr.Tab("Train", elem_id="train_style_train_tab"):
                 train = TrainPanel(studio, dataset.project)
                 train.render()
@@ -26,6 +30,7 @@ def build_tab(host: Host) -> gr.Blocks:
                 inspect.render()
         dataset.register()
         inspect.register()
+        captions.register()
         train.register()
         dataset.load_event(blocks)
         train.load_event(blocks)

@@ -1,0 +1,84 @@
+"""Caption routes of the HTTP API: tagging, operations with preview and undo, edits, frequencies, the audit.
+
+Bodies are plain JSON objects validated by the core's own `from_dict` (the same schema and messages as the CLI).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Optional
+
+from fastapi import APIRouter, Body, Query
+
+from .captions.ops import CaptionOp
+from .captions.service import TagRequest
+from .errors import LorakitError
+from .studio import Studio
+
+
+def add_routes(r: APIRouter, studio: Studio, guard: Callable) -> None:
+    captions = studio.captions
+
+    @r.post("/projects/{name}/tag")
+    def tag(name: str, body: dict[str, Any] = Body(default={})) -> dict:
+        """Tag as a background job (`{"job": …}`; poll /jobs/ID), or with `"wait": true` answer the report."""
+        options = dict(body)
+        wait = bool(options.pop("wait", False))
+        req = guard(lambda: TagRequest.from_dict(options))
+        if wait:
+            return guard(lambda: captions.tag(name, req).to_dict())
+        return {"job": guard(lambda: captions.start_tag(name, req)).to_dict()}
+
+    @r.get("/projects/{name}/captions")
+    def records(name: str, concept: Optional[str] = None, with_all: list[str] = Query(default=[]),
+                without: list[str] = Query(default=[]), with_any: list[str] = Query(default=[])) -> dict:
+        found = guard(lambda: captions.records(name, concept=concept, with_all=with_all, without=without,
+                                               with_any=with_any))
+        return {"captions": [rec.to_dict() for rec in found]}
+
+    @r.put("/projects/{name}/captions")
+    def edit(name: str, body: dict[str, Any] = Body(...)) -> dict:
+        image, text = body.get("image"), body.get("text")
+        if not isinstance(image, str) or not isinstance(text, str):
+            guard(lambda: _raise('expected {"image": "dataset/…/x.png", "text": "tag, tag"}'))
+        return guard(lambda: captions.edit(name, image, text)).to_dict()
+
+    @r.post("/projects/{name}/captions/ops")
+    def op(name: str, body: dict[str, Any] = Body(...)) -> dict:
+        """An operation (`{"op": "prune", "tags": [...]}`, see CaptionOp); `"preview": true` changes nothing."""
+        options = dict(body)
+        preview = bool(options.pop("preview", False))
+        parsed = guard(lambda: CaptionOp.from_dict(options))
+        if preview:
+            return {"changes": [d.to_dict() for d in guard(lambda: captions.preview(name, parsed))]}
+        return guard(lambda: captions.apply(name, parsed)).to_dict()
+
+    @r.post("/projects/{name}/captions/undo")
+    def undo(name: str, force: bool = False) -> dict:
+        return guard(lambda: captions.undo(name, force=force)).to_dict()
+
+    @r.post("/projects/{name}/captions/redo")
+    def redo(name: str, force: bool = False) -> dict:
+        return guard(lambda: captions.redo(name, force=force)).to_dict()
+
+    @r.get("/projects/{name}/captions/history")
+    def history(name: str, limit: int = 20) -> dict:
+        return {"history": [s.to_dict() for s in guard(lambda: captions.history(name, limit))]}
+
+    @r.get("/projects/{name}/tags")
+    def tags(name: str, concept: Optional[str] = None, with_all: list[str] = Query(default=[]),
+             without: list[str] = Query(default=[]), with_any: list[str] = Query(default=[])) -> dict:
+        rows = guard(lambda: captions.frequency(name, concept=concept, with_all=with_all, without=without,
+                                                with_any=with_any))
+        return {"tags": [row.to_dict() for row in rows]}
+
+    @r.get("/projects/{name}/check")
+    def check(name: str, dominant_threshold: float = 0.6, low_variety_threshold: float = 0.9,
+              max_tokens: int = 75) -> dict:
+        return guard(lambda: captions.audit(name, dominant_threshold=dominant_threshold,
+                                            low_variety_threshold=low_variety_threshold,
+                                            max_tokens=max_tokens)).to_dict()
+
+
+def _raise(message: str) -> None:
+    raise LorakitError(message)

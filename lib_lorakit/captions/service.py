@@ -1,0 +1,362 @@
+"""The caption steps the tab, the CLI and the HTTP API share: tagging a project, batch operations with undo,
+per-image edits, the tag-frequency table and the audit. Each method makes one core call."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from ..errors import LorakitError, NotFound
+from ..host import Host
+from ..jobs import JobState, ProgressFn, job_manager
+from ..paths import resolve_inside
+from ..project import Project, Workspace
+from ..taggers.base import Tagger
+from ..taggers.combine import combined_caption
+from .audit import AuditReport, Finding, audit, ensure_categories_file
+from .ops import CaptionDiff, CaptionOp, TagCount, diff, execute, filter_records, frequency, plan
+from .store import CaptionRecord, CaptionStore, HistoryEntry
+from .tags import join_tags, split_tags, tag_key
+
+if TYPE_CHECKING:
+    from ..taggers.pipeline import TagOutcome
+
+TAGGER_CHOICES = ("wd14", "clip", "both", "deepbooru", "webui-clip")
+FLUSH_EVERY = 32  # captions written (and added to the run's undo step) every this many images
+
+
+@dataclass(frozen=True)
+class TagRequest:
+    """What to tag a project with. The field list is the schema the CLI, the API and the tab fill in."""
+
+    tagger: str = "wd14"
+    model: str = ""  # WD14: a known model name or a folder holding model.onnx + selected_tags.csv
+    general_threshold: float = 0.35
+    character_threshold: float = 0.85
+    include_rating: bool = False
+    exclude: tuple[str, ...] = ()
+    underscores_to_spaces: bool = True
+    escape_parentheses: bool = False
+    clip_model: str = "ViT-L-14"
+    clip_pretrained: str = "openai"
+    clip_top_k: int = 1
+    batch: int = 8
+    overwrite: bool = False
+    concept: str = ""
+    images: tuple[str, ...] = ()  # project-relative image paths; empty: every image of the concept or project
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TagRequest:
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise LorakitError(f"tag: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(known)}")
+        d = {k: v for k, v in data.items() if v is not None}
+        for key in ("exclude", "images"):
+            if key in d:
+                value = d[key]
+                d[key] = tuple(split_tags(value) if isinstance(value, str) else value)
+        req = cls(**d)
+        req.validate()
+        return req
+
+    def validate(self) -> None:
+        if self.tagger not in TAGGER_CHOICES:
+            raise LorakitError(f"tagger: expected one of {', '.join(TAGGER_CHOICES)}, got {self.tagger!r}")
+        for key in ("general_threshold", "character_threshold"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                raise LorakitError(f"{key}: expected a number above 0 and at most 1, got {value!r}")
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or not 1 <= self.batch <= 256:
+            raise LorakitError(f"batch: expected an integer from 1 to 256, got {self.batch!r}")
+        if isinstance(self.clip_top_k, bool) or not isinstance(self.clip_top_k, int) or not 1 <= self.clip_top_k <= 10:
+            raise LorakitError(f"clip_top_k: expected an integer from 1 to 10, got {self.clip_top_k!r}")
+
+    @property
+    def tagger_names(self) -> tuple[str, ...]:
+        return ("wd14", "clip") if self.tagger == "both" else (self.tagger,)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["exclude"], d["images"] = list(self.exclude), list(self.images)
+        return d
+
+
+@dataclass
+class TagReport:
+    tagged: list[str] = field(default_factory=list)
+    already: list[str] = field(default_factory=list)  # skipped: a caption was there (no overwrite)
+    failed: list[dict] = field(default_factory=list)  # {"image", "reason"}
+    cancelled: bool = False
+    device: str = ""
+    images_per_second: float = 0.0
+    entry: str = ""  # the undo step holding every caption this run wrote
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        parts = [f"Tagged {len(self.tagged)} image(s)"]
+        if self.already:
+            parts.append(f"{len(self.already)} already captioned (skipped; choose overwrite to tag them again)")
+        if self.failed:
+            parts.append(f"{len(self.failed)} could not be read")
+        if self.device:
+            parts.append(f"on {self.device}")
+        if self.cancelled:
+            parts.append("cancelled: run it again to tag the rest")
+        return "; ".join(parts) + "."
+
+
+class CaptionFolders:
+    """Where tagger models and the user-editable vocabularies live."""
+
+    def __init__(self, host: Host):
+        self.host = host
+
+    @property
+    def taggers(self) -> Path:
+        return self.host.models_dir() / "train-style" / "taggers"
+
+    @property
+    def clip_cache(self) -> Path:
+        return self.host.models_dir() / "train-style" / "clip"
+
+    @property
+    def vocabularies(self) -> Path:
+        return self.host.projects_home() / "vocabularies"
+
+
+def _needs_tags(text: str, triggers: Sequence[str]) -> bool:
+    """Untagged: no caption, or one holding nothing but the trigger words."""
+    keys = {tag_key(t) for t in triggers}
+    return not [t for t in split_tags(text) if tag_key(t) not in keys]
+
+
+class CaptionService:
+    """Caption work on the projects of one Host."""
+
+    def __init__(self, host: Host):
+        self.host = host
+        self.folders = CaptionFolders(host)
+
+    def project(self, name: str) -> Project:
+        return Workspace(self.host.projects_home()).open(name)
+
+    def store(self, name: str) -> CaptionStore:
+        return CaptionStore(self.project(name))
+
+    # --- tagging ----------------------------------------------------------------------------------------------------
+    def available_taggers(self) -> list[str]:
+        """What the tab offers: ours everywhere, the webui's interrogators where the Host has them."""
+        return ["wd14", "clip", "both", *self.host.interrogators()]
+
+    def build_taggers(self, req: TagRequest) -> dict[str, Tagger]:
+        """The taggers a request names, ready to load (WD14 is fetched here on first use, before any work)."""
+        taggers: dict[str, Tagger] = {}
+        for name in req.tagger_names:
+            if name == "wd14":
+                from ..taggers.models import DEFAULT_WD14, resolve_wd14_model
+                from ..taggers.wd14 import WD14Options, WD14Tagger
+
+                model = req.model or DEFAULT_WD14
+                folder = resolve_wd14_model(self._wd14_location(model), self.folders.taggers)
+                options = WD14Options(general_threshold=req.general_threshold,
+                                      character_threshold=req.character_threshold,
+                                      include_rating=req.include_rating, exclude=req.exclude,
+                                      underscores_to_spaces=req.underscores_to_spaces,
+                                      escape_parentheses=req.escape_parentheses)
+                taggers[name] = WD14Tagger(folder, options, name=Path(model).name)
+            elif name == "clip":
+                from ..taggers.clip import ClipOptions, CLIPTagger, ensure_vocabularies
+
+                vocab = ensure_vocabularies(self.folders.vocabularies / "clip")
+                weights = req.clip_pretrained
+                if "/" in weights or "\\" in weights:  # a checkpoint file: only from the allowed folders
+                    weights = str(resolve_inside(weights, [*self.host.allowed_roots(), self.folders.clip_cache]))
+                taggers[name] = CLIPTagger(ClipOptions(model=req.clip_model, pretrained=weights,
+                                                       top_k=req.clip_top_k),
+                                           vocab_dir=vocab, cache_dir=self.folders.clip_cache)
+            else:
+                if name not in self.host.interrogators():
+                    raise LorakitError(f"The {name!r} tagger exists only inside the webui.")
+                from ..taggers.webui import WebuiTagger
+
+                taggers[name] = WebuiTagger(self.host, name)
+        return taggers
+
+    def wd14_choices(self) -> list[str]:
+        """The known WD14 models, then the user's own model folders placed in the taggers folder."""
+        from ..taggers.models import KNOWN_WD14
+
+        own = []
+        if self.folders.taggers.is_dir():
+            own = sorted(p.name for p in self.folders.taggers.iterdir()
+                         if p.name not in KNOWN_WD14 and (p / "model.onnx").is_file())
+        return [*KNOWN_WD14, *own]
+
+    def _wd14_location(self, model: str) -> str:
+        """A known name as it is; a folder in the taggers folder by its name; any other folder only inside the
+        allowed roots (a path typed into the tab must not reach the rest of the server)."""
+        from ..taggers.models import KNOWN_WD14
+
+        if model.removeprefix("SmilingWolf/") in KNOWN_WD14:
+            return model
+        if "/" not in model and "\\" not in model and model not in (".", ".."):
+            own = self.folders.taggers / model
+            if own.is_dir():
+                return str(own)
+        return str(resolve_inside(model, [*self.host.allowed_roots(), self.folders.taggers]))
+
+    def tag(self, name: str, req: TagRequest, *, progress: Optional[ProgressFn] = None,
+            cancel: Optional[threading.Event] = None, taggers: Optional[dict[str, Tagger]] = None) -> TagReport:
+        """Tag the project's images, writing each caption as its tags arrive (one undo step for the run).
+
+        Images with a caption of their own are skipped unless `overwrite`, so running it again after a cancel or a
+        restart resumes where it stopped. `taggers` replaces the models the request names (tests, benchmarks).
+        """
+        from ..taggers.pipeline import TagItem, tag_images
+
+        # 1. what to tag
+        project = self.project(name)
+        store, settings = CaptionStore(project), project.settings
+        records = store.records(kind="dataset", concept=req.concept or None)
+        if req.images:
+            wanted = set(req.images)
+            missing = sorted(wanted - {r.image for r in records})
+            if missing:
+                raise NotFound(f"Not training images of {name!r}: {', '.join(missing[:5])}")
+            records = [r for r in records if r.image in wanted]
+        report = TagReport()
+        todo = []
+        for r in records:
+            if req.overwrite or _needs_tags(r.text, settings.trigger_words):
+                todo.append(r)
+            else:
+                report.already.append(r.image)
+        if not todo:
+            return report
+        # 2. the models, then the pipeline; captions are written in batches as one undo step
+        taggers = taggers if taggers is not None else self.build_taggers(req)
+        writer = _CaptionWriter(store, req, settings.trigger_words, {r.image: r.text for r in todo})
+        try:
+            run = tag_images([TagItem(path=project.root / r.image, key=r.image) for r in todo], taggers,
+                             batch_size=req.batch, max_pixels=settings.max_image_pixels,
+                             background=settings.background_rgb, progress=progress, cancel=cancel,
+                             on_result=writer.add)
+        finally:
+            writer.flush()
+            for t in taggers.values():
+                t.unload()
+        report.tagged, report.entry = writer.written, writer.entry or ""
+        report.failed = [{"image": key, "reason": reason} for key, reason in run.failed]
+        report.cancelled, report.device = run.cancelled, run.device
+        report.images_per_second = round(run.images_per_second, 3)
+        return report
+
+    def start_tag(self, name: str, req: TagRequest) -> JobState:
+        """The same tagging as a background job with progress and cancel (the tab and the API use this)."""
+        self.project(name)
+        busy = [j for j in job_manager(self.host.projects_home()).list(name) if j.active and j.kind == "tag"]
+        if busy:
+            raise LorakitError(f"Project {name!r} is already being tagged (job {busy[0].id}); wait or cancel it.")
+
+        def work(progress: ProgressFn, cancel: threading.Event) -> dict:
+            return self.tag(name, req, progress=progress, cancel=cancel).to_dict()
+
+        title = f"Tag {name} with {' + '.join(req.tagger_names)}"
+        return job_manager(self.host.projects_home()).start(kind="tag", project=name, title=title, work=work)
+
+    # --- operations, edits, history ---------------------------------------------------------------------------------
+    def preview(self, name: str, op: CaptionOp) -> list[CaptionDiff]:
+        store = self.store(name)
+        records = store.records()
+        return diff(records, plan(records, op, trigger_words=store.project.settings.trigger_words))
+
+    def apply(self, name: str, op: CaptionOp) -> HistoryEntry:
+        return execute(self.store(name), op)
+
+    def edit(self, name: str, image: str, text: str) -> HistoryEntry:
+        """One image's caption, written as the user typed it (tags tidied: one space after each comma)."""
+        store = self.store(name)
+        record = store.record(image)
+        return store.apply({record.image: join_tags(split_tags(text))}, label=f"Edit {record.image}",
+                           op={"op": "edit", "images": [record.image]})
+
+    def undo(self, name: str, *, force: bool = False) -> HistoryEntry:
+        return self.store(name).undo(force=force)
+
+    def redo(self, name: str, *, force: bool = False) -> HistoryEntry:
+        return self.store(name).redo(force=force)
+
+    def history(self, name: str, limit: int = 20) -> list[HistoryEntry]:
+        return self.store(name).history(limit)
+
+    def records(self, name: str, *, concept: str | None = None, with_all: Sequence[str] = (),
+                without: Sequence[str] = (), with_any: Sequence[str] = ()) -> list[CaptionRecord]:
+        return filter_records(self.store(name).records(concept=concept), with_all=with_all, without=without,
+                              with_any=with_any)
+
+    def frequency(self, name: str, **filters: Any) -> list[TagCount]:
+        return frequency(self.records(name, **filters))
+
+    # --- the audit --------------------------------------------------------------------------------------------------
+    def categories_file(self) -> Path:
+        return ensure_categories_file(self.folders.vocabularies / "categories.toml")
+
+    def audit(self, name: str, **settings: Any) -> AuditReport:
+        return audit(self.project(name), categories_file=self.categories_file(), **settings)
+
+
+class _CaptionWriter:
+    """Collects the pipeline's outcomes and writes captions in batches into one undo step."""
+
+    def __init__(self, store: CaptionStore, req: TagRequest, triggers: Sequence[str], old: dict[str, str]):
+        self.store, self.req, self.triggers, self.old = store, req, triggers, old
+        self.pending: dict[str, str] = {}
+        self.written: list[str] = []
+        self.entry: str | None = None
+        self.lock = threading.Lock()
+
+    def add(self, outcome: TagOutcome) -> None:
+        if not outcome.tags:
+            return
+        text = combined_caption(outcome.tags, trigger_words=self.triggers, old_text=self.old[outcome.key],
+                                overwrite=self.req.overwrite)
+        with self.lock:
+            self.pending[outcome.key] = text
+            if len(self.pending) >= FLUSH_EVERY:
+                self._flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        label = f"Tag with {' + '.join(self.req.tagger_names)}"
+        step = self.store.apply(self.pending, label=label, op={"op": "tag", **self.req.to_dict()}, entry=self.entry)
+        self.entry = self.entry or step.id or None
+        self.written += list(self.pending)
+        self.pending = {}
+
+
+def fix_finding(service: CaptionService, name: str, finding: Finding,
+                tag_request: Optional[TagRequest] = None) -> HistoryEntry | JobState:
+    """The one-click fix an audit finding offers: its caption op, tagging its images, or adopting captions written
+    with the other extension. Findings that need the user's judgement (which tags to add) have none."""
+    data = finding.data
+    if data.get("op"):
+        return service.apply(name, CaptionOp.from_dict(data["op"]))
+    action = data.get("action")
+    if action == "tag":
+        base = tag_request or TagRequest()
+        return service.start_tag(name, TagRequest.from_dict({**base.to_dict(), "images": list(finding.images),
+                                                             "concept": ""}))
+    if action == "use_other_extension":
+        return service.store(name).adopt_other_extension(finding.images)
+    raise LorakitError(f"{finding.code} has no one-click fix; {finding.fix}")

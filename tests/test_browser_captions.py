@@ -1,0 +1,96 @@
+"""The Captions panel in headless Chromium: tag a folder with a real onnxruntime session, find a dominant tag in
+the audit, prune it into the trigger word with the finding's fix, undo, and edit one caption beside its image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from appserver import running_app
+from PIL import Image
+from test_browser import CHROMIUM, html_of, playwright_api
+from tiny_wd14 import build_tiny_wd14
+
+from lib_lorakit.project import Workspace
+
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not CHROMIUM, reason="Chromium is not installed (apt-get install chromium)")]
+REDS = [(220, 30, 30), (200, 40, 20), (240, 20, 50), (190, 10, 10)]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("captions")
+    home = tmp / "home"
+    project = Workspace(home).create("shop", trigger_words=("mystyle",))
+    folder = project.add_concept("shop", 3).folder
+    for i, rgb in enumerate(REDS):
+        im = Image.new("RGB", (96, 64), rgb)
+        im.paste((255, 255, 255), (0, 0, 8 * (i + 1), 8 * (i + 1)))  # visually different from each other
+        im.save(folder / f"red{i}.png")
+    Image.new("RGB", (96, 64), (20, 40, 230)).save(folder / "blue.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 30)
+    # the default model, as if downloaded before: the tiny WD14-format model stands in for the real weights
+    build_tiny_wd14(home / "models" / "train-style" / "taggers" / "wd-vit-tagger-v3")
+    with running_app(home, tmp) as url:
+        yield url, folder
+
+
+@pytest.fixture(scope="module")
+def page(app):
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1100})
+        pg.goto(app[0])
+        pg.wait_for_function("() => document.querySelector('#train_style_project input')?.value === 'shop'")
+        pg.locator("#train_style_tabs button", has_text="Captions").first.click()
+        yield pg
+        browser.close()
+
+
+def captions(folder: Path) -> dict[str, str]:
+    return {p.stem: p.read_text(encoding="utf-8").strip() for p in sorted(folder.glob("*.txt"))}
+
+
+def test_tag_audit_prune_undo_and_edit(app, page):
+    url, folder = app
+    # 1. tag with WD14: a background job whose progress the page follows
+    page.click("#train_style_tag")
+    result = html_of(page, "train_style_tag_result")
+    result.get_by_text("Tagged 5 image(s)").wait_for(timeout=60_000)
+    assert "broken.jpg" in result.inner_text()  # the bad file is listed with its reason
+    assert "CPU" in result.inner_text()
+    tagged = captions(folder)
+    assert sorted(tagged) == ["blue", "red0", "red1", "red2", "red3"]
+    assert all(text.startswith("mystyle, ") for text in tagged.values())
+    assert all("red theme" in tagged[f"red{i}"] for i in range(4)) and "red theme" not in tagged["blue"]
+    html_of(page, "train_style_tag_freq").get_by_text("red theme").wait_for(timeout=10_000)
+    # 2. the audit points at the dominant tag on the four red images
+    page.click("#train_style_check_captions")
+    audit = html_of(page, "train_style_audit")
+    audit.get_by_text("DOMINANT_TAG").first.wait_for(timeout=20_000)
+    dominant = audit.locator('.ts-finding[data-code="DOMINANT_TAG"]', has_text="red theme")
+    assert dominant.count() == 1
+    # 3. choose that finding and apply its fix: prune it into the trigger
+    page.click("#train_style_finding input")
+    page.locator("ul.options li", has_text="red theme").first.click()
+    page.click("#train_style_fix_finding")
+    outcome = html_of(page, "train_style_caption_outcome")
+    outcome.get_by_text("Prune").wait_for(timeout=20_000)
+    pruned = captions(folder)
+    assert all("red theme" not in t and t.startswith("mystyle") for t in pruned.values())
+    page.wait_for_function("""() => !document.querySelector('#train_style_audit').innerText.includes("'red theme'")
+                              && !/DOMINANT_TAG[^\\n]*red theme/.test(document.querySelector('#train_style_audit')
+                              .innerText)""", timeout=20_000)
+    # 4. undo brings the tag back
+    page.click("#train_style_undo")
+    outcome.get_by_text("Undone").wait_for(timeout=20_000)
+    assert captions(folder) == tagged
+    # 5. edit one caption beside its image
+    page.locator("#train_style_caption_gallery .thumbnail-item, #train_style_caption_gallery button img").first.click()
+    page.wait_for_function("() => document.querySelector('#train_style_caption_image textarea').value !== ''")
+    image = page.input_value("#train_style_caption_image textarea")
+    page.fill("#train_style_caption_text textarea", "mystyle, hand written, smile")
+    page.click("#train_style_save_caption")
+    outcome.get_by_text("Saved").wait_for(timeout=20_000)
+    assert captions(folder)[Path(image).stem] == "mystyle, hand written, smile"
