@@ -1,14 +1,18 @@
-"""The Captions panel in headless Chromium: tag a folder with a real onnxruntime session, find a dominant tag in
-the audit, prune it into the trigger word with the finding's fix, undo, and edit one caption beside its image."""
+"""The Captions panel in headless Chromium: tag a folder with WD14 and CLIP (real onnxruntime and open_clip on
+tiny models), find a dominant tag in the audit, prune it into the trigger word with the finding's fix, undo, and
+edit one caption beside its image."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
 from appserver import running_app
 from PIL import Image
 from test_browser import CHROMIUM, html_of, playwright_api
+from tiny_clip import TINY_CONFIG, TINY_MODEL, register_tiny_clip, save_tiny_checkpoint
 from tiny_wd14 import build_tiny_wd14
 
 from lib_lorakit.project import Workspace
@@ -32,8 +36,14 @@ def app(tmp_path_factory):
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 30)
     # the default model, as if downloaded before: the tiny WD14-format model stands in for the real weights
     build_tiny_wd14(home / "models" / "train-style" / "taggers" / "wd-vit-tagger-v3")
+    # a CLIP of one's own: an open_clip config file and its weights (tiny, random), typed into the tab
+    clip = home / "models" / "clip"
+    clip.mkdir(parents=True)
+    (clip / f"{TINY_MODEL}.json").write_text(json.dumps(TINY_CONFIG), encoding="utf-8")
+    register_tiny_clip(tmp / "clipcfg")
+    save_tiny_checkpoint(clip / "tiny.pt")
     with running_app(home, tmp) as url:
-        yield url, folder
+        yield url, folder, clip
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +63,11 @@ def captions(folder: Path) -> dict[str, str]:
 
 
 def test_tag_audit_prune_undo_and_edit(app, page):
-    url, folder = app
-    # 1. tag with WD14: a background job whose progress the page follows
+    url, folder, clip = app
+    # 1. tag with WD14 and CLIP: a background job whose progress the page follows
+    page.locator("#train_style_tagger label", has_text="both").click()
+    page.fill("#train_style_clip_model textarea, #train_style_clip_model input", str(clip / f"{TINY_MODEL}.json"))
+    page.fill("#train_style_clip_weights textarea, #train_style_clip_weights input", str(clip / "tiny.pt"))
     page.click("#train_style_tag")
     result = html_of(page, "train_style_tag_result")
     result.get_by_text("Tagged 5 image(s)").wait_for(timeout=60_000)
@@ -64,6 +77,9 @@ def test_tag_audit_prune_undo_and_edit(app, page):
     assert sorted(tagged) == ["blue", "red0", "red1", "red2", "red3"]
     assert all(text.startswith("mystyle, ") for text in tagged.values())
     assert all("red theme" in tagged[f"red{i}"] for i in range(4)) and "red theme" not in tagged["blue"]
+    gaze = {line.strip() for line in (folder.parents[2] / "vocabularies" / "clip" / "gaze.txt").read_text()
+            .splitlines() if line.strip() and not line.startswith("#")}
+    assert all(any(tag in gaze for tag in text.split(", ")) for text in tagged.values())  # CLIP's words follow
     html_of(page, "train_style_tag_freq").get_by_text("red theme").wait_for(timeout=10_000)
     # 2. the audit points at the dominant tag on the four red images
     page.click("#train_style_check_captions")
@@ -71,6 +87,8 @@ def test_tag_audit_prune_undo_and_edit(app, page):
     audit.get_by_text("DOMINANT_TAG").first.wait_for(timeout=20_000)
     dominant = audit.locator('.ts-finding[data-code="DOMINANT_TAG"]', has_text="red theme")
     assert dominant.count() == 1
+    if os.environ.get("TRAIN_STYLE_CAPTIONS_SCREENSHOT"):
+        page.screenshot(path=os.environ["TRAIN_STYLE_CAPTIONS_SCREENSHOT"], full_page=True)
     # 3. choose that finding and apply its fix: prune it into the trigger
     page.click("#train_style_finding input")
     page.locator("ul.options li", has_text="red theme").first.click()

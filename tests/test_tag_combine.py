@@ -67,3 +67,9 @@ def test_pad_square_keeps_the_whole_picture_on_white():
 def test_outside_the_webui_there_are_no_interrogators():
     host = StandaloneHost.from_options(home="/nonexistent-home")
     assert host.interrogators() == []
+
+
+def test_escaping_applies_to_every_taggers_brackets_and_only_when_asked():
+    found = {"wd14": tags("kirby (series)"), "clip": tags("watercolor (medium)", category="medium")}
+    assert combined_caption(found) == "kirby (series), watercolor (medium)"
+    assert combined_caption(found, escape=True) == "kirby \\(series\\), watercolor \\(medium\\)"

@@ -174,10 +174,13 @@ class CaptionService:
                 from ..taggers.clip import ClipOptions, CLIPTagger, ensure_vocabularies
 
                 vocab = ensure_vocabularies(self.folders.vocabularies / "clip")
-                weights = req.clip_pretrained
+                weights, model = req.clip_pretrained, req.clip_model
+                roots = [*self.host.allowed_roots(), self.folders.clip_cache]
                 if "/" in weights or "\\" in weights:  # a checkpoint file: only from the allowed folders
-                    weights = str(resolve_inside(weights, [*self.host.allowed_roots(), self.folders.clip_cache]))
-                taggers[name] = CLIPTagger(ClipOptions(model=req.clip_model, pretrained=weights,
+                    weights = str(resolve_inside(weights, roots))
+                if "/" in model or "\\" in model:  # a model config file: the same
+                    model = str(resolve_inside(model, roots))
+                taggers[name] = CLIPTagger(ClipOptions(model=model, pretrained=weights,
                                                        top_k=req.clip_top_k),
                                            vocab_dir=vocab, cache_dir=self.folders.clip_cache)
             else:
@@ -325,7 +328,7 @@ class _CaptionWriter:
         if not outcome.tags:
             return
         text = combined_caption(outcome.tags, trigger_words=self.triggers, old_text=self.old[outcome.key],
-                                overwrite=self.req.overwrite)
+                                overwrite=self.req.overwrite, escape=self.req.escape_parentheses)
         with self.lock:
             self.pending[outcome.key] = text
             if len(self.pending) >= FLUSH_EVERY:

@@ -22,7 +22,7 @@ TaggerName = Literal["wd14", "clip", "deepbooru", "webui-clip"]
 
 @dataclass(frozen=True)
 class TagScore:
-    tag: str          # as it will be written into the caption (underscores and escaping already applied)
+    tag: str          # as it will be written (underscores already spaces; `\\(` escaping is the combiner's choice)
     score: float      # the model's confidence, 0–1 (CLIP: the softmax over its category)
     category: Category
 

@@ -21,14 +21,14 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 from PIL import Image
 
-from ..captions.tags import dedupe, escape_parentheses, split_tags
+from ..captions.tags import dedupe, split_tags
 from ..dataset.captions_io import decode_caption
 from ..errors import LorakitError, NotFound
 from ..fsutil import atomic_copy, atomic_write_bytes
@@ -134,9 +134,11 @@ def _read_terms(path: Path) -> tuple[str, ...]:
 class ClipOptions:
     """What the CLIP tagger runs and how many terms it keeps.
 
-    `pretrained` is an open_clip weights tag (`openai`, `laion2b_s32b_b82k`, …) or the path of a checkpoint file.
-    `categories` None means every vocabulary in the folder. `top_k` terms are kept per category, each only if its
-    score (the softmax within its category, 0–1) is at least `min_score`.
+    `model` is an open_clip model name, or the path of an open_clip model config (`<name>.json`) for an
+    architecture open_clip does not ship. `pretrained` is an open_clip weights tag (`openai`,
+    `laion2b_s32b_b82k`, …) or the path of a checkpoint file. `categories` None means every vocabulary in the
+    folder. `top_k` terms are kept per category, each only if its score (the softmax within its category, 0–1)
+    is at least `min_score`.
     """
 
     model: str = "ViT-L-14"
@@ -219,6 +221,12 @@ class CLIPTagger:
     def __init__(self, options: Optional[ClipOptions] = None, *, vocab_dir: Path, cache_dir: Path,
                  device: Optional[str] = None) -> None:
         self.options = options or ClipOptions()
+        self._config_file: Optional[Path] = None
+        if self.options.model.endswith(".json"):  # an architecture of one's own: open_clip's config format
+            self._config_file = Path(self.options.model).expanduser()
+            if not self._config_file.is_file():
+                raise NotFound(f"No open_clip model config at {self._config_file}.")
+            self.options = replace(self.options, model=self._config_file.stem)
         self.vocab_dir = Path(vocab_dir)
         self.cache_dir = Path(cache_dir)
         self.name = f"{self.options.model}/{_weights_label(self.options.pretrained)}"
@@ -302,7 +310,7 @@ class CLIPTagger:
 
     def _best(self, category: _Category, scores: np.ndarray) -> list[TagScore]:
         order = np.argsort(-scores, kind="stable")[: self.options.top_k]
-        return [TagScore(tag=escape_parentheses(category.terms[j]), score=float(scores[j]), category=category.name)
+        return [TagScore(tag=category.terms[j], score=float(scores[j]), category=category.name)
                 for j in order if scores[j] >= self.options.min_score]
 
     def _torch_device(self):
@@ -320,8 +328,15 @@ class CLIPTagger:
     def _transform(self):
         with self._transform_lock:
             if self._preprocess is None:
-                self._preprocess = _eval_transform(_open_clip(), self.options)
+                self._preprocess = _eval_transform(self._library(), self.options)
             return self._preprocess
+
+    def _library(self):
+        """open_clip, with the model config file of the options registered (it names the model by its stem)."""
+        open_clip = _open_clip()
+        if self._config_file is not None and self.options.model not in open_clip.list_models():
+            open_clip.add_model_config(self._config_file)
+        return open_clip
 
     def _ensure_loaded(self) -> _Loaded:
         with self._lock:
@@ -332,7 +347,7 @@ class CLIPTagger:
     def _load(self) -> _Loaded:
         # 1. the library and the model's name; 2. the weights, fetched into the cache on first use; 3. the model;
         # 4. every term's text embedding, once per load
-        open_clip = _open_clip()
+        open_clip = self._library()
         opts = self.options
         _check_model(open_clip, opts.model)
         pretrained_cfg = _fetch_weights(open_clip, opts, self.cache_dir)
