@@ -32,7 +32,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     tag.add_argument("--clip-model", default="ViT-L-14")
     tag.add_argument("--clip-pretrained", default="openai", help="open_clip weights tag, or a checkpoint file")
     tag.add_argument("--clip-top-k", type=int, default=1, help="terms kept per vocabulary category")
-    tag.add_argument("--batch", type=int, default=8)
+    tag.add_argument("--batch", type=int, default=0, help="images per model call (0: what suits the device)")
     tag.add_argument("--concept", default="", help="only this concept's images")
     tag.add_argument("--overwrite", action="store_true", help="tag images that already have a caption too")
 

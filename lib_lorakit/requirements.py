@@ -99,3 +99,15 @@ def plan_install(requirements_file: Path,
             mismatched.append(f"{req.name} {have} is installed; Train Style asks for {req.specifier} but leaves "
                               "it alone so the webui keeps working")
     return Plan(install=install, mismatched=mismatched)
+
+
+def pinned_environment() -> list[str]:
+    """`name==version` for every distribution installed in this environment: given to pip as constraints, it lets
+    pip add what is missing but never upgrade or downgrade a package the webui has (e.g. a newer onnxruntime that
+    would pull protobuf 4 over the webui's 3.20); pip picks an older release or fails instead."""
+    pins: dict[str, str] = {}
+    for dist in metadata.distributions():
+        name, version = dist.metadata["Name"], dist.version
+        if name and version:
+            pins[canonical(name)] = f"{name}=={version}"
+    return sorted(pins.values(), key=str.lower)

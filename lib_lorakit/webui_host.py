@@ -114,6 +114,23 @@ class WebuiHost:
 
     def interrogate(self, name: str, images: Sequence[Any]) -> list[str]:
         """Captions for PIL images from the webui's DeepBooru or CLIP interrogator, loading its model once."""
+        if name not in ("deepbooru", "webui-clip"):
+            raise LorakitError(f"No webui interrogator named {name!r} (have: {', '.join(self.interrogators())}).")
+        label = "DeepBooru" if name == "deepbooru" else "CLIP interrogator"
+        try:
+            texts = self._interrogate(name, images)
+        except LorakitError:
+            raise
+        except Exception as e:  # the webui's own code: a model it could not fetch or load, a refused file, …
+            log.warning("the webui's %s failed", label, exc_info=True)
+            raise LorakitError(f"The webui's {label} failed ({type(e).__name__}: {e}); the webui's console shows "
+                               "why, often a model it could not download or load.") from e
+        if any("<error>" in t for t in texts):  # the CLIP interrogator reports its own failure this way
+            raise LorakitError(f"The webui's {label} failed; the webui's console shows why, often a model it "
+                               "could not download.")
+        return texts
+
+    def _interrogate(self, name: str, images: Sequence[Any]) -> list[str]:
         if name == "deepbooru":
             from modules import deepbooru
 
@@ -122,15 +139,9 @@ class WebuiHost:
                 return [deepbooru.model.tag_multi(im, force_disable_ranks=True) for im in images]
             finally:
                 deepbooru.model.stop()
-        if name == "webui-clip":
-            from modules import shared
+        from modules import shared
 
-            texts = [shared.interrogator.interrogate(im.convert("RGB")) for im in images]
-            if any("<error>" in t for t in texts):  # the webui reports its own failure this way
-                raise LorakitError("The webui's CLIP interrogator failed; its console shows why (often a model it "
-                                   "could not download).")
-            return texts
-        raise LorakitError(f"No webui interrogator named {name!r} (have: {', '.join(self.interrogators())}).")
+        return [shared.interrogator.interrogate(im.convert("RGB")) for im in images]
 
 
 _host: Optional[WebuiHost] = None

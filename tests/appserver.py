@@ -52,3 +52,23 @@ def running_app(home: Path, log_dir: Path, *ui_args: str, env: dict | None = Non
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@contextmanager
+def open_page(url: str, *, height: int = 1000, project: str | None = None, tab: str | None = None) -> Iterator:
+    """Headless Chromium on the app: waits until the Dataset panel shows `project`, then opens `tab`."""
+    from test_browser import CHROMIUM, playwright_api
+
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM)
+        page = browser.new_page(viewport={"width": 1400, "height": height})
+        page.goto(url)
+        if project:
+            page.wait_for_function(
+                f"() => document.querySelector('#train_style_project input')?.value === {project!r}")
+        if tab:
+            page.locator("#train_style_tabs button", has_text=tab).first.click()
+        try:
+            yield page
+        finally:
+            browser.close()

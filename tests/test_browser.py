@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from appserver import running_app
+from appserver import open_page, running_app
 from awkward import build_awkward_folder
 from PIL import Image
 
@@ -33,12 +33,8 @@ def app(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(app):
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM)
-        pg = browser.new_page(viewport={"width": 1300, "height": 1000})
-        pg.goto(app[0])
+    with open_page(app[0]) as pg:
         yield pg
-        browser.close()
 
 
 def html_of(page, elem_id: str):

@@ -9,9 +9,9 @@ import os
 from pathlib import Path
 
 import pytest
-from appserver import running_app
+from appserver import open_page, running_app
 from PIL import Image
-from test_browser import CHROMIUM, html_of, playwright_api
+from test_browser import CHROMIUM, html_of
 from tiny_clip import TINY_CONFIG, TINY_MODEL, register_tiny_clip, save_tiny_checkpoint
 from tiny_wd14 import build_tiny_wd14
 
@@ -48,14 +48,8 @@ def app(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(app):
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1100})
-        pg.goto(app[0])
-        pg.wait_for_function("() => document.querySelector('#train_style_project input')?.value === 'shop'")
-        pg.locator("#train_style_tabs button", has_text="Captions").first.click()
+    with open_page(app[0], height=1100, project="shop", tab="Captions") as pg:
         yield pg
-        browser.close()
 
 
 def captions(folder: Path) -> dict[str, str]:

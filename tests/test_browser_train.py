@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from appserver import running_app
+from appserver import open_page, running_app
 from fake_trainer_env import build_fake_trainer
 from PIL import Image
 from test_browser import CHROMIUM, ROOT, html_of
@@ -56,14 +56,8 @@ def app(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(app):
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM)
-        pg = browser.new_page(viewport={"width": 1300, "height": 1400})
-        pg.goto(app[0])
-        pg.wait_for_function("() => document.querySelector('#train_style_project input')?.value === 'demo'")
-        pg.locator("#train_style_tabs button", has_text="Train").first.click()
+    with open_page(app[0], height=1400, project="demo", tab="Train") as pg:
         yield pg
-        browser.close()
 
 
 def pick(page, elem_id: str, value: str) -> None:

@@ -46,3 +46,14 @@ def test_a_gpu_onnxruntime_counts_as_onnxruntime(tmp_path):
     req.write_text("onnxruntime>=1.16\n")
     assert plan_install(req, version_of={"onnxruntime-gpu": "1.18.0"}.get).install == []
     assert plan_install(req, version_of={}.get).install == ["onnxruntime>=1.16"]
+
+
+def test_the_environment_is_pinned_as_it_is_so_pip_can_only_add():
+    from importlib import metadata
+
+    from lib_lorakit.requirements import canonical, pinned_environment
+
+    pins = {canonical(line.split("==")[0]): line.split("==")[1] for line in pinned_environment()}
+    assert pins["numpy"] == metadata.version("numpy")
+    assert pins["pillow"] == metadata.version("Pillow")
+    assert set(pins) == {canonical(d.metadata["Name"]) for d in metadata.distributions() if d.metadata["Name"]}

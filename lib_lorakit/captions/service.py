@@ -43,7 +43,7 @@ class TagRequest:
     clip_model: str = "ViT-L-14"
     clip_pretrained: str = "openai"
     clip_top_k: int = 1
-    batch: int = 8
+    batch: int = 0  # 0: what suits the device (8 on a GPU; 1 on a CPU, where batching gains nothing)
     overwrite: bool = False
     concept: str = ""
     images: tuple[str, ...] = ()  # project-relative image paths; empty: every image of the concept or project
@@ -70,8 +70,8 @@ class TagRequest:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
                 raise LorakitError(f"{key}: expected a number above 0 and at most 1, got {value!r}")
-        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or not 1 <= self.batch <= 256:
-            raise LorakitError(f"batch: expected an integer from 1 to 256, got {self.batch!r}")
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or not 0 <= self.batch <= 256:
+            raise LorakitError(f"batch: expected an integer from 0 (automatic) to 256, got {self.batch!r}")
         if isinstance(self.clip_top_k, bool) or not isinstance(self.clip_top_k, int) or not 1 <= self.clip_top_k <= 10:
             raise LorakitError(f"clip_top_k: expected an integer from 1 to 10, got {self.clip_top_k!r}")
 
@@ -247,7 +247,7 @@ class CaptionService:
         writer = _CaptionWriter(store, req, settings.trigger_words, {r.image: r.text for r in todo})
         try:
             run = tag_images([TagItem(path=project.root / r.image, key=r.image) for r in todo], taggers,
-                             batch_size=req.batch, max_pixels=settings.max_image_pixels,
+                             batch_size=req.batch or None, max_pixels=settings.max_image_pixels,
                              background=settings.background_rgb, progress=progress, cancel=cancel,
                              on_result=writer.add)
         finally:

@@ -55,7 +55,7 @@ class CaptionsPanel:
                                            elem_id="train_style_character_threshold")
                 self.exclude = gr.Textbox(label="Never write these tags (comma-separated)",
                                           elem_id="train_style_exclude")
-                self.batch = gr.Number(8, precision=0, label="Batch", elem_id="train_style_tag_batch")
+                self.batch = gr.Number(0, precision=0, label="Batch (0: automatic)", elem_id="train_style_tag_batch")
             with gr.Row():
                 self.rating = gr.Checkbox(label="Rating tag", elem_id="train_style_rating")
                 self.escape = gr.Checkbox(label="Escape ( ) for the webui's prompts", elem_id="train_style_escape")
@@ -192,7 +192,7 @@ class CaptionsPanel:
         return TagRequest.from_dict({
             "tagger": tagger or "wd14", "model": (model or "").strip(), "clip_model": (clip_model or "").strip(),
             "clip_pretrained": (clip_weights or "").strip(), "general_threshold": float(general),
-            "character_threshold": float(character), "exclude": exclude or "", "batch": int(batch or 8),
+            "character_threshold": float(character), "exclude": exclude or "", "batch": int(batch or 0),
             "include_rating": bool(rating), "escape_parentheses": bool(escape), "overwrite": bool(overwrite),
             **extra})
 
