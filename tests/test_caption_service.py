@@ -185,3 +185,36 @@ def test_the_store_sees_what_tagging_wrote(host, shop):
     CaptionService(host).tag("shop", TagRequest(model="tiny-wd14"))
     records = {r.image: r for r in CaptionStore(shop).records()}
     assert records["dataset/2_shop/red.png"].tags[0] == "mystyle"
+
+
+def test_awkward_files_placed_in_a_concept_are_each_reported_and_the_rest_tagged(host, awkward):
+    """CMYK, 16-bit, alpha, EXIF-rotated, animated, odd names — tagged; empty, truncated, not-an-image,
+    decompression bombs — each reported with its reason; no image file changed."""
+    from lib_lorakit.images import IMAGE_SUFFIXES
+
+    project = Workspace(host.home).create("awk")
+    folder = project.add_concept("awk", 1).folder
+    good, bad = [], {}
+    for rel in list(awkward.good) + list(awkward.bad):
+        src = awkward.root / rel
+        if src.suffix.lower() not in IMAGE_SUFFIXES or src.is_symlink() or not src.is_file():
+            continue
+        dst = folder / rel.replace("/", "__")
+        dst.write_bytes(src.read_bytes())
+        if rel in awkward.good:
+            good.append(f"dataset/1_awk/{dst.name}")
+        else:
+            bad[f"dataset/1_awk/{dst.name}"] = awkward.bad[rel]
+    # two images with one stem share one caption file: the first is tagged, the other reported
+    shared = sorted(g for g in good if Path(g).stem == "anim__loop")
+    assert len(shared) == 2
+    good.remove(shared[1])
+    bad[shared[1]] = "shares the caption file of " + shared[0]
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    report = CaptionService(host).tag("awk", TagRequest(model="tiny-wd14"))
+    assert sorted(report.tagged) == sorted(good) and len(good) >= 5
+    assert {f["image"] for f in report.failed} == set(bad)
+    for f in report.failed:
+        assert bad[f["image"]] in f["reason"], f  # the same reason the importer gives
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.suffix != ".txt"} == before
+    assert all((project.root / image).with_suffix(".txt").read_text(encoding="utf-8").strip() for image in good)

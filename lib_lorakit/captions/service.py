@@ -244,7 +244,7 @@ class CaptionService:
             return report
         # 2. the models, then the pipeline; captions are written in batches as one undo step
         taggers = taggers if taggers is not None else self.build_taggers(req)
-        writer = _CaptionWriter(store, req, settings.trigger_words, {r.image: r.text for r in todo})
+        writer = _CaptionWriter(store, req, settings.trigger_words, todo)
         try:
             run = tag_images([TagItem(path=project.root / r.image, key=r.image) for r in todo], taggers,
                              batch_size=req.batch or None, max_pixels=settings.max_image_pixels,
@@ -255,7 +255,7 @@ class CaptionService:
             for t in taggers.values():
                 t.unload()
         report.tagged, report.entry = writer.written, writer.entry or ""
-        report.failed = [{"image": key, "reason": reason} for key, reason in run.failed]
+        report.failed += [{"image": key, "reason": reason} for key, reason in run.failed] + writer.failed
         report.cancelled, report.device = run.cancelled, run.device
         report.images_per_second = round(run.images_per_second, 3)
         return report
@@ -315,24 +315,47 @@ class CaptionService:
 
 
 class _CaptionWriter:
-    """Collects the pipeline's outcomes and writes captions in batches into one undo step."""
+    """Collects the pipeline's outcomes and writes captions in batches into one undo step.
 
-    def __init__(self, store: CaptionStore, req: TagRequest, triggers: Sequence[str], old: dict[str, str]):
-        self.store, self.req, self.triggers, self.old = store, req, triggers, old
+    Images that share a caption file (`a.png` and `a.jpg`: sd-scripts reads one `a.txt` for both) wait for each
+    other; the first of them in name order that could be tagged gets the caption, the others are reported.
+    """
+
+    def __init__(self, store: CaptionStore, req: TagRequest, triggers: Sequence[str], todo: Sequence[CaptionRecord]):
+        self.store, self.req, self.triggers = store, req, triggers
+        self.old = {r.image: r.text for r in todo}
+        groups: dict[str, list[str]] = {}
+        for r in todo:
+            groups.setdefault(r.caption, []).append(r.image)
+        self.shared = {image: sorted(images) for images in groups.values() if len(images) > 1 for image in images}
+        self.waiting: dict[str, Optional[TagOutcome]] = {}
         self.pending: dict[str, str] = {}
         self.written: list[str] = []
+        self.failed: list[dict] = []
         self.entry: str | None = None
         self.lock = threading.Lock()
 
     def add(self, outcome: TagOutcome) -> None:
-        if not outcome.tags:
-            return
-        text = combined_caption(outcome.tags, trigger_words=self.triggers, old_text=self.old[outcome.key],
-                                overwrite=self.req.overwrite, escape=self.req.escape_parentheses)
         with self.lock:
-            self.pending[outcome.key] = text
+            for ready in self._resolve(outcome):
+                text = combined_caption(ready.tags, trigger_words=self.triggers, old_text=self.old[ready.key],
+                                        overwrite=self.req.overwrite, escape=self.req.escape_parentheses)
+                self.pending[ready.key] = text
             if len(self.pending) >= FLUSH_EVERY:
                 self._flush()
+
+    def _resolve(self, outcome: TagOutcome) -> list[TagOutcome]:
+        group = self.shared.get(outcome.key)
+        if group is None:
+            return [outcome] if outcome.tags else []
+        self.waiting[outcome.key] = outcome
+        if not all(image in self.waiting for image in group):
+            return []
+        tagged = [self.waiting[image] for image in group if self.waiting[image].tags]
+        for other in tagged[1:]:
+            self.failed.append({"image": other.key, "reason": f"shares the caption file of {tagged[0].key} "
+                                "(sd-scripts reads one caption for both); rename one of them to caption it"})
+        return tagged[:1]
 
     def flush(self) -> None:
         with self.lock:
