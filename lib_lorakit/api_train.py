@@ -108,7 +108,8 @@ def add_routes(r: APIRouter, studio: Studio, guard) -> None:
                 target_concepts=tuple(body.target_concepts), stage1_concepts=tuple(body.stage1_concepts),
                 overrides=parsed(body.overrides), stage1_overrides=parsed(body.stage1_overrides),
                 output_name=body.output_name, accept_missing_captions=body.accept_missing_captions,
-                samples=SampleSettings(prompts=tuple(body.samples)) if body.samples else None, dry_run=body.dry_run)
+                samples=SampleSettings(prompts=tuple(body.samples)) if body.samples else None, dry_run=body.dry_run,
+                accelerate=body.accelerate())
             made = differential.create(service(), project, req, queue=not body.dry_run)
             runs = Runs(project)
             if body.dry_run:

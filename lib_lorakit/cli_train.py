@@ -65,6 +65,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     d.add_argument("--accept-missing-captions", action="store_true")
     d.add_argument("--dry-run", action="store_true", help="write both runs' TOMLs and print the commands")
     d.add_argument("--wait", action="store_true", help="stay until both runs end, showing progress")
+    add_accelerate_args(d)
     r = sub.add_parser("runs", parents=[common], help="list a project's runs")
     r.add_argument("project")
     run = sub.add_parser("run", parents=[common], help="status, stop or resume one run")
@@ -190,7 +191,8 @@ def _train_differential(studio: Studio, args: argparse.Namespace) -> Result:
                               overrides=parse_set(args.set), stage1_overrides=parse_set(args.stage1_set),
                               output_name=args.output_name,
                               samples=SampleSettings(prompts=tuple(args.sample)) if args.sample else None,
-                              accept_missing_captions=args.accept_missing_captions, dry_run=args.dry_run)
+                              accept_missing_captions=args.accept_missing_captions, dry_run=args.dry_run,
+                              accelerate=accelerate_options(args))
     plans = differential.plan(svc, project, req)
     for stage, plan in enumerate(plans, 1):
         s = plan.steps

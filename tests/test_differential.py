@@ -221,3 +221,34 @@ def test_the_tab_builds_with_the_differential_accordion(tmp_path):
     Workspace(host.projects_home()).create("p").add_concept("hero", 1)
     lists = panel._concept_choices("p", ["gone", "hero"], None)
     assert [(u["choices"], u["value"]) for u in lists] == [(["hero"], ["hero"]), (["hero"], [])]
+
+
+def test_both_stages_train_on_the_same_gpus(tmp_path):
+    home = tmp_path / "home"
+    model = make_project(home, tmp_path)
+    data = json.loads(cli(home, "train-differential", "art", "--preset", "style-sd15-lora", "--base-model",
+                          str(model), "--target-concepts", "hero", "--num-processes", "2", "--gpu-ids", "0,1",
+                          "--dry-run", "--json").stdout)
+    for argv in data["argv"]:
+        launch = argv[argv.index("accelerate.commands.launch") + 1:argv.index("train_network.py")]
+        assert launch == ["--num_cpu_threads_per_process", "2", "--multi_gpu", "--num_processes", "2",
+                          "--gpu_ids", "0,1"]
+    # two processes share each epoch's batches: half the steps of a single-GPU plan
+    single = json.loads(cli(home, "train-differential", "art", "--preset", "style-sd15-lora", "--base-model",
+                            str(model), "--target-concepts", "hero", "--dry-run", "--json").stdout)
+    for one, two in zip(single["plans"], data["plans"], strict=True):
+        assert two["steps"]["steps_per_epoch"] == -(-one["steps"]["steps_per_epoch"] // 2)
+
+
+def test_a_stage1_taken_out_of_the_queue_unstarted_fails_its_stage2_instead_of_leaving_it_waiting(workspace):
+    project = workspace.create("q")
+    host = GpuHost(home=workspace.home, lora=workspace.home / "L", models=workspace.home / "M")
+    queue = TrainQueue(host)
+    runs, one, two = chain(project, "success")
+    queue.add("q", one.id)
+    queue.add("q", two.id)
+    queue.remove("q", one.id)  # still "queued" on disk, but nothing will ever start it
+    assert drain(queue) == []
+    second = runs.get(two.id)
+    assert second.state == "failed" and "taken out of the queue" in second.error
+    assert queue.entries() == []

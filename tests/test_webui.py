@@ -253,6 +253,13 @@ def test_the_webuis_deepbooru_tags_a_project_through_the_host(webui):
     for name in ("a", "b"):
         tags = (folder / f"{name}.txt").read_text(encoding="utf-8").strip().split(", ")
         assert sorted(tags) == ["1girl", "long hair", "smile"]  # the webui's "use spaces" setting applied
+    # the webui's CLIP interrogator needs BLIP weights it downloads itself: offline that is a clear error, and
+    # the captions DeepBooru wrote stay as they are
+    status, body = _get(url + "/train-style/v1/projects/booru/tag", {"tagger": "webui-clip", "wait": True,
+                                                                      "overwrite": True})
+    assert status == 400 and "CLIP interrogator failed" in body["detail"], body
+    assert sorted((folder / "a.txt").read_text(encoding="utf-8").strip().split(", ")) == ["1girl", "long hair",
+                                                                                          "smile"]
 
 
 TRAINER_VENV = os.environ.get("TRAIN_STYLE_TRAINER_VENV")

@@ -21,6 +21,7 @@ from typing import Any, Optional
 from ..errors import LorakitError
 from ..project import Project
 from .config import SampleSettings
+from .distributed import AccelerateOptions
 from .queue import TrainQueue
 from .runner import Runs, RunSnapshot
 from .service import TrainingService, TrainPlan, TrainRequest
@@ -41,6 +42,7 @@ class DifferentialRequest:
     samples: Optional[SampleSettings] = None
     accept_missing_captions: bool = False
     dry_run: bool = False
+    accelerate: AccelerateOptions = field(default_factory=AccelerateOptions)  # both stages, multi-GPU / multi-node
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ def stage_requests(project: Project, req: DifferentialRequest, stage1_final: str
     stage1, targets = stage_concepts(project, req)
     name = req.output_name or project.name
     common = dict(project=req.project, preset=req.preset, base_model=req.base_model, samples=req.samples,
-                  accept_missing_captions=req.accept_missing_captions, dry_run=req.dry_run)
+                  accept_missing_captions=req.accept_missing_captions, dry_run=req.dry_run, accelerate=req.accelerate)
     first = TrainRequest(**common, overrides={**req.overrides, **req.stage1_overrides}, output_name=f"{name}-base",
                          concepts=stage1, meta={"differential": {"stage": 1, "of": name}})
     second = TrainRequest(**common, overrides=dict(req.overrides), output_name=name, concepts=targets,

@@ -153,6 +153,9 @@ class TrainQueue:
             return f"Run {entry.run} waits for run {dep}, which no longer exists; it did not start."
         if other.state == "succeeded":
             return ""
+        if other.state == "queued" and QueueEntry(entry.project, dep) not in self.entries():
+            return (f"Run {entry.run} did not start: it needs run {dep} to succeed first, and that run was taken "
+                    "out of the queue before it started.")
         if other.active:
             return "wait"
         return (f"Run {entry.run} did not start: it needs run {dep} to succeed first, and that run is "

@@ -224,7 +224,7 @@ class TrainPanel:
         made = differential.create(self._service(), self.studio.project(name), differential.DifferentialRequest(
             project=req.project, preset=req.preset, base_model=req.base_model, target_concepts=tuple(targets or ()),
             stage1_concepts=tuple(stage1 or ()), overrides=req.overrides, output_name=req.output_name,
-            samples=req.samples, accept_missing_captions=req.accept_missing_captions))
+            samples=req.samples, accept_missing_captions=req.accept_missing_captions, accelerate=req.accelerate))
         ensure_worker(self.studio.host).queue.tick()
         return (render.differential_html(made.stage1, made.stage2), *self._run_views(name, made.stage1.id))
 
