@@ -7,6 +7,7 @@ run folders, the supervisor process, the queue worker in the app, the page's pol
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -169,3 +170,36 @@ def test_save_the_settings_as_a_preset_and_see_the_queue(app, page):
                            timeout=10_000)
     # the queue box lists what the queue holds (empty once the runs above have ended)
     assert "queue" in html_of(page, "train_style_queue").inner_text().lower()
+
+
+def test_export_a_run_then_import_it_trained_elsewhere(app, page, tmp_path):
+    import zipfile
+
+    url, home = app
+    chosen = page.input_value("#train_style_runs input")
+    run_id = chosen.split()[0] if chosen else ""
+    page.get_by_text("Train on another machine").first.click()  # open the accordion
+    page.click("#train_style_export")
+    page.locator("#train_style_bundle_out a").first.wait_for(timeout=20_000)
+    bundles = sorted((home / "demo" / "exports").glob("*.zip"))
+    assert len(bundles) == 1 and run_id in bundles[0].name
+    names = zipfile.ZipFile(bundles[0]).namelist()
+    assert any(n.endswith("train.sh") for n in names) and any(n.endswith("/dataset.toml") for n in names)
+    # trained on the other machine: its output folder now holds the LoRA; zipped up and dropped on the tab
+    with zipfile.ZipFile(bundles[0]) as z:
+        z.extractall(tmp_path / "elsewhere")
+    (top,) = list((tmp_path / "elsewhere").iterdir())
+    (top / "output").mkdir(exist_ok=True)
+    write_safetensors(top / "output" / "demo.safetensors", ["lora_unet_x.lora_down.weight"])
+    trained = shutil.make_archive(str(tmp_path / "trained"), "zip", root_dir=top.parent, base_dir=top.name)
+    before = {p.name for p in (home / "demo" / "runs").iterdir()}
+    page.locator("#train_style_bundle_in input[type=file]").set_input_files(trained)
+    page.wait_for_function("() => !document.querySelector('#train_style_bundle_in').innerText.includes('Uploading')",
+                           timeout=20_000)
+    page.click("#train_style_import_bundle")
+    page.wait_for_function(f"() => !document.querySelector('#train_style_runs input').value.startsWith({run_id!r})",
+                           timeout=20_000)
+    new_id = page.input_value("#train_style_runs input").split()[0]
+    assert new_id not in before
+    assert (home / "demo" / "runs" / new_id / "demo.safetensors").is_file()
+    assert run_state(page) == "succeeded"

@@ -68,7 +68,8 @@ def _launch(data: Path, *extra: str, env: dict | None = None):
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
-            if _get(url + "/sdapi/v1/sd-models")[0] == 200:
+            # our routes: the webui adds them in on_app_started, after its own API already answers
+            if _get(url + "/train-style/v1/projects")[0] in (200, 401):
                 break
         except OSError:
             pass

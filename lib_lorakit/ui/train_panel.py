@@ -18,6 +18,7 @@ from ..studio import Studio
 from ..train import differential
 from ..train import options as _options
 from ..train import presets as _presets
+from ..train.bundle import export_run, import_bundle
 from ..train.config import SampleSettings
 from ..train.distributed import AccelerateOptions
 from ..train.environment import doctor, setup_trainer
@@ -25,6 +26,7 @@ from ..train.queue import TrainQueue, ensure_worker
 from ..train.runner import Runs, RunSnapshot
 from ..train.service import REPO_ROOT, TrainingService, TrainRequest, default_trainer
 from . import render_train as render
+from .compat import uploaded
 from .dataset_panel import user_errors
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,19 @@ class TrainPanel:
                 self.target_concepts = gr.Dropdown(label="Target concepts (stage 2)", choices=[], multiselect=True,
                                                    elem_id="train_style_target_concepts", interactive=True)
                 self.train_differential = gr.Button("Train both stages", elem_id="train_style_train_differential")
+        with gr.Accordion("Train on another machine", open=False):
+            gr.HTML('<p class="ts-note">Export the chosen run as a zip (its images, captions, settings and a '
+                    "train.sh / train.ps1) to train it where a bigger GPU is; import the trained zip back to "
+                    "register its LoRAs here.</p>")
+            with gr.Row():
+                self.include_model = gr.Checkbox(label="Put the base model in the zip too",
+                                                 elem_id="train_style_include_model")
+                self.export = gr.Button("Export the chosen run", elem_id="train_style_export")
+                self.bundle_out = gr.File(label="Bundle", interactive=False, elem_id="train_style_bundle_out")
+            with gr.Row():
+                self.bundle_in = gr.File(label="A trained bundle (.zip)", file_types=[".zip"],
+                                         elem_id="train_style_bundle_in")
+                self.import_bundle = gr.Button("Import the trained bundle", elem_id="train_style_import_bundle")
         with gr.Accordion("Trainer", open=False):
             self.trainer_status = gr.HTML(elem_id="train_style_trainer_status")
             with gr.Row():
@@ -121,7 +136,7 @@ class TrainPanel:
     # --- events -----------------------------------------------------------------------------------------------------
     def register(self) -> None:
         # Handlers return at once (a run is a process, setup a job), so they skip gradio's queue like the Dataset
-        # panel's; only the doctor, which waits for a probe process, is queued.
+        # panel's.
         request = [self.project, self.preset, self.base, self.base_path, self.overrides, self.output_name,
                    self.prompts, self.without_trigger, self.accept_missing,
                    # multi-GPU: keyword arguments of _request, in their order
@@ -151,7 +166,11 @@ class TrainPanel:
         _on(self.resume.click, self._resume, [self.project, self.runs], run_views)
         _on(self.register_run.click, self._register, [self.project, self.runs], [self.registered])
         _on(self.setup.click, self._setup, [self.torch_version, self.torch_index], [self.setup_job])
-        _on(self.doctor.click, self._doctor, [], [self.doctor_report], queue=True)
+        _on(self.export.click, self._export, [self.project, self.runs, self.include_model], [self.bundle_out])
+        _on(self.import_bundle.click, self._import_bundle, [self.project, self.bundle_in], run_views)
+        # not queued either: it holds a worker thread for the few seconds of its probe, which is harmless, while a
+        # queued event left by a closed page can hang the webui's "Reload UI"
+        _on(self.doctor.click, self._doctor, [], [self.doctor_report])
 
     def load_event(self, blocks: gr.Blocks) -> None:
         blocks.load(self._lists, [self.preset, self.base], [self.preset, self.base, self.trainer_status], queue=False)
@@ -286,6 +305,17 @@ class TrainPanel:
         self._service().resume(self.studio.project(name), run_id)
         ensure_worker(self.studio.host).queue.tick()
         return self._run_views(name, run_id)
+
+    def _export(self, name: Optional[str], choice: Optional[str], include_model: bool) -> str:
+        run_id = self._need_run(name, choice)
+        return str(export_run(self.studio.project(name), run_id, include_model=bool(include_model)))
+
+    def _import_bundle(self, name: Optional[str], upload: Any) -> tuple:
+        files = uploaded([upload] if upload and not isinstance(upload, list) else upload)
+        if not name or not files:
+            raise LorakitError("Choose a project, then drop a trained bundle (.zip) on the box.")
+        snap = import_bundle(self.studio.project(name), files[0][0])
+        return self._run_views(name, snap.id)
 
     def _register(self, name: Optional[str], choice: Optional[str]) -> str:
         run_id = self._need_run(name, choice)
