@@ -315,3 +315,27 @@ def test_invalid_settings_are_refused_before_any_caption_is_written(captioned):
     with pytest.raises(LorakitError, match="'name' is not a project setting"):
         store.apply({}, label="Bad", op={"op": "x"}, settings={"name": "other"})
     assert read(captioned, "dataset/3_alpha/a.txt") == b"Long_hair, smile\n"
+
+
+def test_a_big_batch_that_fails_while_writing_changes_no_caption_and_leaves_no_temporary_files(captioned,
+                                                                                               monkeypatch):
+    from lib_lorakit.captions import store as store_module
+
+    folder = captioned.concept("alpha").folder
+    for i in range(60):
+        (folder / f"many{i:02d}.png").write_bytes(png_bytes(0))
+        (folder / f"many{i:02d}.txt").write_text(f"old {i}\n")
+    real_write, written = store_module._write_fully, []
+
+    def disk_fills_up(fd, data):
+        written.append(fd)
+        if len(written) == 45:
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(store_module, "_write_fully", disk_fills_up)
+    store = CaptionStore(captioned)
+    with pytest.raises(OSError, match="No space"):
+        store.apply({f"dataset/3_alpha/many{i:02d}.png": f"new {i}" for i in range(60)}, label="Big", op={"op": "x"})
+    assert all((folder / f"many{i:02d}.txt").read_text() == f"old {i}\n" for i in range(60))  # all or nothing
+    assert not list(folder.glob(".*.tmp"))

@@ -44,7 +44,7 @@ HISTORY_LIMIT = 200  # entries kept; the oldest are dropped beyond this
 HISTORY_VERSION = 1
 # Up to this many files a batch fsyncs each one; above, it syncs once (see replace_files).
 SYNC_EACH_UP_TO = 32
-FSYNC_THREADS = 16
+FSYNC_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -535,23 +535,18 @@ _temp_counter = itertools.count()
 def replace_files(files: Mapping[str, Optional[bytes]]) -> None:
     """Replace many files at once, each atomically: write (bytes) or delete (None), by absolute path.
 
-    Every new content goes to a temporary file beside its target first; then the data is made durable —
-    fsync per file for small batches; for large ones the files' fsyncs run from a few threads at once (one by
-    one, 10,000 captions cost seconds here) — and only then is each temporary file renamed over its target.
-    So a reader, or the disk after a power cut, sees each file either old or new, never empty or half-written;
-    the renames themselves are made durable by fsyncing their folders. New files get the usual permissions (0666
-    minus the
-    umask), like files a user's editor writes.
+    Every new content goes to a temporary file beside its target and is fsynced there; only when all are on disk
+    is each renamed over its target, so a reader, or the disk after a power cut, sees each file old or new, never
+    empty or half-written. Large batches write and fsync from a few threads at once: the journal then commits
+    many files together (one by one, 10,000 captions cost seconds here), and unlike `os.sync()` nothing waits for
+    other programs' writes (a training run saving a checkpoint). The renames are made durable by fsyncing their
+    folders. New files get the usual permissions (0666 minus the umask), like files a user's editor writes.
     """
-    each = len(files) <= SYNC_EACH_UP_TO
+    writes = [(path, data) for path, data in files.items() if data is not None]
     staged: list[tuple[str, str]] = []
     folders: set[str] = set()
     try:
-        for path, data in files.items():
-            if data is not None:
-                staged.append((_stage(path, data, fsync=each), path))
-        if staged and not each:
-            _fsync_many([tmp for tmp, _ in staged])
+        staged = _stage_all(writes)
         for tmp, path in staged:
             os.replace(tmp, path)
             folders.add(os.path.dirname(path))
@@ -566,18 +561,34 @@ def replace_files(files: Mapping[str, Optional[bytes]]) -> None:
         _fsync_folder(folder)
 
 
-def _fsync_many(paths: list[str]) -> None:
-    """fsync many files from a few threads: the journal commits them together, much faster than one by one,
-    and unlike `os.sync()` it never waits for other programs' writes (a training run saving a checkpoint)."""
-    def sync(path: str) -> None:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _stage_all(writes: list[tuple[str, bytes]]) -> list[tuple[str, str]]:
+    """(temporary file, target) for every write, each written and fsynced; on any failure none is left behind.
+    Large batches are split into a few runs of files, one per thread (one task per file costs more in the
+    thread pool's locking than the writes themselves)."""
+    if len(writes) <= SYNC_EACH_UP_TO:
+        return _stage_run(writes)
+    runs = [writes[i::FSYNC_THREADS] for i in range(FSYNC_THREADS)]
+    with ThreadPoolExecutor(max_workers=FSYNC_THREADS, thread_name_prefix="caption-write") as pool:
+        futures = [pool.submit(_stage_run, run) for run in runs if run]
+    failed = next((f.exception() for f in futures if f.exception() is not None), None)
+    done = [staged for f in futures if f.exception() is None for staged in f.result()]
+    if failed is not None:
+        for tmp, _ in done:
+            _unlink_quietly(tmp)
+        raise failed
+    return done
 
-    with ThreadPoolExecutor(max_workers=FSYNC_THREADS, thread_name_prefix="caption-fsync") as pool:
-        list(pool.map(sync, paths))
+
+def _stage_run(writes: list[tuple[str, bytes]]) -> list[tuple[str, str]]:
+    staged: list[tuple[str, str]] = []
+    try:
+        for path, data in writes:
+            staged.append((_stage(path, data, fsync=True), path))
+    except BaseException:
+        for tmp, _ in staged:
+            _unlink_quietly(tmp)
+        raise
+    return staged
 
 
 def _stage(path: str, data: bytes, *, fsync: bool) -> str:
