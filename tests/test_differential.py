@@ -122,6 +122,16 @@ def chain(project, first_mode: str):
     return runs, one, two
 
 
+def queued_chain(workspace, first_mode: str):
+    """A project "q" with a chain of two runs, both in a fresh queue (stage 1 first)."""
+    project = workspace.create("q")
+    queue = TrainQueue(GpuHost(home=workspace.home, lora=workspace.home / "L", models=workspace.home / "M"))
+    runs, one, two = chain(project, first_mode)
+    queue.add("q", one.id)
+    queue.add("q", two.id)
+    return project, queue, runs, one, two
+
+
 def test_stage2_starts_only_after_stage1_succeeded(workspace):
     project = workspace.create("q")
     host = GpuHost(home=workspace.home, lora=workspace.home / "L", models=workspace.home / "M")
@@ -139,12 +149,7 @@ def test_stage2_starts_only_after_stage1_succeeded(workspace):
 
 
 def test_stage2_fails_clearly_when_stage1_failed_and_can_be_queued_again(workspace):
-    project = workspace.create("q")
-    host = GpuHost(home=workspace.home, lora=workspace.home / "L", models=workspace.home / "M")
-    queue = TrainQueue(host)
-    runs, one, two = chain(project, "crash")
-    queue.add("q", one.id)
-    queue.add("q", two.id)
+    project, queue, runs, one, two = queued_chain(workspace, "crash")
     drain(queue)
     assert runs.get(one.id).state == "failed"
     second = runs.get(two.id)
@@ -152,18 +157,13 @@ def test_stage2_fails_clearly_when_stage1_failed_and_can_be_queued_again(workspa
     assert "failed" in second.error and not (second.dir / "train.log").exists()  # it never started
     assert "Resume" in second.advice
     # stage 2 never ran, so Resume queues it again as it was (waiting for stage 1 once more)
-    svc = TrainingService(host, trainer=TrainerEnvironment(workspace.home / "venv", workspace.home / "sd"))
+    svc = TrainingService(queue.host, trainer=TrainerEnvironment(workspace.home / "venv", workspace.home / "sd"))
     assert svc.resume(project, two.id).state == "queued"
     assert [e.run for e in queue.entries()] == [two.id]
 
 
 def test_a_stopped_stage1_fails_its_stage2(workspace):
-    project = workspace.create("q")
-    host = GpuHost(home=workspace.home, lora=workspace.home / "L", models=workspace.home / "M")
-    queue = TrainQueue(host)
-    runs, one, two = chain(project, "success")
-    queue.add("q", one.id)
-    queue.add("q", two.id)
+    project, queue, runs, one, two = queued_chain(workspace, "success")
     runs.stop(one.id)  # removed before it started
     assert drain(queue) == []
     assert runs.get(two.id).state == "failed" and "stopped" in runs.get(two.id).error
@@ -241,12 +241,7 @@ def test_both_stages_train_on_the_same_gpus(tmp_path):
 
 
 def test_a_stage1_taken_out_of_the_queue_unstarted_fails_its_stage2_instead_of_leaving_it_waiting(workspace):
-    project = workspace.create("q")
-    host = GpuHost(home=workspace.home, lora=workspace.home / "L", models=workspace.home / "M")
-    queue = TrainQueue(host)
-    runs, one, two = chain(project, "success")
-    queue.add("q", one.id)
-    queue.add("q", two.id)
+    project, queue, runs, one, two = queued_chain(workspace, "success")
     queue.remove("q", one.id)  # still "queued" on disk, but nothing will ever start it
     assert drain(queue) == []
     second = runs.get(two.id)
