@@ -339,3 +339,27 @@ def test_a_big_batch_that_fails_while_writing_changes_no_caption_and_leaves_no_t
         store.apply({f"dataset/3_alpha/many{i:02d}.png": f"new {i}" for i in range(60)}, label="Big", op={"op": "x"})
     assert all((folder / f"many{i:02d}.txt").read_text() == f"old {i}\n" for i in range(60))  # all or nothing
     assert not list(folder.glob(".*.tmp"))
+    assert [s.label for s in store.history()] == []  # no step that would make the next undo a no-op
+
+
+def test_another_process_changing_captions_is_waited_for(captioned):
+    """The CLI beside the webui: one writes its step while the other waits, so the history stays one line."""
+    import subprocess
+    import sys
+    import time
+
+    lock = captioned.state_dir / "captions" / "lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('held', flush=True)\n"
+        "time.sleep(1.5)\n")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    started = time.monotonic()
+    step = CaptionStore(captioned).apply({"dataset/3_alpha/a.png": "after the other"}, label="Edit",
+                                         op={"op": "edit"})
+    waited = time.monotonic() - started
+    holder.wait(10)
+    assert step.written == 1 and waited > 0.8

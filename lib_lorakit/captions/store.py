@@ -24,12 +24,20 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
+
+try:
+    import fcntl
+except ImportError:  # Windows: only the in-process lock
+    fcntl = None  # type: ignore[assignment]
 
 from ..dataset.captions_io import decode_caption
 from ..errors import InvalidName, LorakitError, NotFound
@@ -239,13 +247,18 @@ class CaptionStore:
         `entry` appends to an existing step instead (a tagging run writing batch after batch): a file the step
         already holds keeps its first "before". A new step discards the steps undone before it (the redo tail).
         """
-        with self.project.lock():
+        with self._locked():
             writes = self._changed(changes)
             setting_changes = self._setting_changes(settings or {})
             if entry is None and not writes and not setting_changes:
                 return HistoryEntry(id="", label=label, time=_now(), op=dict(op), files=0)
             header = self._record(writes, setting_changes, label=label, op=op, entry=entry)
-            self._write_all({path: caption_bytes(change.after) for path, change in writes.items()})
+            try:
+                self._write_all({path: caption_bytes(change.after) for path, change in writes.items()})
+            except NothingWritten:
+                if entry is None:  # a step that changed nothing would make the next undo a no-op
+                    shutil.rmtree(self.history_dir / header["id"], ignore_errors=True)
+                raise
             if setting_changes:
                 self.project.update_settings(**{k: v["after"] for k, v in setting_changes.items()})
             if entry is None:
@@ -308,6 +321,12 @@ class CaptionStore:
             raise InvalidName(f"{image!r}: expected an image path like 'dataset/10_name/picture.png' inside the "
                               "project")
         return f"{parts[0]}/{parts[1]}", parts[2]
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """This project's lock for threads, and a lock file for other processes (the CLI beside the webui)."""
+        with self.project.lock(), _process_lock(self.history_dir.parent / "lock"):
+            yield
 
     def _write_all(self, files: Mapping[str, Optional[bytes]]) -> None:
         """Write (bytes) or delete (None) project-relative files; see `replace_files`."""
@@ -375,7 +394,7 @@ class CaptionStore:
         """Restore what the newest step not yet undone changed. A caption edited since that step (its text is no
         longer what the step wrote) is a conflict: it is left as it is and listed in `conflicts`, unless
         `force`. `dry_run` reports the same without changing anything."""
-        with self.project.lock():
+        with self._locked():
             folder = next((f for f in self._entry_dirs(newest_first=True) if self._is_undone(f) is False), None)
             if folder is None:
                 raise NotFound("Nothing to undo: no caption change is recorded for this project.")
@@ -383,7 +402,7 @@ class CaptionStore:
 
     def redo(self, *, force: bool = False, dry_run: bool = False) -> HistoryEntry:
         """Apply again the step undone last. A caption edited since the undo is a conflict, as for `undo`."""
-        with self.project.lock():
+        with self._locked():
             # Undone steps are always the newest ones; the oldest of them was undone last.
             undone: list[Path] = []
             for folder in self._entry_dirs(newest_first=True):
@@ -532,6 +551,52 @@ def _remember_recorded(folder: Path, chunks: int, files: set[str]) -> None:
 _temp_counter = itertools.count()
 
 
+class NothingWritten(OSError):
+    """Writing a batch failed before any file was replaced (e.g. the disk is full): every file is as it was."""
+
+
+_lock_depth = threading.local()
+
+
+@contextmanager
+def _process_lock(path: Path, timeout: float = 120.0) -> Iterator[None]:
+    """An exclusive lock on `path` shared with other processes (POSIX `flock`; where there is none, only the
+    thread lock holds). Re-entrant within a thread; after `timeout` seconds of waiting a clear error."""
+    held = getattr(_lock_depth, "held", None)
+    if held is None:
+        held = _lock_depth.held = {}
+    key = str(path)
+    if held.get(key) or fcntl is None:
+        held[key] = held.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            held[key] -= 1
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LorakitError("Another Train Style process (the webui, the app or the command line) has "
+                                       "been changing this project's captions for two minutes; try again when it "
+                                       "has finished.") from None
+                time.sleep(0.05)
+        held[key] = 1
+        try:
+            yield
+        finally:
+            held[key] = 0
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 def replace_files(files: Mapping[str, Optional[bytes]]) -> None:
     """Replace many files at once, each atomically: write (bytes) or delete (None), by absolute path.
 
@@ -546,7 +611,10 @@ def replace_files(files: Mapping[str, Optional[bytes]]) -> None:
     staged: list[tuple[str, str]] = []
     folders: set[str] = set()
     try:
-        staged = _stage_all(writes)
+        try:
+            staged = _stage_all(writes)
+        except OSError as e:
+            raise NothingWritten(e.errno, f"no caption was changed: {e.strerror or e}") from e
         for tmp, path in staged:
             os.replace(tmp, path)
             folders.add(os.path.dirname(path))
