@@ -109,10 +109,12 @@ def _download(name: str, folder: Path) -> None:
 
 
 def _why_download_failed(e: BaseException) -> str:
-    from huggingface_hub import constants, errors
+    from huggingface_hub import constants
 
-    if isinstance(e, (errors.OfflineModeIsEnabled, errors.LocalEntryNotFoundError)):
-        if constants.is_offline_mode():
+    # by name: the classes moved between huggingface_hub releases (the webui's 0.x and our 1.x both reach here)
+    if {"OfflineModeIsEnabled", "LocalEntryNotFoundError"} & {c.__name__ for c in type(e).__mro__}:
+        offline = getattr(constants, "is_offline_mode", None)
+        if offline() if callable(offline) else getattr(constants, "HF_HUB_OFFLINE", False):
             return "offline mode is on: HF_HUB_OFFLINE is set"
         return "the Hugging Face Hub cannot be reached from this machine"
     return f"{type(e).__name__}: {_first_line(e)}"

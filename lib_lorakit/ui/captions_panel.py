@@ -21,6 +21,7 @@ from ..studio import Studio
 from ..taggers.models import DEFAULT_WD14
 from . import render
 from . import render_captions as rc
+from .compat import SHOW_PROGRESS
 from .dataset_panel import _bind
 
 GALLERY_LIMIT = 120
@@ -141,7 +142,8 @@ class CaptionsPanel:
            [self.gallery, self.paths])
         on(self.fix_finding.click, self._fix, [*filters, self.finding, self.audit_state, *tag_in],
            [self.outcome, self.job] + views + [self.audit, self.finding, self.audit_state])
-        self.gallery.select(self._pick, [self.project, self.paths], [self.image, self.caption], queue=False)
+        self.gallery.select(self._pick, [self.project, self.paths], [self.image, self.caption], queue=False,
+                            show_progress=SHOW_PROGRESS)
         on(self.save_caption.click, self._save_caption, [*filters, self.image, self.caption],
            [self.outcome] + views)
 

@@ -265,7 +265,9 @@ class DatasetPanel:
 
 
 def _bind(event: Callable, fn: Callable, inputs: list, outputs: list, queue: bool = False) -> Any:
-    return event(user_errors(fn), inputs, outputs, queue=queue)
+    from .compat import bind
+
+    return bind(event, fn, inputs, outputs, queue=queue)
 
 
 def asset_path(name: str) -> Path:

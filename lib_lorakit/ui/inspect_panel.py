@@ -10,7 +10,7 @@ import gradio as gr
 from ..errors import LorakitError
 from ..results.lora_info import read_lora_info
 from . import render
-from .compat import uploaded
+from .compat import bind, uploaded
 
 
 class InspectPanel:
@@ -20,7 +20,7 @@ class InspectPanel:
         self.info = gr.HTML(elem_id="train_style_inspect_info")
 
     def register(self) -> None:
-        self.drop.change(self._show, [self.drop], [self.info])
+        bind(self.drop.change, self._show, [self.drop], [self.info])
 
     def _show(self, file: Any) -> str:
         files = uploaded([file] if file else [])
