@@ -319,13 +319,13 @@ def test_invalid_settings_are_refused_before_any_caption_is_written(captioned):
 
 def test_a_big_batch_that_fails_while_writing_changes_no_caption_and_leaves_no_temporary_files(captioned,
                                                                                                monkeypatch):
-    from lib_lorakit.captions import store as store_module
+    from lib_lorakit import fsutil  # the batch writer
 
     folder = captioned.concept("alpha").folder
     for i in range(60):
         (folder / f"many{i:02d}.png").write_bytes(png_bytes(0))
         (folder / f"many{i:02d}.txt").write_text(f"old {i}\n")
-    real_write, written = store_module._write_fully, []
+    real_write, written = fsutil._write_fully, []
 
     def disk_fills_up(fd, data):
         written.append(fd)
@@ -333,7 +333,7 @@ def test_a_big_batch_that_fails_while_writing_changes_no_caption_and_leaves_no_t
             raise OSError(28, "No space left on device")
         return real_write(fd, data)
 
-    monkeypatch.setattr(store_module, "_write_fully", disk_fills_up)
+    monkeypatch.setattr(fsutil, "_write_fully", disk_fills_up)
     store = CaptionStore(captioned)
     with pytest.raises(OSError, match="No space"):
         store.apply({f"dataset/3_alpha/many{i:02d}.png": f"new {i}" for i in range(60)}, label="Big", op={"op": "x"})

@@ -19,29 +19,20 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import itertools
 import json
 import logging
 import os
 import shutil
-import threading
-import time
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
-try:
-    import fcntl
-except ImportError:  # Windows: only the in-process lock
-    fcntl = None  # type: ignore[assignment]
-
 from ..dataset.captions_io import decode_caption
 from ..errors import InvalidName, LorakitError, NotFound
-from ..fsutil import atomic_write_bytes, atomic_write_json, read_json
+from ..fsutil import NothingWritten, atomic_write_bytes, atomic_write_json, process_lock, read_json, replace_files
 from ..images import CAPTION_SUFFIXES, IMAGE_SUFFIXES
 from ..project import CONCEPT_FOLDER, KIND_FOLDERS, ConceptKind, Project, ProjectSettings
 from .tags import split_tags
@@ -50,9 +41,6 @@ logger = logging.getLogger(__name__)
 
 HISTORY_LIMIT = 200  # entries kept; the oldest are dropped beyond this
 HISTORY_VERSION = 1
-# Up to this many files a batch fsyncs each one; above, it syncs once (see replace_files).
-SYNC_EACH_UP_TO = 32
-FSYNC_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -325,7 +313,7 @@ class CaptionStore:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         """This project's lock for threads, and a lock file for other processes (the CLI beside the webui)."""
-        with self.project.lock(), _process_lock(self.history_dir.parent / "lock"):
+        with self.project.lock(), process_lock(self.history_dir.parent / "lock"):
             yield
 
     def _write_all(self, files: Mapping[str, Optional[bytes]]) -> None:
@@ -546,158 +534,3 @@ def _remember_recorded(folder: Path, chunks: int, files: set[str]) -> None:
     if len(_recorded_cache) > 16:
         _recorded_cache.clear()
     _recorded_cache[str(folder)] = (chunks, set(files))
-
-
-_temp_counter = itertools.count()
-
-
-class NothingWritten(OSError):
-    """Writing a batch failed before any file was replaced (e.g. the disk is full): every file is as it was."""
-
-
-_lock_depth = threading.local()
-
-
-@contextmanager
-def _process_lock(path: Path, timeout: float = 120.0) -> Iterator[None]:
-    """An exclusive lock on `path` shared with other processes (POSIX `flock`; where there is none, only the
-    thread lock holds). Re-entrant within a thread; after `timeout` seconds of waiting a clear error."""
-    held = getattr(_lock_depth, "held", None)
-    if held is None:
-        held = _lock_depth.held = {}
-    key = str(path)
-    if held.get(key) or fcntl is None:
-        held[key] = held.get(key, 0) + 1
-        try:
-            yield
-        finally:
-            held[key] -= 1
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise LorakitError("Another Train Style process (the webui, the app or the command line) has "
-                                       "been changing this project's captions for two minutes; try again when it "
-                                       "has finished.") from None
-                time.sleep(0.05)
-        held[key] = 1
-        try:
-            yield
-        finally:
-            held[key] = 0
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-def replace_files(files: Mapping[str, Optional[bytes]]) -> None:
-    """Replace many files at once, each atomically: write (bytes) or delete (None), by absolute path.
-
-    Every new content goes to a temporary file beside its target and is fsynced there; only when all are on disk
-    is each renamed over its target, so a reader, or the disk after a power cut, sees each file old or new, never
-    empty or half-written. Large batches write and fsync from a few threads at once: the journal then commits
-    many files together (one by one, 10,000 captions cost seconds here), and unlike `os.sync()` nothing waits for
-    other programs' writes (a training run saving a checkpoint). The renames are made durable by fsyncing their
-    folders. New files get the usual permissions (0666 minus the umask), like files a user's editor writes.
-    """
-    writes = [(path, data) for path, data in files.items() if data is not None]
-    staged: list[tuple[str, str]] = []
-    folders: set[str] = set()
-    try:
-        try:
-            staged = _stage_all(writes)
-        except OSError as e:
-            raise NothingWritten(e.errno, f"no caption was changed: {e.strerror or e}") from e
-        for tmp, path in staged:
-            os.replace(tmp, path)
-            folders.add(os.path.dirname(path))
-        staged = []
-    finally:
-        for tmp, _ in staged:
-            _unlink_quietly(tmp)
-    for path, data in files.items():
-        if data is None and _unlink_quietly(path):
-            folders.add(os.path.dirname(path))
-    for folder in folders:
-        _fsync_folder(folder)
-
-
-def _stage_all(writes: list[tuple[str, bytes]]) -> list[tuple[str, str]]:
-    """(temporary file, target) for every write, each written and fsynced; on any failure none is left behind.
-    Large batches are split into a few runs of files, one per thread (one task per file costs more in the
-    thread pool's locking than the writes themselves)."""
-    if len(writes) <= SYNC_EACH_UP_TO:
-        return _stage_run(writes)
-    runs = [writes[i::FSYNC_THREADS] for i in range(FSYNC_THREADS)]
-    with ThreadPoolExecutor(max_workers=FSYNC_THREADS, thread_name_prefix="caption-write") as pool:
-        futures = [pool.submit(_stage_run, run) for run in runs if run]
-    failed = next((f.exception() for f in futures if f.exception() is not None), None)
-    done = [staged for f in futures if f.exception() is None for staged in f.result()]
-    if failed is not None:
-        for tmp, _ in done:
-            _unlink_quietly(tmp)
-        raise failed
-    return done
-
-
-def _stage_run(writes: list[tuple[str, bytes]]) -> list[tuple[str, str]]:
-    staged: list[tuple[str, str]] = []
-    try:
-        for path, data in writes:
-            staged.append((_stage(path, data, fsync=True), path))
-    except BaseException:
-        for tmp, _ in staged:
-            _unlink_quietly(tmp)
-        raise
-    return staged
-
-
-def _stage(path: str, data: bytes, *, fsync: bool) -> str:
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name[:40]}.{os.getpid()}-{next(_temp_counter)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        _write_fully(fd, data)
-        if fsync:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        _unlink_quietly(tmp)
-        raise
-    os.close(fd)
-    return tmp
-
-
-def _write_fully(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _unlink_quietly(path: str) -> bool:
-    try:
-        os.unlink(path)
-        return True
-    except FileNotFoundError:
-        return False
-
-
-def _fsync_folder(folder: str) -> None:
-    """Make renames in `folder` durable (POSIX; Windows cannot open folders and commits renames itself)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
