@@ -6,7 +6,8 @@ from PIL import Image
 from lib_lorakit.host import StandaloneHost
 from lib_lorakit.taggers.base import ImageTags, TagScore
 from lib_lorakit.taggers.combine import combine_tags, combined_caption
-from lib_lorakit.taggers.webui import WebuiTagger, pad_square
+from lib_lorakit.taggers.wd14 import white_square
+from lib_lorakit.taggers.webui import WebuiTagger
 
 
 def tags(*names, category="general"):
@@ -56,9 +57,9 @@ def test_webui_interrogator_text_becomes_tags_including_ranked_output():
     assert out[1].names == ["a painting of a cat", "oil painting"]
 
 
-def test_pad_square_keeps_the_whole_picture_on_white():
+def test_the_padded_square_keeps_the_whole_picture_on_white():
     im = Image.new("RGB", (200, 100), (255, 0, 0))
-    sq = pad_square(im, 100)
+    sq = white_square(im, 100)
     assert sq.size == (100, 100)
     assert sq.getpixel((50, 50)) == (255, 0, 0)
     assert sq.getpixel((50, 5)) == (255, 255, 255)

@@ -15,6 +15,7 @@ from PIL import Image
 from ..captions.tags import split_tags
 from ..host import Host
 from .base import ImageTags, TagScore
+from .wd14 import white_square
 
 # A prepared image: the picture padded to a white square of this size (DeepBooru itself works at 512).
 SIDE = 512
@@ -35,7 +36,7 @@ class WebuiTagger:
         self.name = self.which
 
     def prepare(self, image: Image.Image) -> np.ndarray:
-        return np.asarray(pad_square(image, SIDE), dtype=np.uint8)
+        return np.asarray(white_square(image.convert("RGB"), SIDE), dtype=np.uint8)
 
     def predict(self, batch: np.ndarray) -> list[ImageTags]:
         texts = self.host.interrogate(self.which, [Image.fromarray(a) for a in batch])
@@ -50,12 +51,3 @@ def _scored(tag: str, category: str) -> TagScore:
     if m:
         return TagScore(tag=m.group(1).strip(), score=float(m.group(2)), category=category)
     return TagScore(tag=tag, score=1.0, category=category)
-
-
-def pad_square(image: Image.Image, side: int, fill: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """The whole picture centred on a white square, resized to `side` (nothing is cropped away)."""
-    w, h = image.size
-    n = max(w, h)
-    square = Image.new("RGB", (n, n), fill)
-    square.paste(image.convert("RGB"), ((n - w) // 2, (n - h) // 2))
-    return square if n == side else square.resize((side, side), Image.BICUBIC)
