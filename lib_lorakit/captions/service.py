@@ -22,7 +22,9 @@ from .store import CaptionRecord, CaptionStore, HistoryEntry
 from .tags import join_tags, split_tags, tag_key
 
 if TYPE_CHECKING:
+    from ..taggers.clip import ClipOptions
     from ..taggers.pipeline import TagOutcome
+    from ..taggers.wd14 import WD14Options
 
 TAGGER_CHOICES = ("wd14", "clip", "both", "deepbooru", "webui-clip")
 FLUSH_EVERY = 32  # captions written (and added to the run's undo step) every this many images
@@ -64,16 +66,28 @@ class TagRequest:
         return req
 
     def validate(self) -> None:
+        """The request's own fields here; the taggers' options by the taggers' own validation (one set of rules
+        and messages), so a bad threshold is refused before any job starts."""
         if self.tagger not in TAGGER_CHOICES:
             raise LorakitError(f"tagger: expected one of {', '.join(TAGGER_CHOICES)}, got {self.tagger!r}")
-        for key in ("general_threshold", "character_threshold"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-                raise LorakitError(f"{key}: expected a number above 0 and at most 1, got {value!r}")
         if isinstance(self.batch, bool) or not isinstance(self.batch, int) or not 0 <= self.batch <= 256:
             raise LorakitError(f"batch: expected an integer from 0 (automatic) to 256, got {self.batch!r}")
-        if isinstance(self.clip_top_k, bool) or not isinstance(self.clip_top_k, int) or not 1 <= self.clip_top_k <= 10:
-            raise LorakitError(f"clip_top_k: expected an integer from 1 to 10, got {self.clip_top_k!r}")
+        self.wd14_options()
+        self.clip_options(model=self.clip_model, pretrained=self.clip_pretrained)
+
+    def wd14_options(self) -> WD14Options:
+        from ..taggers.wd14 import WD14Options
+
+        return WD14Options(general_threshold=self.general_threshold, character_threshold=self.character_threshold,
+                           include_rating=self.include_rating, exclude=self.exclude,
+                           underscores_to_spaces=self.underscores_to_spaces,
+                           escape_parentheses=self.escape_parentheses)
+
+    def clip_options(self, *, model: str, pretrained: str) -> ClipOptions:
+        """CLIP's options, with the model and weights as resolved by the caller (files: inside allowed roots)."""
+        from ..taggers.clip import ClipOptions
+
+        return ClipOptions(model=model, pretrained=pretrained, top_k=self.clip_top_k)
 
     @property
     def tagger_names(self) -> tuple[str, ...]:
@@ -160,18 +174,13 @@ class CaptionService:
         for name in req.tagger_names:
             if name == "wd14":
                 from ..taggers.models import DEFAULT_WD14, resolve_wd14_model
-                from ..taggers.wd14 import WD14Options, WD14Tagger
+                from ..taggers.wd14 import WD14Tagger
 
                 model = req.model or DEFAULT_WD14
                 folder = resolve_wd14_model(self._wd14_location(model), self.folders.taggers)
-                options = WD14Options(general_threshold=req.general_threshold,
-                                      character_threshold=req.character_threshold,
-                                      include_rating=req.include_rating, exclude=req.exclude,
-                                      underscores_to_spaces=req.underscores_to_spaces,
-                                      escape_parentheses=req.escape_parentheses)
-                taggers[name] = WD14Tagger(folder, options, name=Path(model).name)
+                taggers[name] = WD14Tagger(folder, req.wd14_options(), name=Path(model).name)
             elif name == "clip":
-                from ..taggers.clip import ClipOptions, CLIPTagger, ensure_vocabularies
+                from ..taggers.clip import CLIPTagger, ensure_vocabularies
 
                 vocab = ensure_vocabularies(self.folders.vocabularies / "clip")
                 weights, model = req.clip_pretrained, req.clip_model
@@ -180,9 +189,8 @@ class CaptionService:
                     weights = str(resolve_inside(weights, roots))
                 if "/" in model or "\\" in model:  # a model config file: the same
                     model = str(resolve_inside(model, roots))
-                taggers[name] = CLIPTagger(ClipOptions(model=model, pretrained=weights,
-                                                       top_k=req.clip_top_k),
-                                           vocab_dir=vocab, cache_dir=self.folders.clip_cache)
+                taggers[name] = CLIPTagger(req.clip_options(model=model, pretrained=weights), vocab_dir=vocab,
+                                           cache_dir=self.folders.clip_cache)
             else:
                 if name not in self.host.interrogators():
                     raise LorakitError(f"The {name!r} tagger exists only inside the webui.")
