@@ -2,6 +2,7 @@
 
 from lib_lorakit.captions.audit import AuditReport, Finding
 from lib_lorakit.captions.ops import CaptionDiff, TagCount
+from lib_lorakit.captions.service import TagReport
 from lib_lorakit.captions.store import CaptionRecord, HistoryEntry
 from lib_lorakit.ui import render_captions as rc
 
@@ -21,6 +22,7 @@ def test_tags_captions_and_names_from_files_are_escaped():
                                   written=1, conflicts=(record.image,))),
         rc.history_html([HistoryEntry(id="000001", label=EVIL, time="2026-11-21T10:00:00", op={}, files=1)]),
         rc.audit_html(AuditReport(findings=[finding])),
+        rc.tag_result_html(TagReport(tagged=[record.image], failed=[{"image": record.image, "reason": EVIL}])),
     ]
     for html in pieces:
         assert "<img" not in html and "&lt;img" in html, html

@@ -117,7 +117,7 @@ class TagReport:
         if self.already:
             parts.append(f"{len(self.already)} already captioned (skipped; choose overwrite to tag them again)")
         if self.failed:
-            parts.append(f"{len(self.failed)} could not be read")
+            parts.append(f"{len(self.failed)} not tagged (each with its reason)")
         if self.device:
             parts.append(f"on {self.device}")
         if self.cancelled:
@@ -268,10 +268,15 @@ class CaptionService:
         report.images_per_second = round(run.images_per_second, 3)
         return report
 
+    def tag_jobs(self, name: str, *, active: bool = False) -> list[JobState]:
+        """The project's tagging jobs, newest first (only running or queued ones with `active`)."""
+        return [j for j in job_manager(self.host.projects_home()).list(name, limit=200)
+                if j.kind == "tag" and (j.active or not active)]
+
     def start_tag(self, name: str, req: TagRequest) -> JobState:
         """The same tagging as a background job with progress and cancel (the tab and the API use this)."""
         self.project(name)
-        busy = [j for j in job_manager(self.host.projects_home()).list(name) if j.active and j.kind == "tag"]
+        busy = self.tag_jobs(name, active=True)
         if busy:
             raise LorakitError(f"Project {name!r} is already being tagged (job {busy[0].id}); wait or cancel it.")
 

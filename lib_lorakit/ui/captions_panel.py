@@ -11,7 +11,7 @@ import gradio as gr
 
 from ..captions.audit import AuditReport, Finding
 from ..captions.ops import CaptionOp
-from ..captions.service import TagRequest, fix_finding
+from ..captions.service import TagReport, TagRequest, fix_finding
 from ..captions.tags import split_tags
 from ..dataset.index import DatasetIndex
 from ..dataset.thumbs import thumbnail
@@ -183,9 +183,8 @@ class CaptionsPanel:
         return gallery, paths
 
     def _select(self, name: str | None) -> tuple:
-        jobs = [j for j in self.studio.jobs.list(name, limit=20) if j.kind == "tag"] if name else []
-        job = jobs[0] if jobs else None
-        return (*self._views(name), render.job_html(job, "train_style_tag_job"), "",
+        jobs = self.studio.captions.tag_jobs(name) if name else []
+        return (*self._views(name), render.job_html(jobs[0] if jobs else None, "train_style_tag_job"), "",
                 gr.update(choices=[], value=None), "")
 
     def _request(self, tagger: str, model: str, clip_model: str, clip_weights: str, general: float,
@@ -205,17 +204,17 @@ class CaptionsPanel:
 
     def _tag_finished(self, *filters: Any) -> tuple:
         name = filters[0]
-        jobs = [j for j in self.studio.jobs.list(name, limit=20) if j.kind == "tag"] if name else []
+        jobs = self.studio.captions.tag_jobs(name) if name else []
         job: JobState | None = jobs[0] if jobs else None
         result = ""
         if job and job.result:
-            result = _tag_result_html(job.result)
+            result = rc.tag_result_html(TagReport(**job.result))
         elif job and job.error:
             result = render.error_html(job.error)
         return (*self._views(*filters), render.job_html(job, "train_style_tag_job"), result)
 
     def _cancel(self, name: str | None) -> str:
-        jobs = [j for j in self.studio.jobs.list(name) if j.active and j.kind == "tag"] if name else []
+        jobs = self.studio.captions.tag_jobs(name, active=True) if name else []
         for job in jobs:
             self.studio.jobs.cancel(job.id)
         return render.job_html(self.studio.jobs.get(jobs[0].id) if jobs else None, "train_style_tag_job")
@@ -296,18 +295,3 @@ class CaptionsPanel:
             raise LorakitError("Click an image in the gallery first.")
         step = self.studio.captions.edit(self._need(filters[0]), image, text or "")
         return (rc.step_html(step, "Saved"), *self._views(*filters))
-
-
-def _tag_result_html(result: dict) -> str:
-    parts = [f"Tagged {len(result.get('tagged', []))} image(s)"]
-    if result.get("already"):
-        parts.append(f"{len(result['already'])} already captioned (skipped)")
-    if result.get("device"):
-        parts.append(f"on {result['device']}")
-    if result.get("cancelled"):
-        parts.append("cancelled: tag again to finish")
-    html = f"<p>{escape('; '.join(parts))}.</p>"
-    failed = result.get("failed") or []
-    if failed:
-        html += render._table(["image", "reason"], [(f["image"], f["reason"]) for f in failed])
-    return html

@@ -7,6 +7,7 @@ from html import escape
 
 from ..captions.audit import AuditReport
 from ..captions.ops import CaptionDiff, TagCount
+from ..captions.service import TagReport
 from ..captions.store import CaptionRecord, HistoryEntry
 from .render import _table
 
@@ -77,3 +78,11 @@ def audit_html(report: AuditReport, image_limit: int = 12) -> str:
 
 def finding_label(index: int, code: str, detail: str) -> str:
     return f"{index + 1}. {code}: {detail[:80]}"
+
+
+def tag_result_html(report: TagReport) -> str:
+    """The tagging run's summary line (the CLI's words) and each image it could not tag, with the reason."""
+    html = f"<p>{escape(report.summary())}</p>"
+    if report.failed:
+        html += _table(["image", "reason"], [(f["image"], f["reason"]) for f in report.failed])
+    return html
