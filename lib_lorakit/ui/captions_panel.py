@@ -10,7 +10,7 @@ from typing import Any
 import gradio as gr
 
 from ..captions.audit import AuditReport, Finding
-from ..captions.ops import CaptionOp
+from ..captions.ops import CaptionOp, filter_records, frequency
 from ..captions.service import TagReport, TagRequest, fix_finding
 from ..captions.tags import split_tags
 from ..dataset.index import DatasetIndex
@@ -159,13 +159,13 @@ class CaptionsPanel:
             return "", [], [], "", "", "", gr.update(choices=[], value=None)
         captions = self.studio.captions
         project = captions.project(name)
-        every = captions.store(name).records()
-        shown = captions.records(name, concept=concept or None, with_all=split_tags(with_all or ""),
-                                 without=split_tags(without or ""), with_any=split_tags(with_any or ""))
+        every = captions.store(name).records()  # read once; the filters and the table work on it in memory
+        shown = filter_records(every, concept=concept or None, with_all=split_tags(with_all or ""),
+                               without=split_tags(without or ""), with_any=split_tags(with_any or ""))
         gallery, paths = self._gallery(name, [r.image for r in shown], {r.image: r.text for r in shown})
         concepts = sorted({r.concept for r in every})
         return (rc.summary_html(every, project.settings.trigger_words, len(shown)), gallery, paths,
-                rc.frequency_html(captions.frequency(name, concept=concept or None)),
+                rc.frequency_html(frequency(filter_records(every, concept=concept or None))),
                 rc.history_html(captions.history(name, 10)), ", ".join(project.settings.trigger_words),
                 gr.update(choices=concepts, value=concept if concept in concepts else None))
 
