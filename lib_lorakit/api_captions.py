@@ -8,11 +8,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Optional
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, HTTPException, Query
 
 from .captions.ops import CaptionOp
 from .captions.service import TagRequest
-from .errors import LorakitError
 from .studio import Studio
 
 
@@ -40,7 +39,7 @@ def add_routes(r: APIRouter, studio: Studio, guard: Callable) -> None:
     def edit(name: str, body: dict[str, Any] = Body(...)) -> dict:
         image, text = body.get("image"), body.get("text")
         if not isinstance(image, str) or not isinstance(text, str):
-            guard(lambda: _raise('expected {"image": "dataset/…/x.png", "text": "tag, tag"}'))
+            raise HTTPException(status_code=400, detail='expected {"image": "dataset/…/x.png", "text": "tag, tag"}')
         return guard(lambda: captions.edit(name, image, text)).to_dict()
 
     @r.post("/projects/{name}/captions/ops")
@@ -78,7 +77,3 @@ def add_routes(r: APIRouter, studio: Studio, guard: Callable) -> None:
         return guard(lambda: captions.audit(name, dominant_threshold=dominant_threshold,
                                             low_variety_threshold=low_variety_threshold,
                                             max_tokens=max_tokens)).to_dict()
-
-
-def _raise(message: str) -> None:
-    raise LorakitError(message)
