@@ -219,16 +219,21 @@ class CaptionsPanel:
             self.studio.jobs.cancel(job.id)
         return render.job_html(self.studio.jobs.get(jobs[0].id) if jobs else None, "train_style_tag_job")
 
-    def _run_op(self, filters: tuple, op: dict) -> tuple:
-        name, concept, with_all, without, with_any = filters
-        op = {**op, "concept": concept or None, "with_all": with_all or "", "without": without or "",
-              "with_any": with_any or ""}
-        step = self.studio.captions.apply(self._need(name), CaptionOp.from_dict(op))
+    @staticmethod
+    def _scoped(op: dict, filters: tuple) -> CaptionOp:
+        """The op limited to the concept and tag filters shown above the gallery."""
+        _, concept, with_all, without, with_any = filters
+        return CaptionOp.from_dict({**op, "concept": concept or None, "with_all": with_all or "",
+                                    "without": without or "", "with_any": with_any or ""})
+
+    def _run_op(self, filters: tuple, op: dict, *, scoped: bool = True) -> tuple:
+        parsed = self._scoped(op, filters) if scoped else CaptionOp.from_dict(op)
+        step = self.studio.captions.apply(self._need(filters[0]), parsed)
         return (rc.step_html(step), *self._views(*filters))
 
     def _set_trigger(self, *args: Any) -> tuple:
-        *filters, words = args
-        return self._run_op(tuple(filters[:1]) + (None, "", "", ""), {"op": "trigger", "tags": words or ""})
+        *filters, words = args  # trigger words go first in every caption, whatever the filters show
+        return self._run_op(tuple(filters), {"op": "trigger", "tags": words or ""}, scoped=False)
 
     def _prune(self, *args: Any) -> tuple:
         *filters, tags = args
@@ -241,9 +246,8 @@ class CaptionsPanel:
 
     def _preview(self, name: str, concept: str | None, with_all: str, without: str, with_any: str,
                  *op_in: str) -> str:
-        op = {**self._op_dict(*op_in), "concept": concept or None, "with_all": with_all or "",
-              "without": without or "", "with_any": with_any or ""}
-        return rc.preview_html(self.studio.captions.preview(self._need(name), CaptionOp.from_dict(op)))
+        op = self._scoped(self._op_dict(*op_in), (name, concept, with_all, without, with_any))
+        return rc.preview_html(self.studio.captions.preview(self._need(name), op))
 
     def _apply(self, *args: Any) -> tuple:
         return self._run_op(tuple(args[:5]), self._op_dict(*args[5:]))
