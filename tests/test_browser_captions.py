@@ -106,3 +106,14 @@ def test_tag_audit_prune_undo_and_edit(app, page):
     page.click("#train_style_save_caption")
     outcome.get_by_text("Saved").wait_for(timeout=20_000)
     assert captions(folder)[Path(image).stem] == "mystyle, hand written, smile"
+
+
+def test_set_trigger_words_puts_them_first_in_every_caption(app, page):
+    url, folder, clip = app
+    page.fill("#train_style_filter_with textarea", "red theme")  # a filter shown does not limit the trigger
+    page.fill("#train_style_caption_triggers textarea", "mystyle, shopstyle")
+    page.click("#train_style_set_trigger")
+    html_of(page, "train_style_caption_outcome").get_by_text("Set trigger words").wait_for(timeout=20_000)
+    texts = captions(folder)
+    assert texts and all(t.startswith("mystyle, shopstyle, ") for t in texts.values())
+    assert (folder.parents[1] / "project.toml").read_text().count("shopstyle") == 1  # keep_tokens follows
