@@ -21,8 +21,7 @@ from ..studio import Studio
 from ..taggers.models import DEFAULT_WD14
 from . import render
 from . import render_captions as rc
-from .compat import SHOW_PROGRESS
-from .dataset_panel import _bind
+from .compat import SHOW_PROGRESS, bind
 
 GALLERY_LIMIT = 120
 OP_CHOICES = ("add", "remove", "replace", "rename", "reorder", "dedupe")
@@ -119,7 +118,7 @@ class CaptionsPanel:
 
     # --- events -----------------------------------------------------------------------------------------------------
     def register(self) -> None:
-        on = functools.partial(_bind, queue=False)  # every handler returns at once; tagging runs as a job
+        on = bind  # every handler returns at once; tagging runs as a job
         filters = [self.project, self.concept, self.with_all, self.without, self.with_any]
         views = [self.summary, self.gallery, self.paths, self.freq, self.history, self.triggers, self.concept]
         tag_in = [self.tagger, self.model, self.clip_model, self.clip_weights, self.general, self.character,

@@ -8,6 +8,8 @@ from typing import Any
 
 import gradio as gr
 
+from ..errors import LorakitError
+
 GRADIO_MAJOR = int(gr.__version__.split(".")[0])
 
 
@@ -32,9 +34,18 @@ def on_load_js(blocks: gr.Blocks, script: str) -> None:
 SHOW_PROGRESS = "minimal"
 
 
-def bind(event: Callable, fn: Callable, inputs: list, outputs: list, queue: bool = False) -> Any:
+def bind(event: Callable, fn: Callable, inputs: list, outputs: list) -> Any:
     """Register `fn` for `event`, its LorakitErrors shown with the CLI's text; not queued (in gradio 3.41 a queued
     event whose page closes at the wrong moment leaves a task that hangs "Reload UI")."""
-    from .dataset_panel import user_errors
+    return event(user_errors(fn), inputs, outputs, queue=False, show_progress=SHOW_PROGRESS)
 
-    return event(user_errors(fn), inputs, outputs, queue=queue, show_progress=SHOW_PROGRESS)
+
+def user_errors(fn: Callable) -> Callable:
+    """Show LorakitError to the user with the same text the CLI prints."""
+    def wrapper(*args):  # no annotations: gradio inspects the handler's type hints
+        try:
+            return fn(*args)
+        except LorakitError as e:
+            raise gr.Error(str(e)) from e
+    wrapper.__name__ = getattr(fn, "__name__", "train_style_handler")
+    return wrapper

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +15,9 @@ from ..errors import LorakitError
 from ..jobs import JobState
 from ..studio import Studio
 from . import render
-from .compat import uploaded
+from .compat import bind, uploaded
 
 GALLERY_LIMIT = 120
-
-
-def user_errors(fn: Callable) -> Callable:
-    """Show LorakitError to the user with the same text the CLI prints."""
-    def wrapper(*args):  # no annotations: gradio inspects the handler's type hints
-        try:
-            return fn(*args)
-        except LorakitError as e:
-            raise gr.Error(str(e)) from e
-    wrapper.__name__ = getattr(fn, "__name__", "train_style_handler")
-    return wrapper
 
 
 class DatasetPanel:
@@ -107,7 +95,7 @@ class DatasetPanel:
         views = [self.report, self.gallery, self.concept_pick, self.job, self.import_result]
         settings = [self.trigger_words, self.resolution, self.max_mp, self.near_distance, self.background,
                     self.notes]
-        on = functools.partial(_bind, queue=False)
+        on = bind
         on(self.refresh_projects.click, self._refresh_projects, [self.project], [self.project])
         on(self.create.click, self._create, [self.new_name], [self.project, self.new_name])
         on(self.project.change, self._select, [self.project], views + settings)
@@ -262,12 +250,6 @@ class DatasetPanel:
         extra = [img for g in report.duplicates if g.kind == "exact" for img in g.images[1:]]
         remove_copies(project, extra)
         return self._views(name)
-
-
-def _bind(event: Callable, fn: Callable, inputs: list, outputs: list, queue: bool = False) -> Any:
-    from .compat import bind
-
-    return bind(event, fn, inputs, outputs, queue=queue)
 
 
 def asset_path(name: str) -> Path:

@@ -26,8 +26,7 @@ from ..train.queue import TrainQueue, ensure_worker
 from ..train.runner import Runs, RunSnapshot
 from ..train.service import REPO_ROOT, TrainingService, TrainRequest, default_trainer
 from . import render_train as render
-from .compat import uploaded
-from .dataset_panel import _bind
+from .compat import bind, uploaded
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int, str], None]
@@ -143,34 +142,34 @@ class TrainPanel:
                    self.num_processes, self.gpu_ids, self.num_machines, self.machine_rank, self.main_process_ip,
                    self.main_process_port]
         run_views = [self.runs, self.run_box, self.samples, self.queue_box]
-        _bind(self.project.change, self._project_changed, [self.project],
+        bind(self.project.change, self._project_changed, [self.project],
             [self.heading, self.plan, self.registered, *run_views])
-        _bind(self.refresh_lists.click, self._lists, [self.preset, self.base], [self.preset, self.base,
+        bind(self.refresh_lists.click, self._lists, [self.preset, self.base], [self.preset, self.base,
                                                                               self.trainer_status])
-        _bind(self.check.click, self._check, request, [self.plan])
-        _bind(self.save_preset.click, self._save_preset, [self.preset_name, *request], [self.preset, self.plan])
-        _bind(self.queue_up.click, functools.partial(self._move, -1), [self.project, self.runs], run_views)
-        _bind(self.queue_down.click, functools.partial(self._move, 1), [self.project, self.runs], run_views)
-        _bind(self.train.click, self._train, request, run_views)
+        bind(self.check.click, self._check, request, [self.plan])
+        bind(self.save_preset.click, self._save_preset, [self.preset_name, *request], [self.preset, self.plan])
+        bind(self.queue_up.click, functools.partial(self._move, -1), [self.project, self.runs], run_views)
+        bind(self.queue_down.click, functools.partial(self._move, 1), [self.project, self.runs], run_views)
+        bind(self.train.click, self._train, request, run_views)
         concept_lists = [self.stage1_concepts, self.target_concepts]
-        _bind(self.project.change, self._concept_choices, [self.project], concept_lists)
-        _bind(self.refresh_lists.click, self._concept_choices, [self.project, *concept_lists], concept_lists)
-        _bind(self.train_differential.click, self._train_differential,
+        bind(self.project.change, self._concept_choices, [self.project], concept_lists)
+        bind(self.refresh_lists.click, self._concept_choices, [self.project, *concept_lists], concept_lists)
+        bind(self.train_differential.click, self._train_differential,
             [self.stage1_concepts, self.target_concepts, *request], [self.plan, *run_views])
         # `input`, not `change`: handlers that redraw the list draw the run box themselves, and a redraw caused by
         # the list's new label must not draw a newer state under a stale label
-        _bind(self.runs.input, self._show, [self.project, self.runs], [self.run_box, self.samples])
-        _bind(self.refresh.click, self._refresh, [self.project, self.runs], [*run_views, self.trainer_status,
+        bind(self.runs.input, self._show, [self.project, self.runs], [self.run_box, self.samples])
+        bind(self.refresh.click, self._refresh, [self.project, self.runs], [*run_views, self.trainer_status,
                                                                            self.setup_job])
-        _bind(self.stop.click, self._stop, [self.project, self.runs], run_views)
-        _bind(self.resume.click, self._resume, [self.project, self.runs], run_views)
-        _bind(self.register_run.click, self._register, [self.project, self.runs], [self.registered])
-        _bind(self.setup.click, self._setup, [self.torch_version, self.torch_index], [self.setup_job])
-        _bind(self.export.click, self._export, [self.project, self.runs, self.include_model], [self.bundle_out])
-        _bind(self.import_bundle.click, self._import_bundle, [self.project, self.bundle_in], run_views)
+        bind(self.stop.click, self._stop, [self.project, self.runs], run_views)
+        bind(self.resume.click, self._resume, [self.project, self.runs], run_views)
+        bind(self.register_run.click, self._register, [self.project, self.runs], [self.registered])
+        bind(self.setup.click, self._setup, [self.torch_version, self.torch_index], [self.setup_job])
+        bind(self.export.click, self._export, [self.project, self.runs, self.include_model], [self.bundle_out])
+        bind(self.import_bundle.click, self._import_bundle, [self.project, self.bundle_in], run_views)
         # not queued either: it holds a worker thread for the few seconds of its probe, which is harmless, while a
         # queued event left by a closed page can hang the webui's "Reload UI"
-        _bind(self.doctor.click, self._doctor, [], [self.doctor_report])
+        bind(self.doctor.click, self._doctor, [], [self.doctor_report])
 
     def load_event(self, blocks: gr.Blocks) -> None:
         blocks.load(self._lists, [self.preset, self.base], [self.preset, self.base, self.trainer_status], queue=False)
