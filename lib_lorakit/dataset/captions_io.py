@@ -8,7 +8,10 @@ and edits passes `clean_caption_text` (control characters and unpaired surrogate
 from __future__ import annotations
 
 import codecs
+import errno
+import os
 import re
+import stat
 from dataclasses import dataclass
 
 from ..errors import LorakitError
@@ -21,6 +24,10 @@ _UNWANTED = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 
 class CaptionTooLong(LorakitError, ValueError):
     """A caption over MAX_CAPTION_CHARS characters."""
+
+
+class CaptionRefused(LorakitError):
+    """A caption file that is not read: a symbolic link, not a regular file, or larger than a caption can be."""
 
 
 def clean_caption_text(text: str) -> str:
@@ -64,3 +71,46 @@ def decode_caption(data: bytes) -> DecodedCaption:
 
 def _clean(text: str) -> str:
     return clean_caption_text(text)
+
+
+def read_caption_bytes(path: str | os.PathLike[str]) -> bytes | None:
+    """The bytes of the caption file at `path`, None when there is none.
+
+    Only a regular file is read, never through a symbolic link at `path` (a link could make a caption show a file
+    from anywhere, or `/proc/self/environ`), and never more than MAX_CAPTION_FILE_BYTES. Anything else raises
+    CaptionRefused with what the user can do about it. Whether the folder holding `path` is where it should be is
+    the caller's check.
+    """
+    name = os.path.basename(os.fspath(path))
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    try:
+        if not nofollow and os.path.islink(path):  # no O_NOFOLLOW (Windows): ask first
+            raise OSError(errno.ELOOP, "symbolic link")
+        fd = os.open(path, os.O_RDONLY | nofollow | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EMLINK) or os.path.islink(path):
+            raise CaptionRefused(f"{name} is a symbolic link; Train Style reads captions only from regular files "
+                                 "(replace the link with a copy of the caption).") from e
+        raise CaptionRefused(f"{name} cannot be read: {e.strerror or e}.") from e
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise CaptionRefused(f"{name} is not a regular file; a caption is a small text file.")
+        data = f.read(MAX_CAPTION_FILE_BYTES + 1) if info.st_size <= MAX_CAPTION_FILE_BYTES else b""
+    size = max(info.st_size, len(data))
+    if size > MAX_CAPTION_FILE_BYTES:  # also a file that grew while it was read
+        raise CaptionRefused(f"{name} is {size:,} bytes; a caption holds at most {MAX_CAPTION_CHARS:,} characters "
+                             f"({MAX_CAPTION_FILE_BYTES:,} bytes): shorten it.")
+    return data
+
+
+def read_caption_text(path: str | os.PathLike[str]) -> DecodedCaption | None:
+    """`read_caption_bytes`, decoded and cleaned; a text over MAX_CAPTION_CHARS raises CaptionTooLong."""
+    data = read_caption_bytes(path)
+    if data is None:
+        return None
+    decoded = decode_caption(data)
+    check_caption_length(decoded.text, what=os.path.basename(os.fspath(path)))
+    return decoded
