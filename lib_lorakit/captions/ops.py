@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, Optional, get_args
 
+from ..dataset.captions_io import clean_caption_text
 from ..errors import LorakitError
 from .store import CaptionRecord, CaptionStore, HistoryEntry
 from .tags import dedupe, join_tags, split_tags, tag_key
@@ -162,20 +163,28 @@ class CaptionOp:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CaptionOp:
         if not isinstance(data, Mapping):
-            raise LorakitError(f"caption op: expected an object with 'op' and its options, got {data!r}")
+            raise LorakitError(f"caption op: expected an object with 'op' and its options, got "
+                               f"{type(data).__name__}")
         known = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(known))
+        unknown = sorted(str(k) for k in set(data) - set(known))
         if unknown:
             raise LorakitError(f"caption op: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(known)}")
         d: dict[str, Any] = {k: v for k, v in data.items() if v is not None}
+        if "op" not in d:
+            raise LorakitError(f"op: missing; expected one of {', '.join(OP_KINDS)}")
         for key in ("concept", "kind"):  # a form's empty field means "any"
             if d.get(key) == "":
                 del d[key]
         for key in ("tags", "replacement", "with_all", "without", "with_any"):
             if key in d:
                 d[key] = _tag_list(d[key], key)
+        if isinstance(d.get("target"), str):
+            d["target"] = clean_caption_text(d["target"])
         if "images" in d:
             d["images"] = _str_list(d["images"], "images")
+        for key, value in d.items():
+            for text in value if isinstance(value, tuple) else (value,):
+                check_storable(text, key)
         op = cls(**d)
         op.validate()
         return op
@@ -190,7 +199,7 @@ class CaptionOp:
         for name in ("concept", "target"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
-                raise LorakitError(f"{name}: expected a string, got {value!r}")
+                raise LorakitError(f"{name}: expected a string, got {shown(value)}")
         needs_tags = self.op in ("trigger", "prune", "add", "remove") or (self.op == "reorder" and
                                                                            self.order == "front")
         if needs_tags and not self.tags:
@@ -229,14 +238,30 @@ class CaptionOp:
         return text + (f" ({'; '.join(scope)})" if scope else "")
 
 
+def shown(value: Any, limit: int = 80) -> str:
+    """A bad value as an error message shows it: its repr, shortened."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text):,} characters)"
+
+
+def check_storable(value: Any, name: str) -> None:
+    """Refuse text that cannot be stored (an unpaired surrogate from a JSON body: `"\\ud800"`)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise LorakitError(f"{name}: {shown(value)} holds an unpaired surrogate, which no file can "
+                               "hold") from None
+
+
 def _choice(value: Any, allowed: Sequence[str], name: str) -> None:
-    if value not in allowed:
-        raise LorakitError(f"{name}: expected one of {', '.join(allowed)}, got {value!r}")
+    if not isinstance(value, str) or value not in allowed:
+        raise LorakitError(f"{name}: expected one of {', '.join(allowed)}, got {shown(value)}")
 
 
 def _str_list(value: Any, name: str) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise LorakitError(f"{name}: expected a list of strings, got {value!r}")
+        raise LorakitError(f"{name}: expected a list of strings, got {shown(value)}")
     return tuple(value)
 
 
@@ -244,10 +269,11 @@ def _tag_list(value: Any, name: str) -> tuple[str, ...]:
     """Tags as a list, or as one comma-separated string (what a CLI user types)."""
     if isinstance(value, str):
         return tuple(split_tags(value))
-    tags = _str_list(value, name)
+    tags = tuple(clean_caption_text(t) for t in _str_list(value, name))
     for t in tags:
         if "," in t or "\n" in t or not t.strip():
-            raise LorakitError(f"{name}: {t!r} is not one tag (a tag is non-empty and holds no comma or line break)")
+            raise LorakitError(f"{name}: {shown(t)} is not one tag (a tag is non-empty and holds no comma or line "
+                               "break)")
     return tuple(" ".join(t.split()) for t in tags)
 
 
@@ -336,8 +362,8 @@ def plan(records: Sequence[CaptionRecord], op: CaptionOp, *, trigger_words: Sequ
     named = set(op.images)
     out = {}
     for r in chosen:
-        if not r.exists and not (op.op == "add" and r.image in named):
-            continue
+        if not r.readable or (not r.exists and not (op.op == "add" and r.image in named)):
+            continue  # a caption that was not read (a link, too long) is never overwritten
         new = transform(list(r.tags))
         if new != list(r.tags):
             out[r.image] = join_tags(new)

@@ -4,11 +4,12 @@ per-image edits, the tag-frequency table and the audit. Each method makes one co
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from ..dataset.captions_io import CaptionTooLong, check_caption_length, clean_caption_text
 from ..errors import LorakitError, NotFound
 from ..host import Host
 from ..jobs import JobState, ProgressFn, job_manager
@@ -17,7 +18,18 @@ from ..project import Project, Workspace
 from ..taggers.base import Tagger
 from ..taggers.combine import combined_caption
 from .audit import AuditReport, Finding, audit, ensure_categories_file
-from .ops import CaptionDiff, CaptionOp, TagCount, diff, execute, filter_records, frequency, plan
+from .ops import (
+    CaptionDiff,
+    CaptionOp,
+    TagCount,
+    check_storable,
+    diff,
+    execute,
+    filter_records,
+    frequency,
+    plan,
+    shown,
+)
 from .store import CaptionRecord, CaptionStore, HistoryEntry
 from .tags import join_tags, split_tags, tag_key
 
@@ -51,16 +63,28 @@ class TagRequest:
     images: tuple[str, ...] = ()  # project-relative image paths; empty: every image of the concept or project
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TagRequest:
+    def from_dict(cls, data: Mapping[str, Any]) -> TagRequest:
+        if not isinstance(data, Mapping):
+            raise LorakitError(f"tag: expected an object of options (e.g. {{\"tagger\": \"wd14\"}}), got "
+                               f"{type(data).__name__}")
         known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(known))
+        unknown = sorted(str(k) for k in set(data) - set(known))
         if unknown:
             raise LorakitError(f"tag: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(known)}")
         d = {k: v for k, v in data.items() if v is not None}
         for key in ("exclude", "images"):
             if key in d:
                 value = d[key]
-                d[key] = tuple(split_tags(value) if isinstance(value, str) else value)
+                if isinstance(value, str):
+                    d[key] = tuple(split_tags(value))
+                elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+                    d[key] = tuple(value)
+                else:
+                    raise LorakitError(f"{key}: expected a list of strings (or one comma-separated string), got "
+                                       f"{shown(value)}")
+        for key, value in d.items():
+            for text in value if isinstance(value, tuple) else (value,):
+                check_storable(text, key)
         req = cls(**d)
         req.validate()
         return req
@@ -69,9 +93,14 @@ class TagRequest:
         """The request's own fields here; the taggers' options by the taggers' own validation (one set of rules
         and messages), so a bad threshold is refused before any job starts."""
         if self.tagger not in TAGGER_CHOICES:
-            raise LorakitError(f"tagger: expected one of {', '.join(TAGGER_CHOICES)}, got {self.tagger!r}")
+            raise LorakitError(f"tagger: expected one of {', '.join(TAGGER_CHOICES)}, got {shown(self.tagger)}")
         if isinstance(self.batch, bool) or not isinstance(self.batch, int) or not 0 <= self.batch <= 256:
-            raise LorakitError(f"batch: expected an integer from 0 (automatic) to 256, got {self.batch!r}")
+            raise LorakitError(f"batch: expected an integer from 0 (automatic) to 256, got {shown(self.batch)}")
+        for key in ("model", "clip_model", "clip_pretrained", "concept"):
+            if not isinstance(getattr(self, key), str):
+                raise LorakitError(f"{key}: expected a string, got {shown(getattr(self, key))}")
+        if not isinstance(self.overwrite, bool):
+            raise LorakitError(f"overwrite: expected true or false, got {shown(self.overwrite)}")
         self.wd14_options()
         self.clip_options(model=self.clip_model, pretrained=self.clip_pretrained)
 
@@ -244,7 +273,9 @@ class CaptionService:
         report = TagReport()
         todo = []
         for r in records:
-            if req.overwrite or _needs_tags(r.text, settings.trigger_words):
+            if not r.readable:  # a caption that is a link, or too long, is never overwritten
+                report.failed.append({"image": r.image, "reason": r.problem})
+            elif req.overwrite or _needs_tags(r.text, settings.trigger_words):
                 todo.append(r)
             else:
                 report.already.append(r.image)
@@ -296,7 +327,11 @@ class CaptionService:
         return execute(self.store(name), op)
 
     def edit(self, name: str, image: str, text: str) -> HistoryEntry:
-        """One image's caption, written as the user typed it (tags tidied: one space after each comma)."""
+        """One image's caption, written as the user typed it (tags tidied: one space after each comma; control
+        characters removed). A caption over MAX_CAPTION_CHARS is refused (CaptionTooLong)."""
+        if not isinstance(text, str):
+            raise LorakitError(f"text: expected the caption as text, got {shown(text)}")
+        text = check_caption_length(clean_caption_text(text), what=f"The caption for {image}")
         store = self.store(name)
         record = store.record(image)
         return store.apply({record.image: join_tags(split_tags(text))}, label=f"Edit {record.image}",
@@ -351,9 +386,13 @@ class _CaptionWriter:
     def add(self, outcome: TagOutcome) -> None:
         with self.lock:
             for ready in self._resolve(outcome):
-                text = combined_caption(ready.tags, trigger_words=self.triggers, old_text=self.old[ready.key],
-                                        overwrite=self.req.overwrite, escape=self.req.escape_parentheses)
-                self.pending[ready.key] = text
+                text = clean_caption_text(combined_caption(
+                    ready.tags, trigger_words=self.triggers, old_text=self.old[ready.key],
+                    overwrite=self.req.overwrite, escape=self.req.escape_parentheses))
+                try:
+                    self.pending[ready.key] = check_caption_length(text, what="The tagged caption")
+                except CaptionTooLong as e:
+                    self.failed.append({"image": ready.key, "reason": str(e)})
             if len(self.pending) >= FLUSH_EVERY:
                 self._flush()
 

@@ -13,6 +13,10 @@ Every write goes through `CaptionStore.apply`, which records what each file held
                  files-0001.json   … one more file per batch appended to the entry (a tagging run)
 
 A caption that was not UTF-8 keeps its exact bytes in the history (base64), so undo restores them byte for byte.
+
+Caption files are read only as regular files inside the project, never through a symbolic link, and at most
+`MAX_CAPTION_FILE_BYTES` (see `read_caption_bytes`); a caption that is not read carries its `problem` and is
+never overwritten by an operation. Every text written passes `clean_caption_text` and `check_caption_length`.
 """
 
 from __future__ import annotations
@@ -30,8 +34,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
-from ..dataset.captions_io import decode_caption
-from ..errors import InvalidName, LorakitError, NotFound
+from ..dataset.captions_io import (
+    CaptionRefused,
+    check_caption_length,
+    clean_caption_text,
+    decode_caption,
+    read_caption_bytes,
+    read_caption_text,
+)
+from ..errors import InvalidName, LorakitError, NotFound, PathNotAllowed
 from ..fsutil import NothingWritten, atomic_write_bytes, atomic_write_json, process_lock, read_json, replace_files
 from ..images import CAPTION_SUFFIXES, IMAGE_SUFFIXES
 from ..project import CONCEPT_FOLDER, KIND_FOLDERS, ConceptKind, Project, ProjectSettings
@@ -49,7 +60,8 @@ class CaptionRecord:
 
     `image` and `caption` are project-relative with forward slashes; `caption` carries the project's caption
     extension whether or not it exists. `other_ext` is True when only a caption with the other extension exists
-    (sd-scripts will not read it). `text` is the decoded, trimmed caption ("" when it does not exist).
+    (sd-scripts will not read it). `text` is the decoded, trimmed caption ("" when it does not exist). `problem`
+    says why an existing caption was not read (a link, not a regular file, too long); its text is then "".
     """
 
     image: str
@@ -61,6 +73,11 @@ class CaptionRecord:
     exists: bool
     encoding: str
     other_ext: bool
+    problem: str = ""
+
+    @property
+    def readable(self) -> bool:
+        return not self.problem
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -71,7 +88,8 @@ class CaptionRecord:
     def from_dict(cls, data: Mapping[str, Any]) -> CaptionRecord:
         return cls(image=str(data["image"]), caption=str(data["caption"]), concept=str(data["concept"]),
                    kind=data["kind"], text=str(data["text"]), tags=tuple(data["tags"]), exists=bool(data["exists"]),
-                   encoding=str(data["encoding"]), other_ext=bool(data["other_ext"]))
+                   encoding=str(data["encoding"]), other_ext=bool(data["other_ext"]),
+                   problem=str(data.get("problem") or ""))
 
 
 @dataclass(frozen=True)
@@ -132,9 +150,16 @@ class _FileChange:
         return cls(image=str(d["image"]), before=before, after=str(d["after"]))
 
 
-@lru_cache(maxsize=1 << 16)
+_CACHED_CHARS = 2_000  # captions are a few hundred characters; longer ones are split each time, not kept
+
+
 def _tags_of(text: str) -> tuple[str, ...]:
     """Splitting dominates loading 10,000 captions; unchanged captions are split once per process."""
+    return _cached_tags(text) if len(text) <= _CACHED_CHARS else tuple(split_tags(text))
+
+
+@lru_cache(maxsize=1 << 16)
+def _cached_tags(text: str) -> tuple[str, ...]:
     return tuple(split_tags(text))
 
 
@@ -187,10 +212,13 @@ class CaptionStore:
                         ext: str) -> list[CaptionRecord]:
         try:
             with os.scandir(folder) as it:
-                entries = [(e.name, e.is_file()) for e in it if not e.name.startswith(".")]
+                entries = [(e.name, e.is_file(), e.is_symlink()) for e in it if not e.name.startswith(".")]
         except FileNotFoundError:
             return []
-        files = {name for name, is_file in entries if is_file}
+        files = {name for name, is_file, _ in entries if is_file}
+        present = files | {name for name, _, is_link in entries if is_link}  # a caption that is a link exists too
+        outside = None if self._inside(str(folder)) else \
+            f"{rel} leads outside the project (a link); Train Style reads captions only inside the project."
         other = next(s for s in CAPTION_SUFFIXES if s != ext)
         out = []
         for name in sorted(files):
@@ -198,32 +226,32 @@ class CaptionStore:
             if not dot or "." + suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             caption_name = stem + ext
-            exists = caption_name in files
-            text, encoding = "", ""
+            exists = caption_name in present
+            text, encoding, problem = "", "", ""
             if exists:
-                text, encoding = self._read_text(folder / caption_name)
+                read, encoding, problem = ("", "unreadable", outside) if outside else _read_text(folder / caption_name)
+                text = read or ""
             out.append(CaptionRecord(image=f"{rel}/{name}", caption=f"{rel}/{caption_name}", concept=concept,
                                      kind=kind, text=text, tags=_tags_of(text) if text else (), exists=exists,
-                                     encoding=encoding, other_ext=not exists and stem + other in files))
+                                     encoding=encoding, other_ext=not exists and stem + other in present,
+                                     problem=problem))
         return out
 
-    @staticmethod
-    def _read_text(path: Path) -> tuple[str, str]:
-        try:
-            with open(path, "rb") as f:
-                decoded = decode_caption(f.read())
-        except OSError as e:
-            logger.warning("Cannot read caption %s: %s", path, e)
-            return "", "unreadable"
-        return decoded.text, decoded.encoding
+    def _inside(self, folder: str) -> bool:
+        """Whether `folder`, links resolved, lies inside the project (a concept folder may be a link elsewhere)."""
+        root = os.path.realpath(self.project.root)
+        return os.path.realpath(folder).startswith(root + os.sep)
 
     def other_extension_text(self, image: str) -> Optional[str]:
-        """The text of the caption with the other extension (the one sd-scripts will not read), if there is one."""
+        """The text of the caption with the other extension (the one sd-scripts will not read), if there is one
+        that can be read (see `read_caption_bytes`)."""
         folder, name = self._check_image(image)
         ext = self.project.settings.caption_extension
         other = next(s for s in CAPTION_SUFFIXES if s != ext)
-        path = self.project.root / folder / (name.rpartition(".")[0] + other)
-        return self._read_text(path)[0] if path.is_file() else None
+        if not self._inside(str(self.project.root / folder)):
+            return None
+        text, _, problem = _read_text(self.project.root / folder / (name.rpartition(".")[0] + other))
+        return None if problem else text
 
     # --- writing ------------------------------------------------------------------------------------------------
     def apply(self, changes: Mapping[str, str], *, label: str, op: Mapping[str, Any], entry: str | None = None,
@@ -273,23 +301,32 @@ class CaptionStore:
         folders: dict[str, set[str]] = {}
         images_of: dict[str, str] = {}
         out: dict[str, _FileChange] = {}
-        for image, text in changes.items():
-            if not isinstance(text, str):
-                raise LorakitError(f"{image}: expected the caption as text, got {text!r}")
+        texts: dict[str, str] = {}
+        for image, raw in changes.items():
+            if not isinstance(raw, str):
+                raise LorakitError(f"{image}: expected the caption as text, got {type(raw).__name__}")
             folder, name = self._check_image(image)
+            text = check_caption_length(clean_caption_text(raw), what=f"The caption of {image}")
             if folder not in folders:
                 folders[folder] = self._names(folder)
+                if not self._inside(os.path.join(root, folder)):
+                    raise PathNotAllowed(f"{folder} leads outside the project (a link); Train Style writes "
+                                         "captions only inside the project.")
             if name not in folders[folder]:
                 raise NotFound(f"No image {image!r} in project {self.project.name!r}.")
             caption = f"{folder}/{name.rpartition('.')[0]}{ext}"
-            if caption in images_of and changes[images_of[caption]].strip() != text.strip():
+            if caption in images_of and texts[images_of[caption]] != text:
                 raise LorakitError(f"{images_of[caption]!r} and {image!r} share the caption file {caption!r} "
                                    "(sd-scripts reads it for both); give them the same text, or rename one image.")
-            images_of[caption] = image
-            before = _read_bytes(os.path.join(root, caption))
+            images_of[caption], texts[image] = image, text
+            try:
+                before = _read_bytes(os.path.join(root, caption))
+            except CaptionRefused as e:
+                raise CaptionRefused(f"The caption of {image} is not changed: {e} Or delete it, then try "
+                                     "again.") from e
             if _same(before, caption_bytes(text)):
                 continue
-            out[caption] = _FileChange(image=image, before=before, after=text.strip())
+            out[caption] = _FileChange(image=image, before=before, after=text)
         return out
 
     def _names(self, folder: str) -> set[str]:
@@ -303,7 +340,8 @@ class CaptionStore:
         """(concept folder, file name) of a project-relative image path, refusing anything sd-scripts does not
         read or that leaves the project."""
         parts = str(image).split("/")
-        if (len(parts) != 3 or parts[0] not in KIND_FOLDERS.values() or not CONCEPT_FOLDER.match(parts[1])
+        if (not _encodable(str(image)) or len(parts) != 3 or parts[0] not in KIND_FOLDERS.values()
+                or not CONCEPT_FOLDER.match(parts[1])
                 or parts[2] in ("", ".", "..") or parts[2].startswith(".") or "\\" in image
                 or os.path.splitext(parts[2])[1].lower() not in IMAGE_SUFFIXES):
             raise InvalidName(f"{image!r}: expected an image path like 'dataset/10_name/picture.png' inside the "
@@ -411,7 +449,10 @@ class CaptionStore:
         conflicts: list[str] = []
         root = str(self.project.root)
         for path, change in sorted(changes.items()):
-            current = _read_bytes(os.path.join(root, path))
+            try:
+                current = _read_bytes(os.path.join(root, path))
+            except CaptionRefused:  # a link or an odd file took the caption's place: not ours to judge
+                current = _REFUSED
             source, target = (caption_bytes(change.after), change.before) if undo else \
                 (change.before, caption_bytes(change.after))
             if _same(current, target):
@@ -489,17 +530,43 @@ class CaptionStore:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _read_bytes(path: str) -> Optional[bytes]:
+def _read_text(path: Path) -> tuple[Optional[str], str, str]:
+    """(the caption's text, None when there is no file; its encoding; why it was not read, "" when it was)."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
+        decoded = read_caption_text(path)
+        if decoded is None:
+            return None, "", ""
+    except (LorakitError, OSError) as e:
+        logger.warning("Caption %s not read: %s", path, e)
+        return "", "unreadable", str(e) if isinstance(e, LorakitError) else f"{path.name} cannot be read: {e}"
+    return decoded.text, decoded.encoding, ""
+
+
+def _read_bytes(path: str) -> Optional[bytes]:
+    """A caption file's exact bytes, None when there is none; CaptionRefused for a file that is not read."""
+    try:
+        return read_caption_bytes(path)
+    except OSError as e:
+        raise CaptionRefused(f"{os.path.basename(path)} cannot be read: {e.strerror or e}.") from e
+
+
+_REFUSED = b"\0refused"  # stands for a caption file that is not read (compared by identity: never "the same")
+
+
+def _encodable(path: str) -> bool:
+    """Whether `path` can name a file here: no NUL, no character the file system's encoding cannot hold."""
+    try:
+        os.fsencode(path)
+    except UnicodeError:
+        return False
+    return "\0" not in path
 
 
 def _same(current: Optional[bytes], expected: Optional[bytes]) -> bool:
     """Whether a caption file holds what a step expects: same existence and the same text once decoded and trimmed
     (an editor adding a final newline is not an edit)."""
+    if current is _REFUSED or expected is _REFUSED:
+        return False
     if current is None or expected is None:
         return current is None and expected is None
     return current == expected or decode_caption(current).text == decode_caption(expected).text
