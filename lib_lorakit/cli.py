@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,6 +21,23 @@ from .project import ProjectSettings
 from .studio import Studio
 
 log = logging.getLogger("lib_lorakit")
+# What a terminal would act on rather than show: C0/C1 controls but tab and line feed (ESC starts sequences that
+# recolour, move the cursor or retitle the window), bidirectional overrides, and unpaired surrogates (unprintable)
+_TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def terminal_safe(text: str, *, json_escapes: bool = False) -> str:
+    """`text` with every character a terminal would act on written as an escape (`\\x1b`; `\\u001b` inside JSON,
+    which stays valid JSON). Captions, file names and LoRA metadata are anyone's text."""
+    def escape(m: re.Match) -> str:
+        code = ord(m.group())
+        return f"\\u{code:04x}" if json_escapes or code > 0xFF else f"\\x{code:02x}"
+    return _TERMINAL_UNSAFE.sub(escape, text)
+
+
+def say(text: str, *, file: Any = None) -> None:
+    """Print text that may hold others' text (the CLI's one way to write text to the terminal)."""
+    print(terminal_safe(text), file=file or sys.stdout)
 
 
 def _common() -> argparse.ArgumentParser:
@@ -108,14 +126,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         }.get(args.command, cli_train.handle)
         code, data, text = handler(Studio(host), args)
     except LorakitError as e:
-        print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}", file=sys.stderr)
         if as_json:
-            print(json.dumps({"error": str(e)}))
+            print(terminal_safe(json.dumps({"error": str(e)}), json_escapes=True))
         return 1
     if as_json:
-        print(json.dumps(data, indent=2, ensure_ascii=False))
+        print(terminal_safe(json.dumps(data, indent=2, ensure_ascii=False), json_escapes=True))
     elif text:
-        print(text, file=sys.stdout if code == 0 else sys.stderr)
+        say(text, file=sys.stdout if code == 0 else sys.stderr)
     return code
 
 
@@ -151,7 +169,7 @@ def _import(studio: Studio, args: argparse.Namespace) -> tuple[int, Any, str]:
     lines += [f"note {v.source}: {v.text}" for v in report.warnings]
     lines += [f"{g.kind} duplicates: {', '.join(g.images)}" for g in report.duplicates]
     for line in lines:
-        print(line, file=sys.stderr)
+        say(line, file=sys.stderr)
     if not report.ok:
         print("error: nothing could be imported" + (" (see the reasons above)" if report.skipped else
                                                     ": no image files were found"), file=sys.stderr)
@@ -161,7 +179,7 @@ def _import(studio: Studio, args: argparse.Namespace) -> tuple[int, Any, str]:
 
 def _progress_printer() -> Callable[[int, int, str], None]:
     def show(done: int, total: int, message: str) -> None:
-        print(f"\r[{done}/{total}] {message[-60:]:<60}", end="", file=sys.stderr, flush=True)
+        print(f"\r[{done}/{total}] {terminal_safe(message[-60:]):<60}", end="", file=sys.stderr, flush=True)
         if done == total:
             print(file=sys.stderr)
     return show

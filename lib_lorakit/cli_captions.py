@@ -76,7 +76,7 @@ def handle(studio: Studio, args: argparse.Namespace) -> Result:
 
 
 def _tag(studio: Studio, args: argparse.Namespace) -> Result:
-    from .cli import _progress_printer
+    from .cli import _progress_printer, say
 
     req = TagRequest.from_dict({
         "tagger": args.tagger, "model": args.model, "general_threshold": args.general_threshold,
@@ -87,7 +87,7 @@ def _tag(studio: Studio, args: argparse.Namespace) -> Result:
         "overwrite": args.overwrite, "concept": args.concept})
     report = studio.captions.tag(args.project, req, progress=_progress_printer() if sys.stderr.isatty() else None)
     for f in report.failed:
-        print(f"skipped {f['image']}: {f['reason']}", file=sys.stderr)
+        say(f"skipped {f['image']}: {f['reason']}", file=sys.stderr)
     return 0, report.to_dict(), report.summary()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -31,4 +32,5 @@ class InspectPanel:
             info = read_lora_info(Path(path))
         except LorakitError as e:
             return render.error_html(f"{name}: {e}")
-        return render.lora_info_html(info)
+        notes = "".join(f'<p class="ts-note">{escape(n)}</p>' for n in info.notes)  # what a hostile file broke
+        return render.lora_info_html(info) + notes
