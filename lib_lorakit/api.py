@@ -58,8 +58,8 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
 
     @r.get("/projects")
     def list_projects() -> dict:
-        return {"projects": [{"name": p.name, "created": p.settings.created,
-                              "trigger_words": list(p.settings.trigger_words)} for p in studio.projects()]}
+        """Every project; one whose project.toml cannot be read is listed with `broken` (why), not an error."""
+        return {"projects": [p.to_dict() for p in studio.workspace.listing()]}
 
     @r.post("/projects", status_code=201)
     def create_project(body: NewProject) -> dict:
