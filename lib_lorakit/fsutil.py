@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import secrets
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -28,7 +28,7 @@ def _atomic_file(path: Path) -> Iterator[BinaryIO]:
     """An open temporary file beside `path`; on success it is flushed to disk and renamed over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = create_temp(path.parent, prefix=f".{path.name[:40]}.")
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -51,7 +51,25 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+    text = json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (an undecodable file name): JSON's \u escapes keep it exactly
+        raw = (json.dumps(data, indent=2, ensure_ascii=True, sort_keys=False) + "\n").encode("ascii")
+    atomic_write_bytes(path, raw)
+
+
+def create_temp(folder: Path | str, *, prefix: str, suffix: str = ".tmp") -> tuple[int, str]:
+    """A new, empty file in `folder` opened for writing: (descriptor, path). Its permissions are those of any new
+    file (0666 minus the umask), not `mkstemp`'s 0600, so files renamed into place from it read like the rest of
+    the user's files."""
+    for _ in range(100):
+        tmp = os.path.join(folder, f"{prefix}{os.getpid()}-{next(_temp_counter)}-{secrets.token_hex(4)}{suffix}")
+        try:  # O_EXCL also refuses a symbolic link planted under this name
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary file name in {folder}")
 
 
 def atomic_copy(src: Path, dst: Path) -> None:
@@ -68,6 +86,16 @@ def atomic_save_image(image: Any, path: Path, **save_args: Any) -> None:
 
 def _pil_format(path: Path) -> str:
     return {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}[path.suffix.lower()]
+
+
+def readable_name(text: str) -> str:
+    """A file name or path as text that can be written anywhere (JSON, UTF-8 files, a terminal): the bytes of a name
+    that is not UTF-8 (which Python holds as lone surrogates) appear as `\\xff` escapes, other lone surrogates as
+    `\\udxxx`; anything else is unchanged."""
+    if not any("\ud800" <= c <= "\udfff" for c in text):
+        return text
+    return "".join(f"\\x{ord(c) - 0xdc00:02x}" if "\udc80" <= c <= "\udcff" else
+                   f"\\u{ord(c):04x}" if "\ud800" <= c <= "\udfff" else c for c in text)
 
 
 def read_json(path: Path, default: Any = None) -> Any:
@@ -115,9 +143,10 @@ _lock_depth = threading.local()
 
 
 @contextmanager
-def process_lock(path: Path, timeout: float = 120.0) -> Iterator[None]:
+def process_lock(path: Path, timeout: float = 120.0, busy: str | None = None) -> Iterator[None]:
     """An exclusive lock on `path` shared with other processes (POSIX `flock`; where there is none, only the
-    thread lock holds). Re-entrant within a thread; after `timeout` seconds of waiting a clear error."""
+    thread lock holds). Re-entrant within a thread; after `timeout` seconds of waiting a clear error (`busy`, or
+    one about captions)."""
     held = getattr(_lock_depth, "held", None)
     if held is None:
         held = _lock_depth.held = {}
@@ -139,9 +168,9 @@ def process_lock(path: Path, timeout: float = 120.0) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise LorakitError("Another Train Style process (the webui, the app or the command line) has "
-                                       "been changing this project's captions for two minutes; try again when it "
-                                       "has finished.") from None
+                    raise LorakitError(busy or "Another Train Style process (the webui, the app or the command line) "
+                                       "has been changing this project's captions for two minutes; try again when "
+                                       "it has finished.") from None
                 time.sleep(0.05)
         held[key] = 1
         try:

@@ -7,6 +7,7 @@ exception somewhere deep in a batch.
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 import warnings
@@ -40,6 +41,17 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeEr
                   Image.DecompressionBombError, MemoryError)
 # The formats we keep byte for byte when nothing about the picture needs changing.
 _KEEP_AS_IS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}
+# The only formats Pillow is asked to recognise (whatever a file's name says), and the suffix a file of each gets.
+# Others are refused before any of their decoder runs (EPS, for one, would start Ghostscript).
+FORMAT_SUFFIXES = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp",
+                   "TIFF": ".tif"}
+
+
+@functools.lru_cache(maxsize=1)
+def _read_formats() -> tuple[str, ...]:
+    """FORMAT_SUFFIXES' formats that this Pillow registers as openers (MPO comes through JPEG's in some versions)."""
+    Image.init()
+    return tuple(f for f in FORMAT_SUFFIXES if f in Image.OPEN)
 
 
 @dataclass(frozen=True)
@@ -97,7 +109,7 @@ def open_training_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(path, formats=_read_formats()) as im:
                 return _load(im, max_pixels=max_pixels, background=background, draft=draft)
     except Image.UnidentifiedImageError:
         return ImageProblem("not a recognisable image (the content is not JPEG, PNG, WebP, BMP, GIF or TIFF)")
@@ -236,7 +248,7 @@ def read_header(path: Path) -> Union[ImageHeader, ImageProblem]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(path, formats=_read_formats()) as im:
                 w, h = im.size
                 orientation = _exif_orientation(im)
                 if orientation in (5, 6, 7, 8):

@@ -15,11 +15,13 @@ import re
 import shutil
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from .errors import AlreadyExists, InvalidName, LorakitError, NotFound
+from .fsutil import process_lock, readable_name
 from .images import DEFAULT_MAX_PIXELS, PIL_HARD_LIMIT
 from .paths import check_name
 from .tomlio import read_toml, write_toml
@@ -30,6 +32,10 @@ ConceptKind = Literal["dataset", "reg"]
 KIND_FOLDERS: dict[str, str] = {"dataset": "dataset", "reg": "reg"}
 CONCEPT_FOLDER = re.compile(r"^(\d+)_(.+)$")
 MAX_REPEATS = 10_000
+MAX_TRIGGER_CHARS = 100  # a trigger is a word or a short phrase, first in every caption
+MAX_TRIGGER_WORDS = 20
+LOCK_FILE = "lock"  # in .lorakit/: held while a process changes the project's layout or its records
+LOCK_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -66,8 +72,13 @@ class ProjectSettings:
 
     def validate(self) -> None:
         check_name(self.name, what="project name")
+        if len(self.trigger_words) > MAX_TRIGGER_WORDS:
+            raise LorakitError(f"trigger_words: {len(self.trigger_words)} given; the limit is {MAX_TRIGGER_WORDS}")
         for i, w in enumerate(self.trigger_words):
             _expect(w, str, f"trigger_words[{i}]", "a string")
+            if len(w) > MAX_TRIGGER_CHARS:
+                raise LorakitError(f"trigger_words[{i}]: {len(w):,} characters long; the limit is "
+                                   f"{MAX_TRIGGER_CHARS} (a trigger is a word or a short phrase)")
         for key in ("base_model", "notes", "created"):
             _expect(getattr(self, key), str, key, "a string")
         _int_in(self.resolution, 64, 4096, "resolution")
@@ -177,11 +188,18 @@ class Project:
             write_toml(self.root / PROJECT_FILE, new.to_dict())
             return new
 
-    def lock(self) -> threading.RLock:
-        """One lock per project folder for work that changes its layout (imports, renames)."""
-        key = str(self.root.resolve())
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """This project's lock, for threads and for other processes (the webui, the app and the command line side by
+        side), held by work that changes the project's layout or its records (imports, concepts, settings, index).
+        Re-entrant within a thread."""
+        root = self.root.resolve()
         with _locks_guard:
-            return _project_locks.setdefault(key, threading.RLock())
+            thread_lock = _project_locks.setdefault(str(root), threading.RLock())
+        busy = (f"Another Train Style process (the webui, the app or the command line) has been changing project "
+                f"{self.name!r} for {LOCK_TIMEOUT_S / 60:.0f} minutes; try again when it has finished.")
+        with thread_lock, process_lock(root / STATE_DIR / LOCK_FILE, timeout=LOCK_TIMEOUT_S, busy=busy):
+            yield
 
     @property
     def state_dir(self) -> Path:
@@ -231,13 +249,17 @@ class Project:
             return Concept(name=name, repeats=repeats, kind=kind, folder=folder)
 
     def ensure_concept(self, name: str, repeats: int | None = None, kind: ConceptKind = "dataset") -> Concept:
-        try:
-            c = self.concept(name, kind)
-        except NotFound:
-            return self.add_concept(name, repeats or 1, kind)
-        if repeats is not None and repeats != c.repeats:
-            c = self.set_repeats(name, repeats, kind)
-        return c
+        """The concept `name`, made with `repeats` (1 when None) if new; an existing one gets `repeats` if given."""
+        if repeats is not None:
+            check_repeats(repeats)
+        with self.lock():  # two imports into a new concept at once make it once
+            try:
+                c = self.concept(name, kind)
+            except NotFound:
+                return self.add_concept(name, 1 if repeats is None else repeats, kind)
+            if repeats is not None and repeats != c.repeats:
+                c = self.set_repeats(name, repeats, kind)
+            return c
 
     def rename_concept(self, old: str, new: str, kind: ConceptKind = "dataset") -> Concept:
         with self.lock():
@@ -272,6 +294,31 @@ class Project:
             return trash
 
 
+@dataclass(frozen=True)
+class ProjectListing:
+    """One line of the projects list; `problem` says why its project.toml cannot be read (then the rest is empty)."""
+
+    name: str
+    created: str = ""
+    trigger_words: tuple[str, ...] = ()
+    problem: str = ""
+
+    @classmethod
+    def of(cls, project: Project) -> ProjectListing:
+        name = readable_name(project.name)
+        try:
+            s = project.settings
+        except (LorakitError, OSError, ValueError) as e:  # ValueError: a file that is not UTF-8
+            return cls(name=name, problem=readable_name(f"broken: {e}"))
+        return cls(name=name, created=s.created, trigger_words=s.trigger_words)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "created": self.created, "trigger_words": list(self.trigger_words)}
+        if self.problem:
+            d["broken"] = self.problem
+        return d
+
+
 class Workspace:
     """The projects home: a folder of project folders."""
 
@@ -283,6 +330,11 @@ class Workspace:
             return []
         return [Project(p) for p in sorted(self.home.iterdir(), key=lambda p: p.name.lower())
                 if (p / PROJECT_FILE).is_file()]
+
+    def listing(self) -> list[ProjectListing]:
+        """Every project with its settings' summary; one whose project.toml is damaged is listed as broken, so the
+        others stay reachable."""
+        return [ProjectListing.of(p) for p in self.list()]
 
     def open(self, name: str) -> Project:
         check_name(name, what="project name")

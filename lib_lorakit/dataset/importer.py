@@ -3,6 +3,15 @@ are normalised (upright, RGB, one frame) into `dataset/<N>_<concept>/` with thei
 
 Every file gets a verdict: imported, already in the project, or skipped with a reason. One bad file never
 stops the rest.
+
+Confinement: a folder is walked where it really is (symbolic links resolved), and every file, folder and caption
+found is checked against the allowed roots again; captions are read only from regular files, never through a link,
+and only up to `MAX_CAPTION_FILE_BYTES`.
+
+Concurrency: each file is read, hashed and decoded into `.lorakit/staging/` without any lock; every few files, under
+the project's lock (threads and processes), the import records are re-read, the staged files that no other import
+has recorded meanwhile are placed, and the records are written back. Two imports of the same folder at once thus
+add each file once.
 """
 
 from __future__ import annotations
@@ -11,25 +20,46 @@ import datetime as _dt
 import errno
 import hashlib
 import os
+import secrets
 import shutil
 import stat
-import tempfile
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Protocol
 
 from ..errors import LorakitError, PathNotAllowed
-from ..fsutil import atomic_copy, atomic_save_image, atomic_write_json, atomic_write_text, read_json
-from ..images import CAPTION_SUFFIXES, ImageProblem, describe_unsupported, open_training_image, perceptual_hash
+from ..fsutil import (
+    atomic_copy,
+    atomic_save_image,
+    atomic_write_json,
+    atomic_write_text,
+    create_temp,
+    read_json,
+    readable_name,
+)
+from ..images import (
+    CAPTION_SUFFIXES,
+    FORMAT_SUFFIXES,
+    ImageProblem,
+    describe_unsupported,
+    open_training_image,
+    perceptual_hash,
+)
 from ..paths import resolve_inside, safe_file_stem
-from ..project import ConceptKind, Project
-from .captions_io import decode_caption
+from ..project import KIND_FOLDERS, ConceptKind, Project
+from .captions_io import MAX_CAPTION_FILE_BYTES, CaptionTooLong, check_caption_length, decode_caption
 from .duplicates import DuplicateGroup, find_duplicates
 from .index import DatasetIndex, IndexEntry, file_sha256
 
 IGNORED_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}
 RECORDS_FILE = "imports.json"
+STAGING_DIR = "staging"  # in .lorakit/: files read and decoded, waiting to be placed under the project's lock
+COMMIT_EVERY = 32  # staged files placed and recorded per hold of the lock
+COMMIT_AFTER_S = 2.0  # ... or fewer, when staging them took this long
+OUTSIDE = "outside the allowed folders"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 class CancelToken(Protocol):
@@ -41,11 +71,16 @@ Progress = Optional[Callable[[int, int, str], None]]
 
 @dataclass(frozen=True)
 class ImportSource:
-    """One file to import: where it is, how to name it to the user, and caption files that belong to it."""
+    """One file to import: where it is, how to name it to the user, and caption files that belong to it.
+    `display` is text that can be written anywhere (see `readable_name`); its last part names the copy."""
 
     path: Path
     display: str
     captions: tuple[Path, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return Path(self.display).name
 
 
 @dataclass(frozen=True)
@@ -108,36 +143,36 @@ class ImportReport:
 # --- finding the files ----------------------------------------------------------------------------------------
 
 def collect_sources(paths: Iterable[str], roots: Sequence[Path]) -> tuple[list[ImportSource], list[Verdict]]:
-    """Expand files and folders (recursively) into import sources; every path must lie inside `roots`."""
+    """Expand files and folders (recursively) into import sources; every path must lie inside `roots`.
+
+    Each path is resolved (symbolic links and `..` followed as the system follows them), checked, and then walked
+    where it resolved to; every entry found is resolved and checked again."""
     sources: list[ImportSource] = []
     skipped: list[Verdict] = []
     for raw in paths:
-        shown = os.path.abspath(os.path.expanduser(str(raw)))
+        shown = readable_name(os.path.abspath(os.path.expanduser(str(raw))))
         try:
-            resolve_inside(raw, roots)
+            real = resolve_inside(raw, roots)
         except PathNotAllowed as e:
-            skipped.append(Verdict(shown, str(e)))
+            skipped.append(Verdict(shown, readable_name(str(e))))
             continue
         except (OSError, RuntimeError) as e:
             skipped.append(Verdict(shown, _os_reason(e)))
             continue
-        _walk(Path(shown), shown, roots, sources, skipped, visited=set())
+        captions = _captions_beside(real.parent, real.name, _caption_names(real.parent))
+        _walk(real, readable_name(str(real)), roots, sources, skipped, visited=set(), captions=captions)
     return sources, skipped
 
 
-def _walk(path: Path, shown: str, roots: Sequence[Path], sources: list[ImportSource], skipped: list[Verdict],
-          visited: set[tuple[int, int]]) -> None:
+def _walk(real: Path, shown: str, roots: Sequence[Path], sources: list[ImportSource], skipped: list[Verdict],
+          visited: set[tuple[int, int]], *, is_link: bool = False, captions: tuple[Path, ...] = ()) -> None:
+    """Collect the file or folder `real` (resolved, inside the roots), shown to the user as `shown`; `captions`
+    are the caption files beside the name it was found by, if it is a file."""
     try:
-        st = os.stat(path)  # follows symlinks; a loop raises ELOOP
+        st = os.stat(real)
     except OSError as e:
-        skipped.append(Verdict(shown, _os_reason(e, is_link=os.path.islink(path))))
+        skipped.append(Verdict(shown, _os_reason(e, is_link=is_link)))
         return
-    if os.path.islink(path):
-        try:
-            resolve_inside(path, roots)
-        except PathNotAllowed:
-            skipped.append(Verdict(shown, "a symbolic link that points outside the allowed folders"))
-            return
     if stat.S_ISDIR(st.st_mode):
         key = (st.st_dev, st.st_ino)
         if key in visited:
@@ -145,38 +180,67 @@ def _walk(path: Path, shown: str, roots: Sequence[Path], sources: list[ImportSou
             return
         visited.add(key)
         try:
-            names = sorted(os.listdir(path))
+            names = sorted(os.listdir(real))
         except OSError as e:
             skipped.append(Verdict(shown, _os_reason(e)))
             return
-        caption_names = {n for n in names if n.lower().endswith(CAPTION_SUFFIXES)}
+        caption_names = _caption_names(real, names)
         for name in names:
             if name.startswith(".") or name.lower() in IGNORED_FILES or name in caption_names:
                 continue
-            _walk(path / name, os.path.join(shown, name), roots, sources, skipped, visited)
+            _walk_entry(real, name, os.path.join(shown, readable_name(name)), caption_names, roots, sources, skipped,
+                        visited)
         return
     if not stat.S_ISREG(st.st_mode):
         skipped.append(Verdict(shown, "not a regular file (a device, pipe or socket)"))
         return
-    reason = describe_unsupported(path)
+    reason = describe_unsupported(Path(shown))
     if reason:
         skipped.append(Verdict(shown, reason))
         return
-    sources.append(ImportSource(path=path, display=shown, captions=_caption_files(path)))
+    sources.append(ImportSource(path=real, display=shown, captions=captions))
 
 
-def _caption_files(image: Path) -> tuple[Path, ...]:
-    found = []
-    for suffix in CAPTION_SUFFIXES:
-        for candidate in (image.with_suffix(suffix), image.with_suffix(suffix.upper())):
-            if candidate.is_file() and candidate not in found:
-                found.append(candidate)
-                break
-    return tuple(found)
+def _walk_entry(folder: Path, name: str, shown: str, caption_names: set[str], roots: Sequence[Path],
+                sources: list[ImportSource], skipped: list[Verdict], visited: set[tuple[int, int]]) -> None:
+    """One entry of a folder being walked: resolved and checked against the roots before anything reads it."""
+    path = folder / name
+    try:
+        is_link = stat.S_ISLNK(os.lstat(path).st_mode)
+        real = path.resolve()
+    except (OSError, RuntimeError) as e:  # RuntimeError: a link loop, before Python 3.13
+        skipped.append(Verdict(shown, _os_reason(e)))
+        return
+    try:
+        resolve_inside(real, roots)
+    except PathNotAllowed:  # the reason names nothing about where the link leads
+        skipped.append(Verdict(shown, f"a symbolic link that points {OUTSIDE}" if is_link else OUTSIDE))
+        return
+    _walk(real, shown, roots, sources, skipped, visited, is_link=is_link,
+          captions=_captions_beside(folder, name, caption_names))
+
+
+def _caption_names(folder: Path, names: Sequence[str] | None = None) -> set[str]:
+    """The names in `folder` that caption files have (they are read later, by `read_caption_file`'s rules)."""
+    if names is None:
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            return set()
+    return {n for n in names if n.lower().endswith(CAPTION_SUFFIXES)}
+
+
+def _captions_beside(folder: Path, name: str, caption_names: set[str]) -> tuple[Path, ...]:
+    """The caption files of the image called `name` in `folder`: `.txt` first, then `.caption` (either case)."""
+    stem = Path(name).stem
+    found = (next((c for c in (stem + suffix, stem + suffix.upper()) if c in caption_names), None)
+             for suffix in CAPTION_SUFFIXES)
+    return tuple(folder / c for c in found if c)
 
 
 def sources_from_uploads(files: Sequence[tuple[Path, str]]) -> list[ImportSource]:
-    """Uploaded files (temporary path, original name): captions are paired with images by file stem."""
+    """Uploaded files (temporary path, original name): captions are paired with images by file stem. Their names
+    are judged when imported, as a folder import judges them."""
     captions: dict[str, list[Path]] = {}
     images = []
     for path, name in files:
@@ -184,8 +248,8 @@ def sources_from_uploads(files: Sequence[tuple[Path, str]]) -> list[ImportSource
             captions.setdefault(Path(name).stem, []).append(Path(path))
         else:
             images.append((Path(path), name))
-    return [ImportSource(path=p, display=name, captions=tuple(sorted(captions.get(Path(name).stem, []),
-                                                                      key=lambda c: c.suffix != ".txt")))
+    return [ImportSource(path=p, display=readable_name(name),
+                         captions=tuple(sorted(captions.get(Path(name).stem, []), key=lambda c: c.suffix != ".txt")))
             for p, name in images]
 
 
@@ -197,10 +261,10 @@ def _os_reason(e: BaseException, is_link: bool = False) -> str:
             return "broken symbolic link (its target does not exist)" if is_link else "no such file or folder"
         if e.errno in (errno.EACCES, errno.EPERM):
             return "permission denied: the file cannot be read"
-        return f"cannot read: {e.strerror or e}"
+        return f"cannot read: {readable_name(e.strerror or str(e))}"
     if isinstance(e, RuntimeError):  # pathlib's resolve() on a loop in old Pythons
         return "symbolic link loop"
-    return str(e)
+    return readable_name(str(e))
 
 
 # --- importing ------------------------------------------------------------------------------------------------
@@ -209,28 +273,28 @@ def import_sources(project: Project, sources: Sequence[ImportSource], *, concept
                    kind: ConceptKind = "dataset", progress: Progress = None,
                    cancel: CancelToken | None = None) -> ImportReport:
     """Import `sources` into one concept of `project` (created if new; named after the project if empty)."""
-    # 1. the target folder
-    name = concept or project.name
-    target = project.ensure_concept(name, repeats, kind)
+    # 1. the target folder and what was imported before
+    target = project.ensure_concept(concept or project.name, repeats, kind)
+    batch = _Batch(project, target.name, kind, _Records(project))
     report = ImportReport()
-    records = _Records(project)
     new_entries: list[IndexEntry] = []
-    # 2. one file at a time: copy the original, decode, write the training copy and caption
-    for i, source in enumerate(sources):
-        if cancel is not None and cancel.is_set():
-            report.cancelled = True
-            break
-        if progress:
-            progress(i, len(sources), source.display)
-        try:
-            with project.lock():
-                entry = _import_one(project, source, target.folder, records, report)
-        except (OSError, LorakitError) as e:
-            report.skipped.append(Verdict(source.display, _os_reason(e)))
-            continue
-        if entry:
-            new_entries.append(entry)
-    records.save()
+    # 2. each file read and decoded into the staging folder; every few, placed and recorded under the lock
+    try:
+        for i, source in enumerate(sources):
+            if cancel is not None and cancel.is_set():
+                report.cancelled = True
+                break
+            if progress:
+                progress(i, len(sources), source.display)
+            try:
+                batch.add(_stage(batch, source, report))
+            except (OSError, LorakitError) as e:
+                report.skipped.append(Verdict(source.display, _os_reason(e)))
+            if batch.due():
+                new_entries += batch.commit(report)
+        new_entries += batch.commit(report)
+    finally:
+        batch.discard()
     if progress:
         progress(len(sources), len(sources), "checking for duplicates")
     # 3. duplicates that involve what was just imported
@@ -244,128 +308,316 @@ def import_sources(project: Project, sources: Sequence[ImportSource], *, concept
     return report
 
 
-def _import_one(project: Project, source: ImportSource, folder: Path, records: _Records,
-                report: ImportReport) -> IndexEntry | None:
-    settings = project.settings
-    # a. copy and hash the original in one read of the user's file
-    original, sha = _keep_original(project, source.path)
-    key = records.key(sha, Path(source.display).name, folder)
-    previous = records.get(key)
-    # the concept's folder may have been renamed since (new repeats): look for the copy where it is now
-    existing = folder / Path(previous["image"]).name if previous else None
-    if existing and existing.is_file():
-        report.already.append(ImportedImage(source=source.display, image=existing.relative_to(project.root).as_posix(),
-                                            width=previous.get("width", 0), height=previous.get("height", 0)))
-        return None
-    # b. decode and normalise
-    loaded = open_training_image(original, max_pixels=settings.max_image_pixels, background=settings.background_rgb)
-    if isinstance(loaded, ImageProblem):
-        _forget_original(project, original, records)
-        report.skipped.append(Verdict(source.display, loaded.reason))
-        return None
-    # c. the training copy, then its caption
-    stem = _free_stem(folder, safe_file_stem(source.path.stem), settings.caption_extension)
-    if loaded.keep_bytes_suffix:
-        copy = folder / (stem + loaded.keep_bytes_suffix)
-        atomic_copy(original, copy)
-    else:
-        copy = folder / (stem + ".png")
-        atomic_save_image(loaded.image, copy, compress_level=4)
-    rel = copy.relative_to(project.root).as_posix()
-    _import_caption(source, folder / (stem + settings.caption_extension), report)
-    for note in loaded.notes:
-        report.warnings.append(Verdict(source.display, note))
-    imported = ImportedImage(source=source.display, image=rel, width=loaded.width, height=loaded.height,
-                             notes=tuple(loaded.notes))
-    report.imported.append(imported)
-    records.put(key, {"sha256": sha, "source": source.display,
-                      "original": original.relative_to(project.root).as_posix(), "image": rel,
-                      "width": loaded.width, "height": loaded.height,
-                      "imported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
-    st = copy.stat()
-    return IndexEntry(path=rel, size=st.st_size, mtime_ns=st.st_mtime_ns, width=loaded.width, height=loaded.height,
-                      format=loaded.source_format, sha256=file_sha256(copy) if not loaded.keep_bytes_suffix else sha,
-                      phash=f"{perceptual_hash(loaded.image):016x}")
+@dataclass
+class _Staged:
+    """A file read, hashed and decoded, waiting in the staging folder to be placed."""
+
+    source: ImportSource
+    sha: str
+    original_tmp: str
+    original_name: str  # <hash><suffix of the detected format>
+    copy_tmp: str
+    copy_suffix: str
+    copy_sha: str
+    width: int
+    height: int
+    format: str
+    phash: str
+    notes: tuple[str, ...]
+    caption: Optional[str]
+
+    def discard(self) -> None:
+        for tmp in (self.original_tmp, self.copy_tmp):
+            _unlink_quietly(tmp)
 
 
-def _keep_original(project: Project, path: Path) -> tuple[Path, str]:
-    """Copy `path` into originals/ named by its content hash (once per content); return the copy and the hash."""
-    originals = project.root / "originals"
-    originals.mkdir(exist_ok=True)
-    h = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(prefix=".import.", dir=originals)
+def _stage(batch: _Batch, source: ImportSource, report: ImportReport) -> Optional[_Staged]:
+    """Read `source` into the staging folder and decode it; None (with the verdict in `report`) if it goes no
+    further."""
+    # a. names the folder walk refuses are refused here too (an upload named .svg or .html)
+    reason = describe_unsupported(Path(source.name))
+    if reason:
+        report.skipped.append(Verdict(source.display, reason))
+        return None
+    # b. the original, copied and hashed in one read of the user's file
+    original_tmp, sha = _copy_in(batch.staging, source.path)
+    copy_tmp = ""
     try:
-        with os.fdopen(fd, "wb") as out, open(path, "rb") as inp:
-            for chunk in iter(lambda: inp.read(1 << 20), b""):
-                h.update(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        sha = h.hexdigest()
-        final = originals / f"{sha[:24]}{path.suffix.lower()[:6]}"
-        if final.exists():
-            os.unlink(tmp)
+        already = batch.already(sha, source)
+        if already:
+            report.already.append(already)
+            _unlink_quietly(original_tmp)
+            return None
+        # c. decode what was copied; the original is named by the format found in it, not by its name
+        settings = batch.settings
+        loaded = open_training_image(Path(original_tmp), max_pixels=settings.max_image_pixels,
+                                     background=settings.background_rgb)
+        if isinstance(loaded, ImageProblem) or loaded.source_format not in FORMAT_SUFFIXES:
+            report.skipped.append(Verdict(source.display, loaded.reason if isinstance(loaded, ImageProblem) else
+                                          f"the content is {loaded.source_format}, not an image format Train "
+                                          "Style imports"))
+            _unlink_quietly(original_tmp)
+            return None
+        # d. the training copy, staged too
+        suffix = loaded.keep_bytes_suffix or ".png"
+        copy_tmp = os.path.join(batch.staging, f".import.{os.getpid()}-{secrets.token_hex(8)}{suffix}")
+        if loaded.keep_bytes_suffix:
+            atomic_copy(Path(original_tmp), Path(copy_tmp))
         else:
-            os.replace(tmp, final)
-        return final, sha
+            atomic_save_image(loaded.image, Path(copy_tmp), compress_level=4)
+        caption = _read_caption(source, report)
+        return _Staged(source=source, sha=sha, original_tmp=original_tmp,
+                       original_name=f"{sha[:24]}{FORMAT_SUFFIXES[loaded.source_format]}", copy_tmp=copy_tmp,
+                       copy_suffix=suffix, copy_sha=sha if loaded.keep_bytes_suffix else file_sha256(Path(copy_tmp)),
+                       width=loaded.width, height=loaded.height, format=loaded.source_format,
+                       phash=f"{perceptual_hash(loaded.image):016x}", notes=tuple(loaded.notes), caption=caption)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _unlink_quietly(original_tmp)
+        if copy_tmp:
+            _unlink_quietly(copy_tmp)
         raise
 
 
-def _forget_original(project: Project, original: Path, records: _Records) -> None:
-    """Drop the original copy of a file that turned out unusable, unless another import still refers to it."""
-    rel = original.relative_to(project.root).as_posix()
-    if not any(r.get("original") == rel for r in records.all()):
-        original.unlink(missing_ok=True)
+def _copy_in(staging: str, path: Path) -> tuple[str, str]:
+    """Copy the user's file `path` into `staging`, hashing it in the same read; (temporary copy, sha256). The file
+    is opened without following a link put in its place since it was checked, and must be a regular file."""
+    h = hashlib.sha256()
+    out_fd, tmp = create_temp(staging, prefix=".import.")
+    try:
+        with os.fdopen(out_fd, "wb") as out:
+            in_fd = os.open(path, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+            with os.fdopen(in_fd, "rb") as inp:
+                if not stat.S_ISREG(os.fstat(in_fd).st_mode):
+                    raise LorakitError("not a regular file (a device, pipe or socket)")
+                for chunk in iter(lambda: inp.read(1 << 20), b""):
+                    h.update(chunk)
+                    out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        return tmp, h.hexdigest()
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
 
 
-def _free_stem(folder: Path, stem: str, caption_ext: str) -> str:
-    taken = {p.stem.lower() for p in folder.iterdir()} if folder.is_dir() else set()
+def _read_caption(source: ImportSource, report: ImportReport) -> Optional[str]:
+    """The text of the source's caption file, or None (with a warning when there was one that could not be used:
+    the image is then imported without it)."""
+    if not source.captions:
+        return None
+    chosen = source.captions[0]
+    shown = readable_name(chosen.name)
+    if len(source.captions) > 1:
+        names = ", ".join(readable_name(c.name) for c in source.captions)
+        report.warnings.append(Verdict(source.display, f"both {names} exist: {shown} was used"))
+    try:
+        data = read_caption_file(chosen)
+    except (OSError, LorakitError) as e:
+        why = str(e) if isinstance(e, LorakitError) else _caption_os_reason(e)
+        report.warnings.append(Verdict(source.display, f"caption {shown} was not read: {why}; the image was "
+                                                       "imported without it"))
+        return None
+    caption = decode_caption(data)
+    try:
+        check_caption_length(caption.text, what=f"caption {shown}")
+    except CaptionTooLong as e:
+        report.warnings.append(Verdict(source.display, f"{e} The image was imported without it."))
+        return None
+    if caption.fallback:
+        report.warnings.append(Verdict(source.display, f"caption {shown} is not UTF-8: decoded as "
+                                                       f"{caption.encoding} and saved as UTF-8; check accents"))
+    return caption.text
+
+
+def read_caption_file(path: Path) -> bytes:
+    """The bytes of a caption file: a regular file (not through a symbolic link), at most MAX_CAPTION_FILE_BYTES;
+    only as many bytes as its size says are read (files like /proc's say 0)."""
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise LorakitError("it is not a regular file")
+        if st.st_size > MAX_CAPTION_FILE_BYTES:
+            raise LorakitError(f"it is {st.st_size:,} bytes long; the limit is {MAX_CAPTION_FILE_BYTES:,}")
+        chunks, left = [], st.st_size
+        while left > 0:
+            chunk = os.read(fd, left)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _caption_os_reason(e: OSError) -> str:
+    if e.errno == errno.ELOOP:  # O_NOFOLLOW met a link
+        return "it is a symbolic link, and captions are read only from regular files"
+    return _os_reason(e)
+
+
+class _Batch:
+    """Staged files of one import, placed and recorded together under the project's lock."""
+
+    def __init__(self, project: Project, concept: str, kind: ConceptKind, records: _Records):
+        self.project, self.concept, self.kind, self.records = project, concept, kind, records
+        self.settings = project.settings
+        self.staging = str(project.state_dir / STAGING_DIR)
+        os.makedirs(self.staging, exist_ok=True)
+        self.folder = project.concept(concept, kind).folder
+        self.items: list[_Staged] = []
+        self.started = time.monotonic()
+
+    def add(self, staged: Optional[_Staged]) -> None:
+        if staged is not None:
+            if not self.items:
+                self.started = time.monotonic()
+            self.items.append(staged)
+
+    def due(self) -> bool:
+        return len(self.items) >= COMMIT_EVERY or (bool(self.items) and
+                                                   time.monotonic() - self.started >= COMMIT_AFTER_S)
+
+    def already(self, sha: str, source: ImportSource) -> Optional[ImportedImage]:
+        """The copy of this file made by an earlier import, as far as the records read last say (a hint that saves
+        decoding it again; `commit` decides)."""
+        previous = self.records.get(self.records.key(sha, source.name, self.kind, self.concept))
+        existing = self.folder / Path(previous["image"]).name if previous else None
+        if not (existing and existing.is_file()):
+            return None
+        return ImportedImage(source=source.display, image=existing.relative_to(self.project.root).as_posix(),
+                             width=previous.get("width", 0), height=previous.get("height", 0))
+
+    def commit(self, report: ImportReport) -> list[IndexEntry]:
+        """Place the staged files nobody has imported meanwhile and record them; return their index entries."""
+        if not self.items:
+            return []
+        items, self.items = self.items, []
+        try:
+            with self.project.lock():
+                return self._place(items, report)
+        except (OSError, LorakitError) as e:  # the lock was not had in time, the records are damaged, a full disk
+            why = _os_reason(e) if isinstance(e, OSError) else readable_name(str(e))
+            report.skipped += [Verdict(s.source.display, why) for s in items]
+            return []
+        finally:
+            for s in items:
+                s.discard()
+
+    def _place(self, items: list[_Staged], report: ImportReport) -> list[IndexEntry]:
+        # 1. what the other imports recorded meanwhile, and where the concept is now (its repeats may have changed)
+        self.records.reload()
+        self.folder = folder = self.project.ensure_concept(self.concept, None, self.kind).folder
+        taken = {p.stem.lower() for p in folder.iterdir()}
+        # 2. names for the new files, recorded before they are placed (a record without its copy is imported again)
+        planned: dict[str, tuple[_Staged, Path]] = {}
+        for s in items:
+            key = self.records.key(s.sha, s.source.name, self.kind, self.concept)
+            earlier = self.already(s.sha, s.source) or (
+                _as_imported(s, planned[key][1], self.project) if key in planned else None)
+            if earlier:
+                report.already.append(earlier)
+                continue
+            stem = _free_stem(taken, safe_file_stem(Path(s.source.name).stem))
+            copy = folder / (stem + s.copy_suffix)
+            planned[key] = (s, copy)
+            self.records.put(key, {
+                "sha256": s.sha, "source": s.source.display, "original": f"originals/{s.original_name}",
+                "image": copy.relative_to(self.project.root).as_posix(), "width": s.width, "height": s.height,
+                "imported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+        self.records.save()
+        # 3. the files: original, training copy, caption
+        entries = []
+        for key, (s, copy) in planned.items():
+            try:
+                _place_original(self.project, s)
+                os.replace(s.copy_tmp, copy)
+                if s.caption is not None:
+                    atomic_write_text(copy.with_suffix(self.settings.caption_extension), s.caption + "\n")
+            except OSError as e:
+                self.records.drop(key)
+                report.skipped.append(Verdict(s.source.display, _os_reason(e)))
+                continue
+            report.imported.append(_as_imported(s, copy, self.project))
+            report.warnings += [Verdict(s.source.display, note) for note in s.notes]
+            st = copy.stat()
+            entries.append(IndexEntry(path=copy.relative_to(self.project.root).as_posix(), size=st.st_size,
+                                      mtime_ns=st.st_mtime_ns, width=s.width, height=s.height, format=s.format,
+                                      sha256=s.copy_sha, phash=s.phash))
+        self.records.save()
+        return entries
+
+    def discard(self) -> None:
+        for s in self.items:
+            s.discard()
+        self.items = []
+
+
+def _as_imported(s: _Staged, copy: Path, project: Project) -> ImportedImage:
+    return ImportedImage(source=s.source.display, image=copy.relative_to(project.root).as_posix(), width=s.width,
+                         height=s.height, notes=s.notes)
+
+
+def _place_original(project: Project, s: _Staged) -> None:
+    """Keep the staged original under originals/ (once per content: an existing copy is never touched)."""
+    originals = project.root / "originals"
+    originals.mkdir(exist_ok=True)
+    final = originals / s.original_name
+    if not final.exists():
+        os.replace(s.original_tmp, final)
+
+
+def _free_stem(taken: set[str], stem: str) -> str:
+    """`stem`, or `stem-2`, `stem-3`… whichever no file in the folder has; the name found is then taken."""
     candidate, n = stem, 1
     while candidate.lower() in taken:
         n += 1
         candidate = f"{stem}-{n}"
+    taken.add(candidate.lower())
     return candidate
 
 
-def _import_caption(source: ImportSource, dest: Path, report: ImportReport) -> None:
-    if not source.captions:
-        return
-    chosen = source.captions[0]
-    if len(source.captions) > 1:
-        report.warnings.append(Verdict(source.display, f"both {', '.join(c.name for c in source.captions)} exist: "
-                                                       f"{chosen.name} was used"))
+def _unlink_quietly(path: str) -> None:
     try:
-        data = chosen.read_bytes()
-    except OSError as e:
-        report.warnings.append(Verdict(source.display, f"caption {chosen.name} could not be read: {_os_reason(e)}"))
-        return
-    caption = decode_caption(data)
-    if caption.fallback:
-        report.warnings.append(Verdict(source.display, f"caption {chosen.name} is not UTF-8: decoded as "
-                                                       f"{caption.encoding} and saved as UTF-8; check accents"))
-    atomic_write_text(dest, caption.text + "\n")
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 class _Records:
-    """What was imported from where, so that importing the same files again adds nothing twice."""
+    """What was imported from where, so that importing the same files again adds nothing twice. Read again (when
+    the file changed) and written only under the project's lock."""
 
     def __init__(self, project: Project):
         self.project = project
         self.file = project.state_dir / RECORDS_FILE
+        self.data: dict[str, dict] = {}
+        self.seen: tuple[int, int, int] | None = None
+        self.dirty = False
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the records again if another import has written them since they were read."""
         try:
-            self.data: dict[str, dict] = read_json(self.file, default={}) or {}
+            st = os.stat(self.file)
+            seen = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            seen = None
+        if seen is not None and seen == self.seen:
+            return
+        try:
+            data = read_json(self.file, default={}) or {}
         except ValueError as e:
             raise LorakitError(f"{self.file} is damaged ({e}); move it aside to import again (files already "
                                "imported would then be imported a second time).") from e
-        self.dirty = False
+        if not isinstance(data, dict):
+            raise LorakitError(f"{self.file} is damaged (not a JSON object); move it aside to import again.")
+        self.data, self.seen, self.dirty = data, seen, False
 
-    def key(self, sha: str, name: str, folder: Path) -> str:
-        kind = folder.parent.name
-        concept = folder.name.split("_", 1)[1]
-        return f"{kind}/{concept}/{sha}/{name}"
+    @staticmethod
+    def key(sha: str, name: str, kind: ConceptKind, concept: str) -> str:
+        return f"{KIND_FOLDERS[kind]}/{concept}/{sha}/{name}"
 
     def get(self, key: str) -> dict | None:
         return self.data.get(key)
@@ -374,12 +626,15 @@ class _Records:
         self.data[key] = record
         self.dirty = True
 
-    def all(self) -> list[dict]:
-        return list(self.data.values())
+    def drop(self, key: str) -> None:
+        if self.data.pop(key, None) is not None:
+            self.dirty = True
 
     def save(self) -> None:
         if self.dirty:
             atomic_write_json(self.file, self.data)
+            st = os.stat(self.file)
+            self.seen = (st.st_ino, st.st_size, st.st_mtime_ns)
             self.dirty = False
 
 
