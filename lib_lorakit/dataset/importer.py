@@ -36,6 +36,7 @@ from ..fsutil import (
     atomic_write_json,
     atomic_write_text,
     create_temp,
+    pid_alive,
     read_json,
     readable_name,
 )
@@ -159,13 +160,14 @@ def collect_sources(paths: Iterable[str], roots: Sequence[Path]) -> tuple[list[I
         except (OSError, RuntimeError) as e:
             skipped.append(Verdict(shown, _os_reason(e)))
             continue
-        captions = _captions_beside(real.parent, real.name, _caption_names(real.parent))
+        captions = _captions_beside(real.parent, real.name, _caption_names(real.parent)) if real.is_file() else ()
         _walk(real, readable_name(str(real)), roots, sources, skipped, visited=set(), captions=captions)
     return sources, skipped
 
 
 def _walk(real: Path, shown: str, roots: Sequence[Path], sources: list[ImportSource], skipped: list[Verdict],
-          visited: set[tuple[int, int]], *, is_link: bool = False, captions: tuple[Path, ...] = ()) -> None:
+          visited: set[tuple[int, int]], *, is_link: bool = False, captions: tuple[Path, ...] = (),
+          parent: Path | None = None) -> None:
     """Collect the file or folder `real` (resolved, inside the roots), shown to the user as `shown`; `captions`
     are the caption files beside the name it was found by, if it is a file."""
     try:
@@ -176,7 +178,9 @@ def _walk(real: Path, shown: str, roots: Sequence[Path], sources: list[ImportSou
     if stat.S_ISDIR(st.st_mode):
         key = (st.st_dev, st.st_ino)
         if key in visited:
-            skipped.append(Verdict(shown, "symbolic link loop: this folder was already visited"))
+            loop = parent is not None and (real == parent or real in parent.parents)
+            skipped.append(Verdict(shown, "symbolic link loop: this folder was already visited" if loop else
+                                   "a link to a folder already imported from: its files are not imported twice"))
             return
         visited.add(key)
         try:
@@ -217,7 +221,7 @@ def _walk_entry(folder: Path, name: str, shown: str, caption_names: set[str], ro
         skipped.append(Verdict(shown, f"a symbolic link that points {OUTSIDE}" if is_link else OUTSIDE))
         return
     _walk(real, shown, roots, sources, skipped, visited, is_link=is_link,
-          captions=_captions_beside(folder, name, caption_names))
+          captions=_captions_beside(folder, name, caption_names), parent=folder)
 
 
 def _caption_names(folder: Path, names: Sequence[str] | None = None) -> set[str]:
@@ -465,6 +469,7 @@ class _Batch:
         self.settings = project.settings
         self.staging = str(project.state_dir / STAGING_DIR)
         os.makedirs(self.staging, exist_ok=True)
+        _clear_stale(self.staging)
         self.folder = project.concept(concept, kind).folder
         self.items: list[_Staged] = []
         self.started = time.monotonic()
@@ -552,6 +557,15 @@ class _Batch:
         for s in self.items:
             s.discard()
         self.items = []
+
+
+def _clear_stale(staging: str) -> None:
+    """Remove what imports that died (killed, a power cut) left in the staging folder: `.import.<pid>-…` files of
+    processes no longer running."""
+    for name in os.listdir(staging):
+        pid = name[len(".import."):].split("-", 1)[0]
+        if name.startswith(".import.") and pid.isdigit() and not pid_alive(int(pid)):
+            _unlink_quietly(os.path.join(staging, name))
 
 
 def _as_imported(s: _Staged, copy: Path, project: Project) -> ImportedImage:
