@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import InvalidName, PathNotAllowed
+from .fsutil import readable_name
 
 _WINDOWS_RESERVED = {"con", "prn", "aux", "nul"} | {f"com{i}" for i in range(10)} | {f"lpt{i}" for i in range(10)}
 _FORBIDDEN_CHARS = set('/\\:*?"<>|')
@@ -55,14 +56,14 @@ def resolve_inside(path: str | os.PathLike, roots: Iterable[Path]) -> Path:
     try:
         resolved = Path(os.path.expanduser(raw)).resolve()
     except RuntimeError as e:  # Python < 3.13 on a symlink loop
-        raise PathNotAllowed(f"{raw} cannot be resolved: symbolic link loop.") from e
+        raise PathNotAllowed(f"{readable_name(raw)} cannot be resolved: symbolic link loop.") from e
     roots = [Path(r).resolve() for r in roots]
     for root in roots:
         if resolved == root or root in resolved.parents:
             return resolved
-    allowed = ", ".join(str(r) for r in roots) or "none configured"
-    raise PathNotAllowed(f"{raw} is outside the allowed folders ({allowed}). Add its folder to the allowed "
-                         "folders in the Train Style settings, or upload the files instead.")
+    allowed = readable_name(", ".join(str(r) for r in roots) or "none configured")
+    raise PathNotAllowed(f"{readable_name(raw)} is outside the allowed folders ({allowed}). Add its folder to the "
+                         "allowed folders in the Train Style settings, or upload the files instead.")
 
 
 def is_inside(path: Path, root: Path) -> bool:

@@ -275,6 +275,13 @@ def test_undecodable_names_through_the_http_api(tmp_path, bad_names):
     assert sorted(Path(i["source"]).name for i in r.json()["imported"]) == ["bad\\xff\\xfe.png", "good.png"]
 
 
+def test_an_undecodable_path_outside_the_roots_is_a_readable_403(tmp_path, bad_names):
+    client = client_for(tmp_path, [bad_names])
+    client.post("/train-style/v1/projects", json={"name": "demo"})
+    r = client.post("/train-style/v1/projects/demo/import", json={"paths": ["/etc/\udcffsecrets"]})
+    assert r.status_code == 403 and "/etc/\\xffsecrets is outside the allowed folders" in r.json()["detail"]
+
+
 def test_json_records_keep_lone_surrogates_exactly(tmp_path):
     name = os.fsdecode(b"bad\xff.png")
     atomic_write_json(tmp_path / "r.json", {"source": name})
