@@ -163,8 +163,9 @@ class DatasetPanel:
         return (*self._views(name), *self._settings(name))
 
     def _options(self, concept: str, repeats: float | None, reg: bool) -> dict:
-        return {"concept": (concept or "").strip(), "repeats": int(repeats) if repeats else None,
-                "kind": "reg" if reg else "dataset"}
+        if isinstance(repeats, float) and repeats.is_integer():
+            repeats = int(repeats)  # gradio's Number gives floats; the core refuses 0 and fractions with its reason
+        return {"concept": (concept or "").strip(), "repeats": repeats, "kind": "reg" if reg else "dataset"}
 
     def _need_project(self, name: str | None) -> str:
         if not name:
@@ -189,7 +190,7 @@ class DatasetPanel:
         return (*self._views(name), None)  # None clears the upload box
 
     def _cancel(self, name: str | None) -> str:
-        jobs = [j for j in self.studio.jobs.list(name) if j.active] if name else []
+        jobs = [j for j in self.studio.jobs.list(name) if j.active and j.kind == "import"] if name else []
         for job in jobs:
             self.studio.jobs.cancel(job.id)
         return render.job_html(self.studio.jobs.get(jobs[0].id) if jobs else None)
