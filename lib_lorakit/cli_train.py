@@ -24,6 +24,7 @@ from .train.runner import Runs
 from .train.service import REPO_ROOT, TrainingService, TrainRequest, default_trainer
 
 DEFAULT_TORCH = "2.13.0"
+BASE_MODEL_HELP = "the checkpoint to train on (.safetensors; a .ckpt is unpickled, so only from a source you trust)"
 Result = tuple[int, Any, str]
 
 
@@ -41,7 +42,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     t = sub.add_parser("train", parents=[common], help="train a LoRA on a project")
     t.add_argument("project")
     t.add_argument("--preset", required=True)
-    t.add_argument("--base-model", required=True, help="the checkpoint to train on (.safetensors)")
+    t.add_argument("--base-model", required=True, help=BASE_MODEL_HELP)
     t.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE", help="override a preset option")
     t.add_argument("--output-name")
     t.add_argument("--sample", action="append", default=[], metavar="PROMPT", help="a sample prompt (repeatable)")
@@ -53,7 +54,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
                        help="two-stage training: a base LoRA on some concepts, then the targets with it merged in")
     d.add_argument("project")
     d.add_argument("--preset", required=True)
-    d.add_argument("--base-model", required=True, help="the checkpoint to train on (.safetensors)")
+    d.add_argument("--base-model", required=True, help=BASE_MODEL_HELP)
     d.add_argument("--target-concepts", required=True, metavar="A,B", help="what stage 2 learns")
     d.add_argument("--stage1-concepts", default="", metavar="A,B",
                    help="what stage 1 learns, the look to remove (default: every other concept)")
@@ -110,8 +111,9 @@ def trainer_env(studio: Studio, args: argparse.Namespace) -> TrainerEnvironment:
 
 
 def service(studio: Studio, args: argparse.Namespace) -> TrainingService:
+    # the command line runs with its user's own rights: any model file, a pickle with a warning (model_path)
     return TrainingService(studio.host, trainer=trainer_env(studio, args),
-                           tokenizer_cache_dir=getattr(args, "tokenizer_cache_dir", None))
+                           tokenizer_cache_dir=getattr(args, "tokenizer_cache_dir", None), local_user=True)
 
 
 def handle(studio: Studio, args: argparse.Namespace) -> Result:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from ..errors import LorakitError
+from ..paths import check_name
 from ..project import Project
 from .config import SampleSettings
 from .distributed import AccelerateOptions
@@ -83,11 +84,16 @@ def _names(items: Sequence[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def stage_requests(project: Project, req: DifferentialRequest, stage1_final: str = PLACEHOLDER_RUN,
+def stage_requests(project: Project, req: DifferentialRequest, stage1_final: Optional[str] = None,
                    stage1_run: str = PLACEHOLDER_RUN) -> tuple[TrainRequest, TrainRequest]:
-    """The two runs' requests; stage 2 merges `stage1_final` (stage 1's final LoRA) and waits for `stage1_run`."""
+    """The two runs' requests; stage 2 merges `stage1_final` (stage 1's final LoRA; while planning, where it will
+    be: inside the project's runs) and waits for `stage1_run`."""
+    if req.output_name is not None:
+        check_name(req.output_name, what="output name")  # before anything else: it names files of both runs
     stage1, targets = stage_concepts(project, req)
     name = req.output_name or project.name
+    if stage1_final is None:
+        stage1_final = str(project.root / "runs" / PLACEHOLDER_RUN / f"{name}-base.safetensors")
     common = dict(project=req.project, preset=req.preset, base_model=req.base_model, samples=req.samples,
                   accept_missing_captions=req.accept_missing_captions, dry_run=req.dry_run, accelerate=req.accelerate)
     first = TrainRequest(**common, overrides={**req.overrides, **req.stage1_overrides}, output_name=f"{name}-base",

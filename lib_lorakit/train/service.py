@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from ..dataset.report import build_report
-from ..errors import LorakitError
+from ..errors import LorakitError, PathNotAllowed
 from ..fsutil import atomic_write_json, read_json
 from ..host import Host, checkpoint_arch
+from ..paths import check_name
 from ..project import Project
 from ..results.registry import Registered, register_files
 from ..tomlio import read_toml, write_toml
@@ -24,6 +25,7 @@ from . import presets as _presets
 from .config import RunFiles, SampleSettings, build_run_files, select_concepts, write_run_files
 from .distributed import AccelerateOptions, accelerate_argv
 from .environment import TrainerEnvironment, check_submodule
+from .model_path import confine_model_path
 from .queue import TrainQueue
 from .runner import Runs, RunSnapshot, RunSpec
 from .steps import StepPlan, plan_project
@@ -68,6 +70,9 @@ class TrainPlan:
     steps: StepPlan
     findings: tuple[Finding, ...]
     base_arch: str
+    # the model files as the run will name them, once allowed (model_path.confine_model_path); None: refused
+    base_model: Optional[Path] = None
+    base_weights: tuple[tuple[Path, float], ...] = ()
 
     @property
     def blocked(self) -> bool:
@@ -80,10 +85,15 @@ class TrainPlan:
 
 
 class TrainingService:
+    """`local_user`: the caller is the machine's own user (the CLI), who may train from any file; the tab and the
+    HTTP API leave it False, so a run takes only the Host's checkpoints and .safetensors files inside the models
+    and allowed folders (see model_path)."""
+
     def __init__(self, host: Host, *, trainer: TrainerEnvironment, tokenizer_cache_dir: Optional[Path] = None,
-                 env: Optional[Mapping[str, str]] = None):
+                 env: Optional[Mapping[str, str]] = None, local_user: bool = False):
         self.host = host
         self.trainer = trainer
+        self.local_user = local_user
         # offline machines keep sd-scripts' tokenizers in a folder (FACTS: --tokenizer_cache_dir)
         cache = tokenizer_cache_dir or os.environ.get("TRAIN_STYLE_TOKENIZER_CACHE")
         self.tokenizer_cache_dir = Path(cache) if cache else None
@@ -94,16 +104,40 @@ class TrainingService:
 
     # 1. the plan: settings with their sources, the step maths and the preflight findings; writes nothing
     def plan(self, project: Project, req: TrainRequest) -> TrainPlan:
+        if req.output_name is not None:
+            check_name(req.output_name, what="output name")  # it names files sd-scripts writes in the run folder
         settings = _presets.resolve(req.preset, req.overrides, user_dir=self.presets_dir())
-        base = Path(req.base_model).expanduser()
-        arch = checkpoint_arch(base) if base.is_file() else "Unknown"
+        # the model files first: nothing about a path is looked at before it is known to be allowed
+        base, findings = self._model(req.base_model, code="BASE_MODEL", what="base model",
+                                     fix="Pick a checkpoint from the list.")
+        weights: list[tuple[Path, float]] = []
+        for path, multiplier in req.base_weights:
+            merged, found = self._model(path, code="BASE_WEIGHTS", what="LoRA to merge first",
+                                        fix="Use a LoRA of this project's runs.", extra_roots=(project.root,))
+            findings += found
+            if merged is not None:
+                weights.append((merged, float(multiplier)))
+        arch = checkpoint_arch(base) if base is not None and base.is_file() else "Unknown"
         steps = plan_project(project, settings.values, num_processes=_processes(req), concepts=req.concepts)
-        findings = preflight(project, req, settings=settings, base=base, arch=arch, trainer=self.trainer,
-                             lora_dir=Path(self.host.lora_dir()))
+        findings += preflight(project, req, settings=settings, base=base, arch=arch, trainer=self.trainer,
+                              lora_dir=Path(self.host.lora_dir()), base_weights=weights)
         findings += [Finding("MULTI_GPU", "error", p, "Fix the Multi-GPU settings.")
                      for p in req.accelerate.problems()]
         findings += vram_findings(settings, getattr(self.host, "gpu_memory", lambda: None)())
-        return TrainPlan(settings=settings, steps=steps, findings=tuple(findings), base_arch=arch)
+        return TrainPlan(settings=settings, steps=steps, findings=tuple(findings), base_arch=arch, base_model=base,
+                         base_weights=tuple(weights))
+
+    def _model(self, path: str | Path, *, code: str, what: str, fix: str,
+               extra_roots: tuple[Path, ...] = ()) -> tuple[Optional[Path], list[Finding]]:
+        """A model file of the run, as `confine_model_path` allows it for this front end's user: (the path the run
+        names, []) or (None, [the refusal as an error finding]); a local user's pickle adds a warning."""
+        try:
+            allowed = confine_model_path(self.host, path, local_user=self.local_user, what=what,
+                                         extra_roots=extra_roots)
+        except PathNotAllowed as e:
+            return None, [Finding(f"{code}_NOT_ALLOWED", "error", str(e), fix)]
+        found = [Finding(f"{code}_PICKLE", "warning", allowed.warning, "Convert it to .safetensors.")]
+        return allowed.path, found if allowed.warning else []
 
     # 2. a run folder with its TOMLs and launch description, queued
     def create_run(self, project: Project, req: TrainRequest, *, queue: bool = True) -> RunSnapshot:
@@ -112,12 +146,13 @@ class TrainingService:
             errors = [f for f in plan.findings if f.severity == "error"]
             raise LorakitError("Cannot train yet:\n" + "\n".join(
                 f"- {f.message}" + (f" Fix: {f.fix}" if f.fix else "") for f in errors))
+        assert plan.base_model is not None  # a refused model is an error finding: the plan was blocked
         runs = Runs(project)
         run_dir = runs.new_dir(req.output_name or plan.settings.preset)
-        files = build_run_files(project, plan.settings, run_dir=run_dir, pretrained_model=Path(req.base_model),
+        files = build_run_files(project, plan.settings, run_dir=run_dir, pretrained_model=plan.base_model,
                                 base_arch=plan.base_arch if plan.base_arch != "Unknown" else plan.settings.base,
                                 output_name=req.output_name, tokenizer_cache_dir=self.tokenizer_cache_dir,
-                                samples=req.samples, concepts=req.concepts, base_weights=req.base_weights)
+                                samples=req.samples, concepts=req.concepts, base_weights=plan.base_weights)
         paths = write_run_files(files, run_dir)
         # only what differs from the supervisor's own environment is stored (no secrets copied into the run)
         wanted = {**self.trainer.subprocess_env(dict(os.environ)), **self.extra_env}
@@ -125,17 +160,18 @@ class TrainingService:
                        cwd=str(self.trainer.sd_scripts_dir), output_name=files.output_name,
                        env={k: v for k, v in wanted.items() if os.environ.get(k) != v},
                        unset=tuple(sorted(set(os.environ) - set(wanted)) + ["PYTHONPATH"]))
-        meta = {"preset": plan.settings.preset, "base_model": str(req.base_model), "base_arch": plan.base_arch,
+        meta = {"preset": plan.settings.preset, "base_model": str(plan.base_model), "base_arch": plan.base_arch,
                 "trigger_words": list(project.settings.trigger_words), "steps": asdict(plan.steps),
                 "settings": dict(plan.settings.values), **dict(req.meta)}
         if req.concepts is not None:
             meta["concepts"] = list(req.concepts)
         meta["accelerate"] = req.accelerate.to_dict()
-        if req.base_weights:
-            meta["base_weights"] = [[str(p), float(m)] for p, m in req.base_weights]
+        if plan.base_weights:
+            meta["base_weights"] = [[str(p), float(m)] for p, m in plan.base_weights]
         if req.depends_on:
             meta["depends_on"] = req.depends_on  # the queue holds this run until that one has succeeded
-        warnings = [f.message for f in plan.findings if f.code == BASE_WEIGHTS_QUIRK]
+        warnings = [f.message for f in plan.findings if f.code in (BASE_WEIGHTS_QUIRK, "BASE_MODEL_PICKLE",
+                                                                 "BASE_WEIGHTS_PICKLE")]
         if warnings:
             meta["warnings"] = [*meta.get("warnings", []), *warnings]
         snap = runs.create(run_dir, spec, files={}, meta=meta)
@@ -154,6 +190,9 @@ class TrainingService:
     def resume(self, project: Project, run_id: str, *, queue: bool = True) -> RunSnapshot:
         runs = Runs(project)
         snap = runs.get(run_id)
+        if snap.meta.get("imported"):
+            raise LorakitError(f"Run {run_id} was trained elsewhere and imported from a bundle; it cannot be resumed "
+                               "here. Train it again, or resume it where it was trained and import it again.")
         if snap.active or snap.state in ("succeeded", "draft"):
             raise LorakitError(f"Run {run_id} is {snap.state}; only a stopped, failed or interrupted run can be "
                                "resumed.")
@@ -225,21 +264,13 @@ def requeue(run_dir: Path, **meta: Any) -> None:
     atomic_write_json(run_dir / "run.json", data)
 
 
-def preflight(project: Project, req: TrainRequest, *, settings: _presets.ResolvedSettings, base: Path, arch: str,
-              trainer: TrainerEnvironment, lora_dir: Path) -> list[Finding]:
-    """Every reason the run would fail or disappoint, each with the fix."""
-    found: list[Finding] = []
+def preflight(project: Project, req: TrainRequest, *, settings: _presets.ResolvedSettings, base: Optional[Path],
+              arch: str, trainer: TrainerEnvironment, lora_dir: Path,
+              base_weights: Sequence[tuple[Path, float]] = ()) -> list[Finding]:
+    """Every reason the run would fail or disappoint, each with the fix. `base` and `base_weights` are the model
+    files already allowed (None / left out: refused, which the caller reported)."""
     # a. base model: present, and of the preset's family
-    if not base.is_file():
-        found.append(Finding("BASE_MODEL_MISSING", "error", f"The base model {base} does not exist.",
-                             "Pick a checkpoint from the list or give its full path."))
-    elif arch == "Unknown":
-        found.append(Finding("BASE_MODEL_UNKNOWN", "warning", f"Could not tell whether {base.name} is SD1, SD2 or "
-                             "SDXL (only .safetensors checkpoints can be read safely).",
-                             f"Make sure it is a {settings.base} model."))
-    elif (arch == "SDXL") != (settings.base == "SDXL"):
-        found.append(Finding("BASE_MODEL_MISMATCH", "error", f"{base.name} is an {arch} model but preset "
-                             f"{settings.preset} is for {settings.base}.", f"Pick a {arch} preset."))
+    found = _base_model(base, arch, settings) if base is not None else []
     # b. captions and trigger words (of the concepts this run trains)
     report = build_report(project)
     chosen = {(c.kind, c.name) for c in select_concepts(project, req.concepts)}
@@ -270,16 +301,31 @@ def preflight(project: Project, req: TrainRequest, *, settings: _presets.Resolve
     # d. disk and name collisions
     found += _disk_and_names(project, req, settings, lora_dir)
     # e. LoRAs merged in first: present (or made by the run this one waits for), and sd-scripts' module quirk
-    found += _base_weights(req, settings)
+    found += _base_weights(req, settings, base_weights)
     return found
+
+
+def _base_model(base: Path, arch: str, settings: _presets.ResolvedSettings) -> list[Finding]:
+    if not base.is_file():
+        return [Finding("BASE_MODEL_MISSING", "error", f"The base model {base} does not exist.",
+                        "Pick a checkpoint from the list or give its full path.")]
+    if arch == "Unknown":
+        return [Finding("BASE_MODEL_UNKNOWN", "warning", f"Could not tell whether {base.name} is SD1, SD2 or SDXL "
+                        "(only .safetensors checkpoints can be read safely).", f"Make sure it is a {settings.base} "
+                        "model.")]
+    if (arch == "SDXL") != (settings.base == "SDXL"):
+        return [Finding("BASE_MODEL_MISMATCH", "error", f"{base.name} is an {arch} model but preset "
+                        f"{settings.preset} is for {settings.base}.", f"Pick a {arch} preset.")]
+    return []
 
 
 BASE_WEIGHTS_QUIRK = "BASE_WEIGHTS_EXTRA_MODULES"
 
 
-def _base_weights(req: TrainRequest, settings: _presets.ResolvedSettings) -> list[Finding]:
+def _base_weights(req: TrainRequest, settings: _presets.ResolvedSettings,
+                  allowed: Sequence[tuple[Path, float]]) -> list[Finding]:
     found = []
-    for path, _ in req.base_weights:
+    for path, _ in allowed:
         if not Path(path).is_file() and not req.depends_on:
             found.append(Finding("BASE_WEIGHTS_MISSING", "error", f"The LoRA to merge first, {path}, does not "
                                  "exist.", "Train that LoRA first, or give the path of an existing one."))

@@ -49,7 +49,8 @@ class TrainPanel:
             self.base = gr.Dropdown(label="Base model", choices=list(self._checkpoints()),
                                     elem_id="train_style_base_model", interactive=True)
             self.refresh_lists = gr.Button("↻", elem_id="train_style_refresh_lists", scale=0, min_width=40)
-            self.base_path = gr.Textbox(label="Or the base model's path", elem_id="train_style_base_path")
+            self.base_path = gr.Textbox(label="Or the base model's path (a .safetensors file in the models folder "
+                                        "or an allowed folder)", elem_id="train_style_base_path")
         with gr.Row():
             self.overrides = gr.Textbox(label="Overrides (one option=value per line, e.g. max_train_epochs=8)",
                                         lines=3, elem_id="train_style_overrides")
@@ -176,7 +177,8 @@ class TrainPanel:
 
     # --- handlers: read values → one core call → updates ------------------------------------------------------------
     def _service(self) -> TrainingService:
-        return TrainingService(self.studio.host, trainer=default_trainer(self.studio.host))
+        # whoever reaches the page is not trusted as the machine's user: only listed or confined .safetensors models
+        return TrainingService(self.studio.host, trainer=default_trainer(self.studio.host), local_user=False)
 
     def _preset_names(self) -> list[str]:
         return [p.name for p in _presets.presets(self.studio.host.projects_home() / "presets")]
