@@ -42,16 +42,25 @@ from ..project import Project
 from ..tomlio import read_toml
 from .config import ARGS_FILE, DATASET_FILE, PROMPTS_FILE, script_for
 from .progress import LogReader
-from .runner import Runs, RunSnapshot
+from .runner import Runs, RunSnapshot, meta_problems
 from .steps import SD_SCRIPTS_IMAGE_SUFFIXES
 
 BUNDLE_FORMAT = 1
 MANIFEST = "bundle.json"
+RECORDS = "bundle"  # where an imported run keeps the bundle's args.toml, dataset.toml, … (for the record)
 OUTPUT = "output"
 # keys whose paths only mean something on this machine: dropped (the scripts give the tokenizers by variable)
 _DROPPED = ("tokenizer_cache_dir", "resume", "skip_until_initial_step")
 _STORED = {".safetensors", ".ckpt", ".png", ".jpg", ".jpeg", ".webp", ".zip"}  # compressed already
 _MAX_ENTRY = 64 * 2**30  # a zip entry claiming more than this is refused (zip bomb)
+# what import reads back, each kind capped (a LoRA of a few GiB is already large; a train.log of sd-scripts is a few
+# MB even for long runs), all of it together, and how far a non-tiny entry may expand (deflate reaches ~1000:1 on
+# runs of one byte; logs, images and weights compress below 10:1)
+_LIMITS = {"lora": 8 * 2**30, "sample": 64 * 2**20, "log": 64 * 2**20, "record": 16 * 2**20}
+_MAX_TOTAL = 64 * 2**30
+_MAX_RATIO = 100
+_RATIO_FROM = 2**20  # entries up to this size may compress as well as they like
+_MAX_DEPTH = 16  # nesting of bundle.json
 
 Source = Union[Path, bytes]
 
@@ -527,6 +536,29 @@ class _Reader:
         member = self.members[name]
         return member.stat().st_size if isinstance(member, Path) else member.file_size
 
+    def stored_size(self, name: str) -> int:
+        """The bytes the entry takes in the zip (its size in a folder)."""
+        member = self.members[name]
+        return member.stat().st_size if isinstance(member, Path) else member.compress_size
+
+    def check_sizes(self, kinds: dict[str, str]) -> None:
+        """Refuse, before anything is read, entries (name → kind, see _LIMITS) that are too large alone, together,
+        or expand from too little (a zip bomb)."""
+        total = 0
+        for name, kind in kinds.items():
+            size, stored = self.size(name), self.stored_size(name)
+            if size > _LIMITS[kind]:
+                raise LorakitError(f"The bundle's {name} would be {_mib(size)} (the limit for a {_KIND_WORDS[kind]} "
+                                   f"is {_mib(_LIMITS[kind])}); nothing was imported.")
+            if size > _RATIO_FROM and size > _MAX_RATIO * max(stored, 1):
+                raise LorakitError(f"The bundle's {name} would expand from {_mib(stored)} to {_mib(size)}, more than "
+                                   f"{_MAX_RATIO} times, as zip bombs do; nothing was imported. Zip the trained "
+                                   "folder again from the files themselves.")
+            total += size
+        if total > _MAX_TOTAL:
+            raise LorakitError(f"The bundle's files to import add up to {_mib(total)} (the limit is "
+                               f"{_mib(_MAX_TOTAL)}); nothing was imported.")
+
     def read(self, name: str, limit: int = 16 * 2**20) -> bytes:
         if self.size(name) > limit:
             raise LorakitError(f"The bundle's {name} is too large ({self.size(name)} bytes).")
@@ -607,28 +639,69 @@ def _check_safetensors(reader: _Reader, name: str) -> None:
 
 def import_bundle(project: Project, path: Path) -> RunSnapshot:
     """The LoRAs (and samples, train.log) of a trained bundle as a new run of `project`: state "succeeded" when
-    the final LoRA is there, "failed" when only epoch or step saves are; then `register` it like any run."""
+    the final LoRA is there, "failed" when only epoch or step saves are; then `register` it like any run.
+
+    Everything is checked before the run folder is made: entry names, sizes and compression, bundle.json's
+    fields and the LoRAs' headers; a refused bundle leaves nothing behind."""
     path = Path(path).expanduser()
     reader = _Reader(path)
     try:
         root = reader.root()
-        try:
-            manifest = json.loads(reader.read(root + MANIFEST).decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise LorakitError(f"The bundle's {MANIFEST} is not valid JSON ({e}).") from e
-        if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
-            raise LorakitError(f"The bundle's {MANIFEST} is not a Train Style bundle of format {BUNDLE_FORMAT}.")
-        output_name = check_name(str(manifest.get("output_name") or ""), what="bundle's output name")
+        reader.check_sizes({root + MANIFEST: "record"})
+        manifest = _manifest(reader.read(root + MANIFEST))
+        output_name = manifest["output_name"]
         found = _find(reader, root, output_name)
         if not found.loras:
             raise LorakitError(f"{path} holds no trained LoRA: expected {root}{OUTPUT}/{output_name}.safetensors "
                                "(or its epoch/step saves). Run train.sh in the bundle first, then import that "
                                "folder.")
+        reader.check_sizes({**dict.fromkeys(found.loras, "lora"), **dict.fromkeys(found.samples, "sample"),
+                            **dict.fromkeys(found.records, "record"), **({found.log: "log"} if found.log else {})})
         for name in found.loras:
             _check_safetensors(reader, name)
         return _import(project, path, reader, root, manifest, output_name, found)
     finally:
         reader.close()
+
+
+# bundle.json's fields that import reads, and what each must be
+_MANIFEST_TEXTS = ("project", "run", "created", "folder", "script", "base_model")
+
+
+def _manifest(raw: bytes) -> dict:
+    """bundle.json parsed and checked: an object of format 1 whose fields are of their kind, `meta` an object whose
+    known keys are too (runner.meta_problems), nested at most _MAX_DEPTH deep. Raises LorakitError naming each
+    problem."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError; deep nesting: RecursionError
+        raise LorakitError(f"The bundle's {MANIFEST} is not valid JSON ({type(e).__name__}); nothing was "
+                           "imported.") from e
+    if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
+        raise LorakitError(f"The bundle's {MANIFEST} is not a Train Style bundle of format {BUNDLE_FORMAT}.")
+    problems = [] if _depth(data) <= _MAX_DEPTH else [f"nested more than {_MAX_DEPTH} levels deep"]
+    problems += [f"{key}: expected a text, got {type(data[key]).__name__}" for key in _MANIFEST_TEXTS
+                 if key in data and not isinstance(data[key], str)]
+    if not isinstance(data.get("output_name"), str):
+        problems.append(f"output_name: expected a text, got {type(data.get('output_name')).__name__}")
+    problems += meta_problems({} if data.get("meta") is None else data["meta"])
+    if problems:
+        raise LorakitError(f"The bundle's {MANIFEST} is damaged or was not written by Train Style: "
+                           f"{'; '.join(problems)}. Nothing was imported.")
+    check_name(data["output_name"], what="bundle's output name")
+    return data
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in `value` (without recursion: the value may be hostile)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth <= _MAX_DEPTH:
+                stack += [(v, depth + 1) for v in (item.values() if isinstance(item, dict) else item)]
+    return deepest
 
 
 def _import(project: Project, path: Path, reader: _Reader, root: str, manifest: dict, output_name: str,
@@ -637,7 +710,9 @@ def _import(project: Project, path: Path, reader: _Reader, root: str, manifest: 
     run_dir = runs.new_dir(f"imported-{output_name}")
     try:
         copies = [(n, run_dir / n[len(root) + len(OUTPUT) + 1:]) for n in [*found.loras, *found.samples]]
-        copies += [(n, run_dir / n[len(root):]) for n in found.records]
+        # the bundle's own records go in a folder of their own: they describe the run elsewhere, so this run never
+        # takes their paths as its own (it has no args.toml to resume or export from)
+        copies += [(n, run_dir / RECORDS / n[len(root):]) for n in found.records]
         if found.log:
             copies.append((found.log, run_dir / "train.log"))
         for name, dest in copies:
@@ -650,7 +725,8 @@ def _import(project: Project, path: Path, reader: _Reader, root: str, manifest: 
             reader_log.flush()
         files = sorted(Path(n).name for n in found.loras)
         final = f"{output_name}.safetensors" in files
-        meta = dict(manifest.get("meta") or {})
+        # the other machine's run ids mean nothing here (and depends_on would hold the run in the queue)
+        meta = {k: v for k, v in (manifest.get("meta") or {}).items() if k not in ("depends_on", "resumed_from")}
         meta["imported"] = {"from": str(path.resolve()), "project": manifest.get("project"),
                             "run": manifest.get("run"), "exported": manifest.get("created"), "at": _now()}
         data = {"id": run_dir.name, "project": project.name, "state": "succeeded" if final else "failed",
@@ -679,6 +755,13 @@ def _copy_limited(src: BinaryIO, out: BinaryIO, size: int, name: str) -> None:
 
 
 # --- small helpers -------------------------------------------------------------------------------------------------
+_KIND_WORDS = {"lora": "LoRA file", "sample": "sample image", "log": "training log", "record": "settings file"}
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "bundle"
 

@@ -110,25 +110,32 @@ class Runs:
         return path
 
     def get(self, run_id: str) -> RunSnapshot:
+        """The run as its run.json says; a run.json that cannot be read, or holds values of the wrong kind, gives
+        a run in state "damaged" whose error says what is wrong (so one such folder never hides the others)."""
         run_dir = self.dir(run_id)
-        data = read_json(run_dir / "run.json", default={}) or {}
-        data = _reconcile(run_dir, data)
-        return RunSnapshot(id=run_dir.name, project=self.project.name, dir=run_dir, state=data.get("state", "?"),
-                           progress=data.get("progress", {}), files=data.get("files", []),
-                           samples=data.get("samples", []), error=data.get("error", ""),
-                           advice=data.get("advice", ""), log_tail=data.get("log_tail", []),
-                           losses=data.get("losses", []), meta=data.get("meta", {}))
+        try:
+            data = _reconcile(run_dir, _record(run_dir))
+        except LorakitError as e:
+            data = {"state": DAMAGED, "error": str(e)}
+        data, problems = _checked(data)
+        if problems:
+            data.update(state=DAMAGED, error=f"Run {run_id}'s record (run.json) is damaged: {'; '.join(problems)}. "
+                        "Delete the run's folder, or repair the file.")
+        return RunSnapshot(id=run_dir.name, project=self.project.name, dir=run_dir, state=data["state"],
+                           progress=data["progress"], files=data["files"], samples=data["samples"],
+                           error=data["error"], advice=data["advice"], log_tail=data["log_tail"],
+                           losses=data["losses"], meta=data["meta"])
 
     def list(self) -> list[RunSnapshot]:
         if not self.root.is_dir():
             return []
         ids = sorted((p.name for p in self.root.iterdir() if (p / "run.json").is_file()), reverse=True)
-        return [self.get(i) for i in ids]
+        return [self.get(i) for i in ids if re.fullmatch(r"[A-Za-z0-9_-]+", i)]
 
     def start(self, run_id: str) -> RunSnapshot:
         """Spawn the supervisor for a queued run; returns at once."""
         run_dir = self.dir(run_id)
-        data = read_json(run_dir / "run.json")
+        data = _record(run_dir)
         if data.get("state") not in ("queued", "stopped", "failed", "interrupted"):
             raise LorakitError(f"Run {run_id} is {data.get('state')}; only a queued run can start.")
         data.update(state="starting", error="", advice="", launched=_now())
@@ -146,8 +153,8 @@ class Runs:
     def stop(self, run_id: str) -> RunSnapshot:
         """Ask the supervisor to stop the trainer (TERM, then KILL after a grace period); saved files stay."""
         run_dir = self.dir(run_id)
-        data = read_json(run_dir / "run.json")
-        pid = data.get("supervisor_pid")
+        data = _record(run_dir)
+        pid = _pid(data)
         if data.get("state") == "queued":
             data.update(state="stopped", error="Removed from the queue before it started.", finished=_now())
             atomic_write_json(run_dir / "run.json", data)
@@ -163,7 +170,7 @@ class Runs:
         """Set a run's state by hand (e.g. "draft" for a dry run that must not be started by the queue), with
         `error`/`advice` when it fails without having started."""
         path = self.dir(run_id) / "run.json"
-        data = read_json(path)
+        data = _record(path.parent)
         data["state"] = state
         data.update(fields)
         if state in ("failed", "stopped"):
@@ -180,15 +187,118 @@ class Runs:
 
 
 _CHILDREN: dict[int, subprocess.Popen] = {}
+DAMAGED = "damaged"
+
+
+def _record(run_dir: Path) -> dict:
+    """run.json as a dict; LorakitError when it is not readable JSON holding an object."""
+    try:
+        data = read_json(run_dir / "run.json", default={})
+    except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise LorakitError(f"Run {run_dir.name}'s record (run.json) cannot be read ({type(e).__name__}). Delete "
+                           "the run's folder, or repair the file.") from e
+    if not isinstance(data, dict):
+        raise LorakitError(f"Run {run_dir.name}'s record (run.json) holds a {type(data).__name__}, not an object. "
+                           "Delete the run's folder, or repair the file.")
+    return data
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _texts(v: object) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _names_in_run(v: object, folder: str = "") -> bool:
+    """A list of the run's own files: plain names (`folder/name` with a folder), never a path leading out (the tab
+    shows and registers them)."""
+    def ok(x: object) -> bool:
+        if not isinstance(x, str) or not x.startswith(folder):
+            return False
+        name = x[len(folder):]
+        return bool(name) and not name.startswith(".") and not any(c in name for c in "/\\\x00")
+
+    return isinstance(v, list) and all(ok(x) for x in v)
+
+
+# run.json's fields: (default, check, what a valid value is). The tab, the CLI and the API read these without
+# further checks, so a value of another kind is replaced by the default and the run shown as damaged.
+_FIELDS = {
+    "state": ("?", lambda v: isinstance(v, str), "a text"),
+    "progress": ({}, lambda v: isinstance(v, dict) and all(v.get(k) is None or _is_number(v.get(k)) for k in
+                                                           ("step", "total", "epoch", "epochs", "loss", "eta_s")),
+                 "an object of numbers"),
+    "files": ([], _names_in_run, "a list of file names in the run's folder"),
+    "samples": ([], lambda v: _names_in_run(v, "sample/"), "a list of sample/<file name>"),
+    "error": ("", lambda v: isinstance(v, str), "a text"),
+    "advice": ("", lambda v: isinstance(v, str), "a text"),
+    "log_tail": ([], _texts, "a list of texts"),
+    "losses": ([], lambda v: isinstance(v, list) and all(isinstance(p, list) and len(p) == 2 and
+                                                          all(_is_number(x) for x in p) for p in v),
+               "a list of [step, loss] pairs"),
+    "meta": ({}, lambda v: isinstance(v, dict), "an object"),
+}
+# the run's meta (written by TrainingService.create_run, differential, requeue and bundle import)
+META_FIELDS = {
+    "preset": (lambda v: isinstance(v, str), "a text"),
+    "base_model": (lambda v: isinstance(v, str), "a text"),
+    "base_arch": (lambda v: isinstance(v, str), "a text"),
+    "trigger_words": (_texts, "a list of texts"),
+    "steps": (lambda v: isinstance(v, dict), "an object"),
+    "settings": (lambda v: isinstance(v, dict), "an object"),
+    "concepts": (_texts, "a list of texts"),
+    "accelerate": (lambda v: isinstance(v, dict), "an object"),
+    "base_weights": (lambda v: isinstance(v, list) and all(isinstance(p, list) and len(p) == 2 and
+                                                            isinstance(p[0], str) and _is_number(p[1]) for p in v),
+                     "a list of [file, multiplier] pairs"),
+    "depends_on": (lambda v: isinstance(v, str), "a text"),
+    "warnings": (_texts, "a list of texts"),
+    "differential": (lambda v: isinstance(v, dict), "an object"),
+    "imported": (lambda v: isinstance(v, dict), "an object"),
+    "resumed_from": (lambda v: isinstance(v, str), "a text"),
+}
+
+
+def meta_problems(meta: object) -> list[str]:
+    """What is wrong with a run's meta (`meta.warnings: expected a list of texts, got 5`); [] when nothing."""
+    if not isinstance(meta, dict):
+        return [f"meta: expected an object, got {_shown(meta)}"]
+    return [f"meta.{key}: expected {what}, got {_shown(meta[key])}" for key, (ok, what) in META_FIELDS.items()
+            if key in meta and not ok(meta[key])]
+
+
+def _checked(data: dict) -> tuple[dict, list[str]]:
+    """run.json's fields, each of its kind (a wrong one replaced by its default), and the problems found."""
+    out: dict = {}
+    problems: list[str] = []
+    for key, (default, ok, what) in _FIELDS.items():
+        value = data.get(key, default)
+        if ok(value):
+            out[key] = value
+        else:
+            out[key] = default
+            problems.append(f"{key}: expected {what}, got {_shown(value)}")
+    bad_meta = meta_problems(out["meta"])
+    if bad_meta:
+        problems += bad_meta
+        out["meta"] = {k: v for k, v in out["meta"].items() if k not in META_FIELDS or META_FIELDS[k][0](v)}
+    return out, problems
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"a {type(value).__name__} ({len(text)} characters)"
 
 
 def _reconcile(run_dir: Path, data: dict) -> dict:
     """A run that says it is active but whose supervisor is gone died unwatched: mark it and say why."""
-    pid = data.get("supervisor_pid")
+    pid = _pid(data)
     if pid in _CHILDREN and _CHILDREN[pid].poll() is not None:
         _CHILDREN.pop(pid)
     if data.get("state") in ("starting", "running") and pid and not pid_alive(pid):
-        data = read_json(run_dir / "run.json", default=data) or data  # it may have just written its verdict
+        data = _record(run_dir) or data  # it may have just written its verdict
         if data.get("state") in ("starting", "running"):
             tail = _log_tail(run_dir / "train.log") or _log_tail(run_dir / "supervisor.log")
             data.update(state="interrupted", finished=_now(), log_tail=tail,
@@ -197,6 +307,12 @@ def _reconcile(run_dir: Path, data: dict) -> dict:
                               "last saved state if there is one.")
             atomic_write_json(run_dir / "run.json", data)
     return data
+
+
+def _pid(data: dict) -> int | None:
+    """The supervisor's process id, only when it is one (never 0, -1 or a group: Stop signals it)."""
+    pid = data.get("supervisor_pid")
+    return pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 1 else None
 
 
 def _log_tail(path: Path, lines: int = 40) -> list[str]:
