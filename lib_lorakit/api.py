@@ -9,21 +9,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Optional
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, FastAPI, Request
 
-from .errors import AlreadyExists, InvalidName, LorakitError, NotFound, PathNotAllowed
+from . import websec
+from .errors import LorakitError
 from .host import Host
 from .studio import Studio
+from .websec import StrictBody, WebPolicy
 
-PREFIX = "/train-style/v1"
+PREFIX = websec.API_PREFIX
 
 
-class NewProject(BaseModel):
+class NewProject(StrictBody):
     name: str
 
 
-class ImportRequest(BaseModel):
+class ImportRequest(StrictBody):
     paths: list[str]
     concept: str = ""
     repeats: Optional[int] = None
@@ -31,30 +32,25 @@ class ImportRequest(BaseModel):
     background: bool = False
 
 
-def _status(e: LorakitError) -> int:
-    if isinstance(e, PathNotAllowed):
-        return 403
-    if isinstance(e, NotFound):
-        return 404
-    if isinstance(e, AlreadyExists):
-        return 409
-    if isinstance(e, InvalidName):
-        return 400
-    return 400
-
-
 def _guard(fn: Callable):
+    """Run a route's work; errors its input caused become 4xx with their text (see websec.status_of)."""
     try:
         return fn()
-    except LorakitError as e:
-        raise HTTPException(status_code=_status(e), detail=str(e)) from e
+    except (LorakitError, ValueError, TypeError) as e:  # UnicodeError is a ValueError
+        raise websec.bad_input(e) from e
 
 
-def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = None) -> APIRouter:
-    """Routes bound to `host`; `authorize(request)` may raise HTTPException (the webui passes its login check)."""
+def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = None,
+                policy: Optional[WebPolicy] = None) -> APIRouter:
+    """Routes bound to `host`; `authorize(request)` may raise HTTPException (a login check).
+
+    Every route checks `policy` (default: any Host, only the app's own origin) before its body is read, takes at
+    most websec.MAX_BODY_BYTES and answers a bad body with a 400 that names the field.
+    """
     studio = Studio(host)
     deps = [Depends(authorize)] if authorize else []
-    r = APIRouter(prefix=PREFIX, dependencies=deps)
+    r = APIRouter(prefix=PREFIX, dependencies=deps, route_class=websec.guarded_route_class(policy or WebPolicy()),
+                  default_response_class=websec.SafeJSONResponse)
 
     @r.get("/projects")
     def list_projects() -> dict:
@@ -107,7 +103,8 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
     return r
 
 
-def mount(app: FastAPI, host: Host, authorize: Optional[Callable[[Request], None]] = None) -> None:
+def mount(app: FastAPI, host: Host, authorize: Optional[Callable[[Request], None]] = None,
+          policy: Optional[WebPolicy] = None) -> None:
     """Add the routes to `app`, replacing ours from an earlier mount (the webui re-runs this on "Reload UI")."""
     app.router.routes = [rt for rt in app.router.routes if not getattr(rt, "path", "").startswith(PREFIX)]
-    app.include_router(make_router(host, authorize))
+    app.include_router(make_router(host, authorize, policy))

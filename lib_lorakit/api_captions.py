@@ -1,6 +1,7 @@
 """Caption routes of the HTTP API: tagging, operations with preview and undo, edits, frequencies, the audit.
 
-Bodies are plain JSON objects validated by the core's own `from_dict` (the same schema and messages as the CLI).
+Tag and op bodies are JSON objects validated by the core's own `from_dict` (the same schema and messages as the CLI;
+anything else, a list included, is refused there); the edit body is a StrictBody.
 """
 
 from __future__ import annotations
@@ -9,20 +10,37 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 from fastapi import APIRouter, Body, HTTPException, Query
+from pydantic import StrictStr
 
 from .captions.ops import CaptionOp
 from .captions.service import TagRequest
 from .studio import Studio
+from .websec import StrictBody
+
+
+class CaptionEdit(StrictBody):
+    image: StrictStr  # dataset/…/x.png
+    text: StrictStr
+
+
+def _split_flag(body: Any, flag: str) -> tuple[Any, bool]:
+    """(the options without `flag`, the flag): a body that is not an object is left for from_dict to refuse."""
+    if not isinstance(body, dict):
+        return body, False
+    options = dict(body)
+    value = options.pop(flag, False)
+    if not isinstance(value, bool):
+        raise HTTPException(status_code=400, detail=f"{flag}: expected true or false, got {type(value).__name__}")
+    return options, value
 
 
 def add_routes(r: APIRouter, studio: Studio, guard: Callable) -> None:
     captions = studio.captions
 
     @r.post("/projects/{name}/tag")
-    def tag(name: str, body: dict[str, Any] = Body(default={})) -> dict:
+    def tag(name: str, body: Any = Body(default={})) -> dict:
         """Tag as a background job (`{"job": …}`; poll /jobs/ID), or with `"wait": true` answer the report."""
-        options = dict(body)
-        wait = bool(options.pop("wait", False))
+        options, wait = _split_flag(body, "wait")
         req = guard(lambda: TagRequest.from_dict(options))
         if wait:
             return guard(lambda: captions.tag(name, req).to_dict())
@@ -36,17 +54,13 @@ def add_routes(r: APIRouter, studio: Studio, guard: Callable) -> None:
         return {"captions": [rec.to_dict() for rec in found]}
 
     @r.put("/projects/{name}/captions")
-    def edit(name: str, body: dict[str, Any] = Body(...)) -> dict:
-        image, text = body.get("image"), body.get("text")
-        if not isinstance(image, str) or not isinstance(text, str):
-            raise HTTPException(status_code=400, detail='expected {"image": "dataset/…/x.png", "text": "tag, tag"}')
-        return guard(lambda: captions.edit(name, image, text)).to_dict()
+    def edit(name: str, body: CaptionEdit) -> dict:
+        return guard(lambda: captions.edit(name, body.image, body.text)).to_dict()
 
     @r.post("/projects/{name}/captions/ops")
-    def op(name: str, body: dict[str, Any] = Body(...)) -> dict:
+    def op(name: str, body: Any = Body(...)) -> dict:
         """An operation (`{"op": "prune", "tags": [...]}`, see CaptionOp); `"preview": true` changes nothing."""
-        options = dict(body)
-        preview = bool(options.pop("preview", False))
+        options, preview = _split_flag(body, "preview")
         parsed = guard(lambda: CaptionOp.from_dict(options))
         if preview:
             return {"changes": [d.to_dict() for d in guard(lambda: captions.preview(name, parsed))]}

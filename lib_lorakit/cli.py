@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=7861)
     ui.add_argument("--allow-root", action="append", default=[], metavar="DIR",
                     help="a folder the app may import from (repeatable); the projects home is always allowed")
+    ui.add_argument("--auth", action="append", default=[], metavar="USER:PASS",
+                    help="require this login for the page and the API (repeatable); needed with a --host other "
+                         "than this machine. TRAIN_STYLE_AUTH=USER:PASS in the environment keeps it out of `ps`")
+    ui.add_argument("--auth-file", type=Path, metavar="FILE", help="USER:PASS lines, as --auth")
+    ui.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                    help="another name the browser may use to reach the app, e.g. behind a reverse proxy "
+                         "(repeatable); other Host names are refused")
 
     proj = sub.add_parser("project", parents=[common], help="create and list projects")
     psub = proj.add_subparsers(dest="action", required=True)
@@ -138,12 +145,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
+    from . import websec
+
+    credentials = websec.gather_credentials(auth=args.auth, auth_file=args.auth_file)
+    refusal = websec.exposure_refusal(args.host, credentials)
+    if refusal:  # before gradio is imported: a refusal is instant
+        raise LorakitError(refusal)
     from .ui.app import serve  # gradio is imported only for the app
 
     host = StandaloneHost.from_options(home=args.home, lora_dir=args.lora_dir, models_dir=args.models_dir,
                                        allow_roots=args.allow_root, config=args.config,
-                                       exposed=args.host not in ("127.0.0.1", "localhost", "::1"))
-    serve(host, host_name=args.host, port=args.port)
+                                       exposed=not websec.is_loopback(args.host))
+    serve(host, host_name=args.host, port=args.port, credentials=credentials, allowed_hosts=args.allowed_host)
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -27,6 +28,7 @@ ACTIVE = ("queued", "running")
 # had the same pid (common in containers), so it is not running.
 _STARTED_HERE: set[str] = set()
 ProgressFn = Callable[[int, int, str], None]
+_JOB_ID = re.compile(r"[0-9a-zA-Z]{1,64}")  # ours are 12 hex digits; anything else names no job file
 
 
 @dataclass
@@ -117,8 +119,8 @@ class JobManager:
         atomic_write_json(self.folder / f"{job.id}.json", job.to_dict())
 
     def get(self, job_id: str) -> JobState:
-        if not job_id.isalnum():
-            raise NotFound(f"No job {job_id!r}.")
+        if not _JOB_ID.fullmatch(job_id):
+            raise NotFound(f"No job {job_id[:80]!r}.")
         data = read_json(self.folder / f"{job_id}.json")
         if data is None:
             raise NotFound(f"No job {job_id!r}.")

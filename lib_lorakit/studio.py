@@ -15,11 +15,14 @@ from .captions.service import CaptionService
 from .dataset.balance import RepeatChange, plan_balance
 from .dataset.importer import ImportReport, Verdict, import_paths, import_sources, sources_from_uploads
 from .dataset.report import DatasetReport, build_report
-from .errors import PathNotAllowed
+from .errors import LorakitError, PathNotAllowed
 from .host import Host
 from .jobs import JobManager, JobState, ProgressFn, job_manager
 from .paths import resolve_inside
 from .project import ConceptKind, Project, ProjectSettings, Workspace
+
+MAX_SERVER_PATHS = 10_000  # files or folders in one import (a folder counts once, whatever it holds)
+MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
 
 
 class Studio:
@@ -56,13 +59,23 @@ class Studio:
 
     # --- import ---------------------------------------------------------------------------------------------------
     def check_server_paths(self, paths: Sequence[str]) -> list[Path]:
-        """Refuse the whole request if server-side import is off or any path lies outside the allowed roots."""
+        """Refuse the whole request if server-side import is off, the list is too long, or any path lies outside
+        the allowed roots; the resolved paths, each once."""
         refusal = self.host.folder_import_refusal()
         if refusal:
             raise PathNotAllowed(refusal)
         if not paths:
             raise PathNotAllowed("No folder or file was given.")
-        return [resolve_inside(p, self.host.allowed_roots()) for p in paths]
+        if len(paths) > MAX_SERVER_PATHS:
+            raise LorakitError(f"{len(paths):,} paths were given; at most {MAX_SERVER_PATHS:,} are taken at once. "
+                               f"Give their folder instead: a folder is imported with everything inside it.")
+        unique = list(dict.fromkeys(paths))
+        for p in unique:
+            if not isinstance(p, str) or len(p) > MAX_PATH_CHARS:
+                shown = f"{len(p):,} characters long" if isinstance(p, str) else f"a {type(p).__name__}"
+                raise LorakitError(f"A path is {shown}; a path is text of at most {MAX_PATH_CHARS:,} characters.")
+        roots = self.host.allowed_roots()
+        return list(dict.fromkeys(resolve_inside(p, roots) for p in unique))
 
     def import_paths(self, name: str, paths: Sequence[str], *, concept: str = "", repeats: int | None = None,
                      kind: ConceptKind = "dataset", progress: Optional[ProgressFn] = None,

@@ -8,9 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from fastapi import HTTPException, Request
-
-from . import api
+from . import api, websec
 from .errors import LorakitError
 from .host import NETWORK_REFUSAL, Checkpoint, checkpoint_arch
 
@@ -165,23 +163,43 @@ def host() -> WebuiHost:
 
 
 def login_check(app):
-    """Our routes are not behind gradio's login: require its session cookie when the webui uses --gradio-auth."""
-    def authorize(request: Request) -> None:
-        if not getattr(app, "auth", None):
-            return
-        tokens = getattr(app, "tokens", {}) or {}
-        for cookie in ("access-token", "access-token-unsecure"):
-            token = request.cookies.get(cookie)
-            if token and token in tokens:
-                return
-        raise HTTPException(status_code=401, detail="Log in to the webui first.")
-    return authorize
+    """Our routes are not behind gradio's login: with --gradio-auth they need its session cookie (or HTTP Basic
+    with the same user and password)."""
+    return websec.login_check(app)
+
+
+def web_policy() -> websec.WebPolicy:
+    """Host and Origin rules for our routes, from how the webui listens (--listen, --server-name, --share, --ngrok)
+    and the origins it lets in (--cors-allow-origins); TRAIN_STYLE_ALLOWED_HOSTS adds names (comma-separated)."""
+    import os
+
+    from modules import shared
+
+    opts = shared.cmd_opts
+    address = getattr(opts, "server_name", None) or ("0.0.0.0" if getattr(opts, "listen", False) else "127.0.0.1")
+    if getattr(opts, "share", False) or getattr(opts, "ngrok", None):
+        address = "0.0.0.0"  # reached through a tunnel's name
+    names = [n for n in os.environ.get("TRAIN_STYLE_ALLOWED_HOSTS", "").split(",") if n.strip()]
+    origins = (getattr(opts, "cors_allow_origins", None) or "").split(",")
+    return websec.WebPolicy.for_bind(address, allowed_hosts=names, origins=origins)
+
+
+def _block_home_files(app, home: Path) -> None:
+    """gradio's /file= serves files under the webui's data dir (its --gradio-allowed-path default): not ours.
+    gradio reads `blocked_paths` per request, so adding the home there is enough; nothing else changes."""
+    blocks = getattr(app, "blocks", None)
+    blocked = getattr(blocks, "blocked_paths", None)
+    if not isinstance(blocked, list):
+        log.warning("Train Style: this gradio has no blocked_paths; its /file= route may serve project files")
+        return
+    blocked += [p for p in websec.blocked_file_paths(home) if p not in blocked]
 
 
 def mount_api(app) -> None:
     h = host()
     h.projects_home().mkdir(parents=True, exist_ok=True)
-    api.mount(app, h, authorize=login_check(app))
+    _block_home_files(app, h.projects_home())
+    api.mount(app, h, authorize=login_check(app), policy=web_policy())
     from .train.queue import ensure_worker
 
     ensure_worker(h)

@@ -24,7 +24,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(home: Path, log_dir: Path, *ui_args: str, env: dict | None = None) -> Iterator[str]:
+def running_app(home: Path, log_dir: Path, *ui_args: str, env: dict | None = None,
+                cwd: Path | None = None) -> Iterator[str]:
     """`python -m lib_lorakit --home HOME ui …` until the block ends; yields its URL once the API answers."""
     port = free_port()
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "TRAIN_STYLE_CONFIG": str(log_dir / "none.toml"),
@@ -33,7 +34,7 @@ def running_app(home: Path, log_dir: Path, *ui_args: str, env: dict | None = Non
     argv: Sequence[str] = [sys.executable, "-m", "lib_lorakit", "--home", str(home), "ui", "--port", str(port),
                            *ui_args]
     with open(log_file, "w") as log:
-        proc = subprocess.Popen(argv, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -41,7 +42,9 @@ def running_app(home: Path, log_dir: Path, *ui_args: str, env: dict | None = Non
             try:
                 urllib.request.urlopen(url + "/train-style/v1/projects", timeout=2)
                 break
-            except OSError:
+            except OSError as e:
+                if getattr(e, "code", None) == 401:  # it answers, asking for the login it was started with
+                    break
                 if proc.poll() is not None or time.monotonic() > deadline:
                     pytest.fail("the app did not start: " + log_file.read_text())
                 time.sleep(0.5)

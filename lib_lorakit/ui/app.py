@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
-from .. import api
+from .. import api, websec
+from ..errors import LorakitError
 from ..host import StandaloneHost
 
 log = logging.getLogger(__name__)
@@ -28,21 +31,40 @@ def build_app(host: StandaloneHost):
     return app
 
 
-def serve(host: StandaloneHost, *, host_name: str = "127.0.0.1", port: int = 7861, block: bool = True, **kw):
-    """Launch the app and mount the API; returns the FastAPI app when `block` is False."""
+def serve(host: StandaloneHost, *, host_name: str = "127.0.0.1", port: int = 7861, block: bool = True,
+          credentials: Sequence[tuple[str, str]] = (), allowed_hosts: Sequence[str] = (), **kw):
+    """Launch the app and mount the API; returns the gr.Blocks when `block` is False.
+
+    Listening beyond this machine needs `credentials` (gradio's login for the tab, the same user and password
+    for the API). Every request passes websec.WebGuard, which is in place before the server takes its first one.
+    """
+    from starlette.middleware import Middleware
+
     from .compat import GRADIO_MAJOR
 
-    host.projects_home().mkdir(parents=True, exist_ok=True)
+    refusal = websec.exposure_refusal(host_name, credentials)
+    if refusal:
+        raise LorakitError(refusal)
+    home = host.projects_home()
+    home.mkdir(parents=True, exist_ok=True)
+    policy = websec.WebPolicy.for_bind(host_name, allowed_hosts=allowed_hosts)
+    blocked = websec.blocked_file_paths(home)
     app = build_app(host)
     queue_kw = {"concurrency_count": 8} if GRADIO_MAJOR < 4 else {"default_concurrency_limit": 8}
     app.queue(**queue_kw)
+    # 1. the guard is one of the app's middlewares from its creation; 2. once started, gradio's CORS goes
+    guard = Middleware(websec.WebGuard, policy=policy, blocked=tuple(map(Path, blocked)))
     fastapi_app, local_url, _ = app.launch(server_name=host_name, server_port=port, prevent_thread_lock=True,
-                                           show_api=False, inbrowser=False, quiet=True, **kw)
-    api.mount(fastapi_app, host)
+                                           show_api=False, inbrowser=False, quiet=True,
+                                           auth=list(credentials) or None, blocked_paths=blocked,
+                                           app_kwargs={"middleware": [guard]}, **kw)
+    websec.install_guard(fastapi_app, policy, blocked=tuple(map(Path, blocked)))
+    api.mount(fastapi_app, host, authorize=websec.login_check(fastapi_app), policy=policy)
     from ..train.queue import ensure_worker
 
     ensure_worker(host)
-    log.info("Train Style is running at %s (projects in %s)", local_url, host.projects_home())
+    log.info("Train Style is running at %s (projects in %s%s)", local_url, home,
+             "; login required" if credentials else "")
     if not block:
         return app
     try:
