@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from fastapi import APIRouter
-from pydantic import BaseModel
 
 from .paths import resolve_inside
 from .studio import Studio
@@ -19,9 +18,10 @@ from .train.options import parse_set, validate
 from .train.queue import TrainQueue
 from .train.runner import Runs
 from .train.service import TrainingService, TrainRequest, default_trainer
+from .websec import StrictBody
 
 
-class TrainBody(BaseModel):
+class TrainBody(StrictBody):  # an undeclared field is refused by name: a misspelt option never trains without it
     preset: str
     base_model: str
     overrides: dict[str, Any] = {}
@@ -44,11 +44,11 @@ class TrainBody(BaseModel):
             main_process_port=self.main_process_port)
 
 
-class ExportBody(BaseModel):
+class ExportBody(StrictBody):
     include_model: bool = False
 
 
-class ImportBody(BaseModel):
+class ImportBody(StrictBody):
     path: str  # a trained bundle on the server (.zip or folder) inside the allowed folders
 
 
@@ -58,7 +58,7 @@ class DifferentialBody(TrainBody):
     stage1_overrides: dict[str, Any] = {}
 
 
-class QueueMove(BaseModel):
+class QueueMove(StrictBody):
     project: str
     run: str
     offset: int
@@ -68,7 +68,8 @@ def add_routes(r: APIRouter, studio: Studio, guard) -> None:
     host = studio.host
 
     def service() -> TrainingService:
-        return TrainingService(host, trainer=default_trainer(host))
+        # a request is not the machine's user: only listed or confined .safetensors models (train.model_path)
+        return TrainingService(host, trainer=default_trainer(host), local_user=False)
 
     def parsed(values: dict[str, Any]) -> dict[str, Any]:
         return validate({k: (parse_set([f"{k}={v}"])[k] if isinstance(v, str) else v) for k, v in values.items()})
