@@ -6,6 +6,7 @@ reason when outside); errors carry the same text the tab and the CLI show.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from typing import Optional
 
@@ -38,6 +39,10 @@ def _guard(fn: Callable):
         return fn()
     except (LorakitError, ValueError, TypeError) as e:  # UnicodeError is a ValueError
         raise websec.bad_input(e) from e
+    except OSError as e:  # a name from the URL longer than the file system takes is bad input, not a failure
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        raise websec.bad_input(LorakitError("A name in the request is too long.")) from e
 
 
 def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = None,

@@ -36,7 +36,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .errors import LorakitError
+from .errors import AlreadyExists, LorakitError, NotFound, PathNotAllowed
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,7 @@ class WebPolicy:
             hosts = frozenset(local | extra | ({addr} if not everywhere else set()))
         return cls(hosts=hosts, origins=frozenset(o.strip().rstrip("/").lower() for o in origins if o.strip()))
 
-    def refusal(self, *, method: str, headers: Mapping[str, str], scheme: str = "http",
-                api: bool = True) -> Optional[str]:
+    def refusal(self, *, method: str, headers: Mapping[str, str], api: bool = True) -> Optional[str]:
         """Why this request is refused, or None. `method` is "WEBSOCKET" for an upgrade; `api`: one of our routes."""
         host = headers.get("host", "")
         if self.hosts is not None:
@@ -100,25 +99,25 @@ class WebPolicy:
             except ValueError:
                 name = ""
             if name not in self.hosts:
-                return (f"This app does not answer to the name {host!r} (a page can point such a name at your "
+                return (f"This app does not answer to the name {host[:200]!r} (a page can point such a name at your "
                         f"computer). Open it by the address it was started with, or start it with --allowed-host "
                         f"NAME.")
         origin = headers.get("origin")
         if origin is not None:
-            if self._own(origin, host, scheme):
+            if self._own(origin, host):
                 return None
-            return (f"Refused a request from {origin}: only this app's own page and scripts without an Origin "
+            return (f"Refused a request from {origin[:200]}: only this app's own page and scripts without an Origin "
                     f"header may call it.")
         changes = method not in SAFE_METHODS
         referer = headers.get("referer")
-        if changes and referer and not self._own(referer, host, scheme):
+        if changes and referer and not self._own(referer, host):
             return f"Refused a request sent by a page of another site ({referer[:200]})."
         cross = headers.get("sec-fetch-site") in ("cross-site", "same-site")
         if cross and (changes or api) and headers.get("sec-fetch-mode") != "navigate":
             return "Refused a request sent by a page of another site."
         return None
 
-    def _own(self, url: str, host: str, scheme: str) -> bool:
+    def _own(self, url: str, host: str) -> bool:
         """True when `url` (an Origin or Referer) is this app's own origin as the browser reached it (`host`)."""
         url = url.strip()
         if url.rstrip("/").lower() in self.origins:
@@ -195,8 +194,7 @@ class WebGuard:
             return
         websocket = scope["type"] == "websocket"
         refusal = self.policy.refusal(method="WEBSOCKET" if websocket else scope["method"],
-                                      headers=Headers(scope=scope), scheme=scope.get("scheme", "http"),
-                                      api=scope["path"].startswith(API_PREFIX))
+                                      headers=Headers(scope=scope), api=scope["path"].startswith(API_PREFIX))
         refusal = refusal or file_refusal(scope["path"], self.blocked)
         if refusal is None:
             await self.app(scope, receive, send)
@@ -268,8 +266,7 @@ def guarded_route_class(policy: WebPolicy, *, max_body: int = MAX_BODY_BYTES) ->
             handler = super().get_route_handler()
 
             async def guarded(request: Request) -> Response:
-                refusal = policy.refusal(method=request.method, headers=request.headers,
-                                         scheme=request.url.scheme)
+                refusal = policy.refusal(method=request.method, headers=request.headers)
                 if refusal:
                     return _refuse(403, refusal)
                 body = await _read_capped(request, max_body)
@@ -289,8 +286,6 @@ def guarded_route_class(policy: WebPolicy, *, max_body: int = MAX_BODY_BYTES) ->
 
 def status_of(e: Exception) -> int:
     """The HTTP status of an error raised while handling a request's input (see `errors`)."""
-    from .errors import AlreadyExists, NotFound, PathNotAllowed
-
     for kind, status in ((PathNotAllowed, 403), (NotFound, 404), (AlreadyExists, 409)):
         if isinstance(e, kind):
             return status

@@ -188,6 +188,8 @@ def _block_home_files(app, home: Path) -> None:
     """gradio's /file= serves files under the webui's data dir (its --gradio-allowed-path default): not ours.
     gradio reads `blocked_paths` per request, so adding the home there is enough; nothing else changes."""
     blocks = getattr(app, "blocks", None)
+    if blocks is None:
+        return  # --nowebui: a plain FastAPI app, no gradio file route
     blocked = getattr(blocks, "blocked_paths", None)
     if not isinstance(blocked, list):
         log.warning("Train Style: this gradio has no blocked_paths; its /file= route may serve project files")

@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import types
 from importlib.metadata import version
 from urllib.parse import urlsplit
 
@@ -295,8 +296,94 @@ def test_odd_job_ids_and_query_values_are_4xx(app):
     for job in ("a" * 300, "%C3%A9t%C3%A9", "abc%00def", "..%2F..%2Fetc", "abc.json"):
         assert client.get(f"{V1}/jobs/{job}").status_code == 404, job
         assert client.post(f"{V1}/jobs/{job}/cancel").status_code == 404, job
+    for path in (f"projects/demo/runs/{'a' * 300}", f"projects/{'a' * 300}/report", f"projects/{'a' * 300}/runs"):
+        assert client.get(f"{V1}/{path}").status_code in (400, 404), path
     r = client.get(f"{V1}/projects/demo/captions/history", params={"limit": "many"})
     assert r.status_code == 400 and "limit" in r.json()["detail"]
     r = client.post(f"{V1}/projects", content=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and "JSON" in r.json()["detail"]
 
+
+
+# --- inside the webui: our router alone carries the checks; the webui's middleware is left as it is -----------------
+@pytest.fixture
+def webui_like(tmp_path, monkeypatch):
+    """gradio launched as webui.py launches it (login, --gradio-allowed-path = the data dir, its CORS swap), with
+    our routes mounted by webui_host's pieces. The data dir holds the projects home, as by default."""
+    import gradio as gr
+    from starlette.middleware.cors import CORSMiddleware
+    from starlette.middleware.gzip import GZipMiddleware
+
+    from lib_lorakit import api, webui_host
+
+    data = tmp_path / "webui-data"
+    home = data / "train-style"
+    shared = types.SimpleNamespace(cmd_opts=types.SimpleNamespace(listen=False, server_name=None, share=False,
+                                                                  ngrok=None, cors_allow_origins=None))
+    monkeypatch.setitem(sys.modules, "modules", types.SimpleNamespace(shared=shared))
+    monkeypatch.chdir(data.parent)
+    with gr.Blocks() as demo:
+        gr.Markdown("webui")
+    app, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+                              quiet=True, auth=[("ann", "pw")], allowed_paths=[str(data)])
+    try:
+        app.user_middleware = [x for x in app.user_middleware if x.cls.__name__ != "CORSMiddleware"]
+        app.middleware_stack = None
+        app.add_middleware(GZipMiddleware, minimum_size=1000)
+        app.add_middleware(CORSMiddleware, allow_methods=["*"], allow_headers=["*"], allow_credentials=True)
+        host = StandaloneHost(home=home, lora=tmp_path / "lora", models=tmp_path / "models")
+        Studio(host).create_project("demo")
+        webui_host._block_home_files(app, home)
+        api.mount(app, host, authorize=webui_host.login_check(app), policy=webui_host.web_policy())
+        yield url.rstrip("/"), home, shared
+    finally:
+        demo.close()
+
+
+def test_inside_the_webui_our_routes_refuse_other_sites_and_want_its_login(webui_like):
+    url, home, _ = webui_like
+    client = httpx.Client(base_url=url, timeout=30)
+    assert client.get(f"{V1}/projects").status_code == 401  # --gradio-auth covers our routes
+    assert client.get(f"{V1}/projects", auth=("ann", "pw")).status_code == 200
+    login = client.post("/login", data={"username": "ann", "password": "pw"})
+    assert login.status_code == 200
+    assert client.get(f"{V1}/projects").json()["projects"][0]["name"] == "demo"  # the tab's cookie
+    r = client.post(f"{V1}/projects", content=json.dumps({"name": "evil"}),
+                    headers={"Origin": EVIL, "Content-Type": "text/plain"})
+    assert r.status_code == 403
+    assert client.get(f"{V1}/projects", headers={"Origin": "http://localhost:1"}).status_code == 403
+    port = urlsplit(url).port
+    assert client.get(f"{V1}/projects", headers={"Host": f"evil.example:{port}"}).status_code == 403
+    head = (f"POST {V1}/projects HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: 20000000\r\n\r\n")
+    assert b" 413 " in status_line(raw_request(url, head, b"[" * 65536))
+    assert client.post(f"{V1}/projects", json={"name": "tabmade"}, headers={"Origin": url}).status_code == 201
+    assert not (home / "evil").exists()
+
+
+def test_inside_the_webui_the_file_route_serves_nothing_of_the_home(webui_like):
+    url, home, _ = webui_like
+    client = httpx.Client(base_url=url, timeout=30)
+    client.post("/login", data={"username": "ann", "password": "pw"})
+    (home.parent / "outputs.txt").write_text("the webui's own file\n")
+    assert client.get(f"/file={home.parent / 'outputs.txt'}").status_code == 200  # its data dir is served
+    dotted = home.parent / "x" / ".." / "train-style" / "demo" / "project.toml"
+    for spelled in (home / "demo" / "project.toml", dotted):
+        r = client.get(f"/file={spelled}")
+        assert r.status_code == 403 and "name =" not in r.text, spelled
+
+
+def test_the_webuis_listen_share_and_cors_flags_shape_the_policy(webui_like):
+    from lib_lorakit import webui_host
+
+    _, _, shared = webui_like
+    assert webui_host.web_policy().hosts == {"127.0.0.1", "localhost", "::1"}
+    shared.cmd_opts.listen = True
+    assert webui_host.web_policy().hosts is None  # any name; --gradio-auth is the user's guard there
+    shared.cmd_opts.listen, shared.cmd_opts.server_name = False, "192.168.1.5"
+    assert webui_host.web_policy().hosts == {"192.168.1.5"}
+    shared.cmd_opts.cors_allow_origins = "https://tools.example,http://localhost:3000"
+    policy = webui_host.web_policy()
+    lan = {"host": "192.168.1.5:7860"}
+    assert policy.refusal(method="POST", headers={**lan, "origin": "https://tools.example"}) is None
+    assert policy.refusal(method="POST", headers={**lan, "origin": EVIL}) is not None
