@@ -278,6 +278,8 @@ def test_training_inside_the_webui_registers_cards_and_guards_generation(tmp_pat
     for name, colour in (("red", (220, 30, 30)), ("green", (30, 200, 30)), ("blue", (30, 30, 220))):
         Image.new("RGB", (64, 64), colour).save(concept.folder / f"{name}.png")
         (concept.folder / f"{name}.txt").write_text(f"zkstyle, {name} square")
+    # the tab and the API take a base model only from the webui's checkpoints or the allowed folders
+    (data / "config.json").write_text(json.dumps({"train_style_allowed_roots": str(SD15_DIR)}))
     env = {"TRAIN_STYLE_TRAINER_PYTHON": str(Path(TRAINER_VENV) / "bin" / "python"),
            "TRAIN_STYLE_TOKENIZER_CACHE": str(Path(SD15_DIR) / "tokenizers")}
     tiny = {"max_train_steps": 4, "resolution": 64, "enable_bucket": False, "network_dim": 4, "network_alpha": 2,
