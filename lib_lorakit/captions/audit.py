@@ -3,7 +3,8 @@
 Each finding names its images, says why it matters with the guide it comes from (seeds/000, 002, 003) and which
 fix the caption tools offer. Findings, in order of severity:
 
-- error:   CAPTION_EXT_MISMATCH (sd-scripts never reads these captions), OVERLONG_CAPTION past 225 tokens;
+- error:   CAPTION_EXT_MISMATCH (sd-scripts never reads these captions), OVERLONG_CAPTION past 225 tokens,
+           CAPTION_UNREADABLE (a caption file that is a link, not a regular file, or too long to be a caption);
 - warning: TRIGGER_MISSING, EMPTY_CAPTION, UNTAGGED_IMAGE, IDENTICAL_CAPTIONS, DOMINANT_TAG, LOW_VARIETY,
            OVERLONG_CAPTION past `max_tokens`;
 - info:    MISSING_CATEGORY (no pose, camera angle, shot distance, gaze, eye-state or mouth tag).
@@ -59,6 +60,9 @@ WHY = {
                       "sd-scripts trains the image on the folder's class token alone.",
     "OVERLONG_CAPTION": "seeds/002: detailed captions matter, but the text encoder reads 75 tokens per chunk "
                         "(sd-scripts' max_token_length: 75, 150 or 225) and the rest is cut off.",
+    "CAPTION_UNREADABLE": "Train Style reads captions only from regular files inside the project, at most "
+                          "10,000 characters, so no link can show or change a file elsewhere; sd-scripts would "
+                          "still read these files as they are.",
 }
 
 
@@ -308,10 +312,17 @@ def _file_findings(records: Sequence[CaptionRecord], triggers: Sequence[str], ex
     other = ".caption" if ext == ".txt" else ".txt"
     mismatch = [r.image for r in records if r.other_ext]
     untagged = [r for r in records if not r.exists and not r.other_ext and r.kind == "dataset"]
-    empty = [r.image for r in records if r.exists and not split_leading(r.tags, triggers)[1]]
+    refused = [r for r in records if not r.readable]
+    empty = [r.image for r in records if r.exists and r.readable and not split_leading(r.tags, triggers)[1]]
     lacking = [r.image for r in records if r.kind == "dataset" and r.exists and r.tags and triggers
                and [key_of(t) for t in r.tags[:len(triggers)]] != [key_of(t) for t in triggers]]
     out = []
+    if refused:
+        out.append(_finding("CAPTION_UNREADABLE", "error", [r.image for r in refused],
+                            f"{len(refused)} caption file(s) were not read: " + "; ".join(
+                                sorted({r.problem for r in refused})[:3]),
+                            "Replace each with a regular text file of its caption (or delete it), then check "
+                            "again.", action="fix_files"))
     if mismatch:
         out.append(_finding("CAPTION_EXT_MISMATCH", "error", mismatch,
                             f"{len(mismatch)} image(s) have a {other} caption but no {ext} one; sd-scripts reads "

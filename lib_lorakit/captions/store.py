@@ -212,11 +212,12 @@ class CaptionStore:
                         ext: str) -> list[CaptionRecord]:
         try:
             with os.scandir(folder) as it:
-                entries = [(e.name, e.is_file(), e.is_symlink()) for e in it if not e.name.startswith(".")]
+                entries = [(e.name, e.is_file(), e.is_dir(follow_symlinks=False)) for e in it
+                           if not e.name.startswith(".")]
         except FileNotFoundError:
             return []
         files = {name for name, is_file, _ in entries if is_file}
-        present = files | {name for name, _, is_link in entries if is_link}  # a caption that is a link exists too
+        present = {name for name, _, is_dir in entries if not is_dir}  # a caption that is a link or a FIFO exists too
         outside = None if self._inside(str(folder)) else \
             f"{rel} leads outside the project (a link); Train Style reads captions only inside the project."
         other = next(s for s in CAPTION_SUFFIXES if s != ext)
