@@ -148,6 +148,7 @@ def _ui(args: argparse.Namespace) -> int:
     from . import websec
 
     credentials = websec.gather_credentials(auth=args.auth, auth_file=args.auth_file)
+    os.environ.pop(websec.AUTH_ENV, None)  # read once; the trainer and other children need not inherit it
     refusal = websec.exposure_refusal(args.host, credentials)
     if refusal:  # before gradio is imported: a refusal is instant
         raise LorakitError(refusal)
