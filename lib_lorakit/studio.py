@@ -81,8 +81,8 @@ class Studio:
                      kind: ConceptKind = "dataset", progress: Optional[ProgressFn] = None,
                      cancel: Optional[threading.Event] = None) -> ImportReport:
         project = self.project(name)
-        self.check_server_paths(paths)
-        return import_paths(project, paths, self.host.allowed_roots(), concept=concept, repeats=repeats, kind=kind,
+        checked = [str(p) for p in self.check_server_paths(paths)]  # resolved, each once: what was checked is walked
+        return import_paths(project, checked, self.host.allowed_roots(), concept=concept, repeats=repeats, kind=kind,
                             progress=progress, cancel=cancel)
 
     def import_uploads(self, name: str, files: Sequence[tuple[Path, str]], *, concept: str = "",
