@@ -440,3 +440,33 @@ def test_the_cli_escapes_control_characters_from_file_names_and_captions(demo, t
     edit = run_cli(tmp_path, "caption", "demo", "edit", "dataset/1_art/a.png", "\x1b[31mred, \x9bhat")
     assert edit.returncode == 0, edit.stderr
     assert (art(demo) / "a.txt").read_bytes() == b"[31mred, hat\n"
+
+
+# --- the Inspect panel in a real browser -------------------------------------------------------------------------
+@pytest.mark.browser
+def test_hostile_loras_dropped_in_the_inspect_panel_show_a_partial_result_or_a_refusal(tmp_path):
+    from appserver import open_page, running_app
+    from test_browser import CHROMIUM, html_of
+
+    if not CHROMIUM:
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    combined = with_metadata(tmp_path / "combined.safetensors", {
+        "ss_network_module": "networks.lora", "ss_network_dim": "4", "ss_steps": "inf", "ss_datasets": "[5]",
+        "ss_output_name": "\x1b[2J<img src=x onerror=alert(1)>", "ss_tag_frequency": DEEP, "ss_epoch": 3,
+        "ss_bucket_info": '{"buckets": {"0": {"resolution": [NaN, 64]}}}'})
+    listed = with_metadata(tmp_path / "listed.safetensors", ["not", "an", "object"])
+    private = tmp_path / "id_rsa.safetensors"
+    private.write_bytes(b"SECRETKY" + b"-----BEGIN OPENSSH PRIVATE KEY-----\n" * 50)
+    expected = {combined: "not valid JSON (or nested too deeply)", listed: "__metadata__ is a list",
+                private: "not a safetensors file"}
+    with running_app(tmp_path / "home", tmp_path) as url:
+        for lora, text in expected.items():
+            with open_page(url, tab="Inspect") as page:
+                page.locator("#train_style_inspect_drop input[type=file]").set_input_files(str(lora))
+                info = html_of(page, "train_style_inspect_info")
+                info.get_by_text(text).first.wait_for(timeout=30_000)
+                shown = info.inner_text()
+                assert "SECRETKY" not in shown and "Traceback" not in shown, shown
+                assert page.locator("#train_style_inspect_info img, #train_style_inspect_info script").count() == 0
+                assert page.get_by_text("Error", exact=True).count() == 0
+        assert "Traceback" not in (tmp_path / "server.log").read_text()
