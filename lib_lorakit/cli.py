@@ -169,8 +169,10 @@ def _project(studio: Studio, args: argparse.Namespace) -> tuple[int, Any, str]:
         changes = dict(ProjectSettings.parse_assignment(a) for a in args.assignments)
         settings = studio.update_settings(args.name, **changes)
         return 0, settings.to_dict(), "\n".join(f"{k} = {v!r}" for k, v in settings.to_dict().items())
-    rows = [{"name": p.name, "path": str(p.root), "created": p.settings.created} for p in studio.projects()]
-    text = "\n".join(r["name"] for r in rows) or f"No projects yet in {studio.host.projects_home()}."
+    home = studio.host.projects_home()
+    rows = [{**p.to_dict(), "path": str(home / p.name)} for p in studio.workspace.listing()]
+    text = "\n".join(r["name"] + (f"  ({r['broken']})" if "broken" in r else "") for r in rows) \
+        or f"No projects yet in {home}."
     return 0, {"projects": rows}, text
 
 

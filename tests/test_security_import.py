@@ -392,3 +392,21 @@ def test_what_a_killed_import_left_in_staging_is_cleared(project, tmp_path):
     (tmp_path / "user" / "a.png").write_bytes(png(80))
     assert len(import_paths(project, [str(tmp_path / "user")], [tmp_path / "user"]).imported) == 1
     assert list(staging.iterdir()) == []
+
+
+def test_cli_project_list_shows_a_broken_project_beside_the_good_ones(tmp_path):
+    home = tmp_path / "home"
+    ws = Workspace(home)
+    ws.create("good")
+    ws.create("bad")
+    (home / "bad" / "project.toml").write_bytes(b"name = [unclosed")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "TRAIN_STYLE_CONFIG": str(tmp_path / "none.toml")}
+    out = subprocess.run([sys.executable, "-m", "lib_lorakit", "--home", str(home), "--json", "project", "list"],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    rows = {r["name"]: r for r in json.loads(out.stdout)["projects"]}
+    assert "broken" in rows["bad"] and "broken" not in rows["good"]
+    text = subprocess.run([sys.executable, "-m", "lib_lorakit", "--home", str(home), "project", "list"],
+                          capture_output=True, text=True, env=env).stdout
+    assert "good" in text and "bad  (broken" in text
