@@ -7,10 +7,11 @@ reason when outside); errors carry the same text the tab and the CLI show.
 from __future__ import annotations
 
 import errno
+import threading
 from collections.abc import Callable
 from typing import Optional
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 
 from . import websec
 from .errors import LorakitError
@@ -19,6 +20,7 @@ from .studio import Studio
 from .websec import StrictBody, WebPolicy
 
 PREFIX = websec.API_PREFIX
+_doctor_lock = threading.Lock()  # the check starts the trainer's python: not twice at once
 
 
 class NewProject(StrictBody):
@@ -88,6 +90,18 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
 
         return _guard(lambda: read_lora_info(
             resolve_inside(path, [*host.allowed_roots(), host.lora_dir()])).to_dict())
+
+    @r.get("/doctor")
+    def doctor_() -> dict:
+        """The whole set-up checked (as `python -m lib_lorakit doctor --json`); one check runs at a time."""
+        from .doctor import run_doctor
+
+        if not _doctor_lock.acquire(blocking=False):
+            raise HTTPException(409, "A set-up check is already running; ask again when it has finished.")
+        try:
+            return _guard(lambda: run_doctor(host).to_dict())
+        finally:
+            _doctor_lock.release()
 
     @r.get("/jobs")
     def jobs(project: Optional[str] = None) -> dict:

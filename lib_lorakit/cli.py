@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("lora-info", parents=[common], help="how a LoRA was made (its safetensors metadata)")
     info.add_argument("file", type=Path)
 
+    doc = sub.add_parser("doctor", parents=[common], help="check the whole set-up (folders, trainer, sd-scripts, GPU, "
+                         "tokenizers, tagger models, disk, the webui's packages); each problem with its fix; exit "
+                         "status 1 when a check finds an error")
+    doc.add_argument("--trainer-python", help="check this trainer python instead of the configured one")
+    doc.add_argument("--tokenizer-cache-dir", type=Path, help="the tokenizer folder a run would get")
+
     from . import cli_captions, cli_train
 
     cli_train.add_parsers(sub, common)
@@ -129,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         handler: Callable[[Studio, argparse.Namespace], tuple[int, Any, str]] = {
             "project": _project, "import": _import, "report": _report, "concept": _concept,
-            "lora-info": _lora_info, **dict.fromkeys(("tag", "caption", "tags", "check"), cli_captions.handle),
+            "lora-info": _lora_info, "doctor": _doctor,
+            **dict.fromkeys(("tag", "caption", "tags", "check"), cli_captions.handle),
         }.get(args.command, cli_train.handle)
         code, data, text = handler(Studio(host), args)
     except LorakitError as e:
@@ -214,6 +221,16 @@ def _lora_info(studio: Studio, args: argparse.Namespace) -> tuple[int, Any, str]
     if info.top_tags():
         lines.append("  tags: " + ", ".join(f"{t} ({n})" for t, n in info.top_tags(15)))
     return 0, info.to_dict(), "\n".join(lines)
+
+
+def _doctor(studio: Studio, args: argparse.Namespace) -> tuple[int, Any, str]:
+    from .doctor import run_doctor
+
+    report = run_doctor(studio.host, trainer_python=args.trainer_python,
+                        tokenizer_cache_dir=args.tokenizer_cache_dir, config_file=args.config)
+    if not getattr(args, "json", False):
+        say(report.text())  # on stdout whatever it finds: it is the report asked for, not an error message
+    return report.exit_code, report.to_dict(), ""
 
 
 def _report(studio: Studio, args: argparse.Namespace) -> tuple[int, Any, str]:

@@ -51,6 +51,7 @@ class Host(Protocol):
     def torch_version(self) -> Optional[str]: ...
     def interrogators(self) -> list[str]: ...
     def interrogate(self, name: str, images: Sequence[Any]) -> list[str]: ...
+    def webui_pins(self) -> Optional[dict[str, str]]: ...  # the webui's pinned packages; None outside it
 
 
 def resolve_server_path(host: Host, path: str) -> Path:
@@ -197,3 +198,7 @@ class StandaloneHost:
 
     def interrogate(self, name: str, images: Sequence[Any]) -> list[str]:
         raise LorakitError(f"The {name!r} interrogator belongs to the webui; outside it use the WD14 or CLIP tagger.")
+
+    def webui_pins(self) -> Optional[dict[str, str]]:
+        """No webui venv to keep as it is here."""
+        return None

@@ -96,6 +96,14 @@ class WebuiHost:
 
         return torch.__version__.split("+")[0]
 
+    def webui_pins(self) -> Optional[dict[str, str]]:
+        """The packages the webui pins in its requirements_versions.txt ({} when the file is missing)."""
+        from modules import paths_internal
+
+        from .doctor import read_pins
+
+        return read_pins(Path(paths_internal.script_path) / "requirements_versions.txt")
+
     def refresh_loras(self) -> None:
         networks = sys.modules.get("networks")
         if networks is not None and hasattr(networks, "list_available_networks"):
