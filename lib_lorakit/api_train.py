@@ -25,6 +25,9 @@ class TrainBody(StrictBody):  # an undeclared field is refused by name: a misspe
     preset: str
     base_model: str
     overrides: dict[str, Any] = {}
+    # sd-scripts arguments beyond the declared options, checked by sd-scripts' parser; paths only inside the
+    # allowed folders, nothing that moves the output (train.extra_args)
+    extra_args: dict[str, Any] = {}
     output_name: Optional[str] = None
     samples: list[str] = []
     accept_missing_captions: bool = False
@@ -77,6 +80,7 @@ def add_routes(r: APIRouter, studio: Studio, guard) -> None:
     def request(name: str, body: TrainBody) -> TrainRequest:
         overrides = parsed(body.overrides)
         return TrainRequest(project=name, preset=body.preset, base_model=body.base_model, overrides=overrides,
+                            extra_args=body.extra_args,
                             output_name=body.output_name, accept_missing_captions=body.accept_missing_captions,
                             samples=SampleSettings(prompts=tuple(body.samples)) if body.samples else None,
                             dry_run=body.dry_run, accelerate=body.accelerate())
@@ -108,6 +112,7 @@ def add_routes(r: APIRouter, studio: Studio, guard) -> None:
                 project=name, preset=body.preset, base_model=body.base_model,
                 target_concepts=tuple(body.target_concepts), stage1_concepts=tuple(body.stage1_concepts),
                 overrides=parsed(body.overrides), stage1_overrides=parsed(body.stage1_overrides),
+                extra_args=body.extra_args,
                 output_name=body.output_name, accept_missing_captions=body.accept_missing_captions,
                 samples=SampleSettings(prompts=tuple(body.samples)) if body.samples else None, dry_run=body.dry_run,
                 accelerate=body.accelerate())

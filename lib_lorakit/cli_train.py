@@ -17,15 +17,17 @@ from .train.bundle import export_run, import_bundle
 from .train.config import SampleSettings
 from .train.differential import DifferentialRequest
 from .train.distributed import AccelerateOptions
-from .train.environment import TrainerEnvironment, doctor, setup_trainer
-from .train.options import parse_set
+from .train.environment import TrainerEnvironment, setup_trainer
+from .train.options import parse_set, split_set
 from .train.queue import TrainQueue
 from .train.runner import Runs
-from .train.service import REPO_ROOT, TrainingService, TrainRequest, default_trainer
+from .train.service import TrainingService, TrainRequest, default_trainer
 
 DEFAULT_TORCH = "2.13.0"
 BASE_MODEL_HELP = "the checkpoint to train on (.safetensors; a .ckpt is unpickled, so only from a source you trust)"
 Result = tuple[int, Any, str]
+SET_HELP = ("override a preset option, or pass any other sd-scripts argument (e.g. tokenizer_cache_dir=DIR), "
+            "checked by sd-scripts' own parser before the run; repeat a NAME for a list")
 
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -43,7 +45,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     t.add_argument("project")
     t.add_argument("--preset", required=True)
     t.add_argument("--base-model", required=True, help=BASE_MODEL_HELP)
-    t.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE", help="override a preset option")
+    t.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help=SET_HELP)
     t.add_argument("--output-name")
     t.add_argument("--sample", action="append", default=[], metavar="PROMPT", help="a sample prompt (repeatable)")
     t.add_argument("--accept-missing-captions", action="store_true")
@@ -58,7 +60,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     d.add_argument("--target-concepts", required=True, metavar="A,B", help="what stage 2 learns")
     d.add_argument("--stage1-concepts", default="", metavar="A,B",
                    help="what stage 1 learns, the look to remove (default: every other concept)")
-    d.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE", help="override, both stages")
+    d.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help=SET_HELP + "; both stages")
     d.add_argument("--stage1-set", action="append", default=[], metavar="OPTION=VALUE",
                    help="override for stage 1 only")
     d.add_argument("--output-name", help="stage 2's LoRA name (stage 1's is NAME-base)")
@@ -158,8 +160,9 @@ def _list_presets(studio: Studio, args: argparse.Namespace) -> Result:
 def _train(studio: Studio, args: argparse.Namespace) -> Result:
     project = studio.project(args.project)
     svc = service(studio, args)
+    overrides, extra = split_set(args.set)
     req = TrainRequest(project=args.project, preset=args.preset, base_model=args.base_model,
-                       overrides=parse_set(args.set), output_name=args.output_name,
+                       overrides=overrides, extra_args=extra, output_name=args.output_name,
                        samples=SampleSettings(prompts=tuple(args.sample)) if args.sample else None,
                        accept_missing_captions=args.accept_missing_captions, dry_run=args.dry_run,
                        accelerate=accelerate_options(args))
@@ -188,9 +191,10 @@ def _train(studio: Studio, args: argparse.Namespace) -> Result:
 def _train_differential(studio: Studio, args: argparse.Namespace) -> Result:
     project = studio.project(args.project)
     svc = service(studio, args)
+    overrides, extra = split_set(args.set)
     req = DifferentialRequest(project=args.project, preset=args.preset, base_model=args.base_model,
                               target_concepts=(args.target_concepts,), stage1_concepts=(args.stage1_concepts,),
-                              overrides=parse_set(args.set), stage1_overrides=parse_set(args.stage1_set),
+                              overrides=overrides, extra_args=extra, stage1_overrides=parse_set(args.stage1_set),
                               output_name=args.output_name,
                               samples=SampleSettings(prompts=tuple(args.sample)) if args.sample else None,
                               accept_missing_captions=args.accept_missing_captions, dry_run=args.dry_run,
@@ -244,6 +248,9 @@ def _describe(snap: Any) -> str:
         lines.append(f"  step {p.get('step')}/{p.get('total')}, epoch {p.get('epoch')}/{p.get('epochs')}, "
                      f"loss {p.get('loss')}, eta {p.get('eta_s')} s")
     lines += [f"  saved {f}" for f in snap.files]
+    for text in (snap.notice, snap.meta.get("resume_note")):
+        if text:
+            lines.append(f"  {text}")
     if snap.error:
         lines.append(f"  {snap.error}")
     if snap.advice:
@@ -294,7 +301,7 @@ def _trainer(studio: Studio, args: argparse.Namespace) -> Result:
                                torch_index_url=args.torch_index_url, log=lambda line: print(line, file=sys.stderr))
         return 0, {"ran": report.ran, "skipped": report.skipped, "warnings": report.warnings}, \
             f"Trainer ready in {env.venv_dir} ({len(report.ran)} steps ran, {len(report.skipped)} already done)."
-    rep = doctor(env, repo_root=REPO_ROOT)
+    rep = service(studio, args).trainer_report(refresh=True)  # probes again, and keeps the answer for `train`
     lines = [f"python {rep.python_version} torch {rep.torch_version} cuda {rep.cuda_available} "
              f"{rep.device_name or ''} vram {rep.vram_free_mb}/{rep.vram_total_mb} MB",
              f"sd-scripts {rep.sd_scripts_commit} (pinned {rep.sd_scripts_pinned}), lycoris {rep.lycoris_version}, "

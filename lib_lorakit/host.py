@@ -28,6 +28,7 @@ class Checkpoint:
     path: Path
     name: str
     arch: Arch
+    problem: str = ""  # why `arch` is "Unknown" (a damaged header, a pickle), when it is
 
 
 @runtime_checkable
@@ -80,26 +81,57 @@ def arch_from_keys(keys: Sequence[str]) -> Arch:
 
 
 def safetensors_keys(path: Path) -> list[str]:
-    """Tensor names from a .safetensors header, without reading the tensors."""
+    """Tensor names from a .safetensors header, without reading the tensors. Raises LorakitError saying what is
+    wrong with a damaged file (too short, a header length past its end, a header that is not a JSON object)."""
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) != 8:
-            raise LorakitError(f"{path.name} is not a safetensors file (too short).")
+            raise LorakitError(f"{path.name} is not a safetensors file (it is only {len(head)} bytes long).")
         (n,) = struct.unpack("<Q", head)
-        if n > 100_000_000:
-            raise LorakitError(f"{path.name} is not a safetensors file (header length {n}).")
-        header = json.loads(f.read(n))
+        size = os.fstat(f.fileno()).st_size
+        if n > 100_000_000 or n > size - 8:
+            raise LorakitError(f"{path.name} is damaged or not a safetensors file: its header length says {n} "
+                               f"bytes, but the file holds {size - 8} after it.")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except ValueError as e:  # also UnicodeDecodeError
+        raise LorakitError(f"{path.name} is damaged: its header is not valid JSON ({e}).") from e
+    if not isinstance(header, dict):
+        raise LorakitError(f"{path.name} is damaged: its header is a JSON {type(header).__name__}, not an object.")
     return [k for k in header if k != "__metadata__"]
 
 
-def checkpoint_arch(path: Path) -> Arch:
-    """The architecture of a checkpoint file; .ckpt files are pickles and are never opened here."""
+@dataclass(frozen=True)
+class ArchReading:
+    """What a checkpoint's header says: its architecture, and why it is "Unknown" when it is (else "")."""
+
+    arch: Arch
+    problem: str = ""
+    damaged: bool = False  # a .safetensors file whose header cannot be read: sd-scripts could not load it either
+
+
+def read_checkpoint_arch(path: Path) -> ArchReading:
+    """The architecture of a checkpoint file with the reason when it cannot be told (a damaged header keeps its
+    reason); .ckpt files are pickles and are never opened here."""
+    path = Path(path)
     if path.suffix.lower() != ".safetensors":
-        return "Unknown"
+        return ArchReading("Unknown", f"{path.name} is not a .safetensors file (only those can be read safely).")
     try:
-        return arch_from_keys(safetensors_keys(path))
-    except (OSError, ValueError, LorakitError):
-        return "Unknown"
+        arch = arch_from_keys(safetensors_keys(path))
+    except OSError as e:
+        return ArchReading("Unknown", f"{path.name} cannot be read: {e.strerror or e}.", damaged=True)
+    except LorakitError as e:
+        return ArchReading("Unknown", str(e), damaged=True)
+    if arch == "Unknown":
+        return ArchReading(arch, f"{path.name} has no SD1, SD2 or SDXL text-encoder tensors (a LoRA, a VAE, or "
+                                 "another model family?).")
+    return ArchReading(arch)
+
+
+def checkpoint_arch(path: Path) -> Arch:
+    """The architecture of a checkpoint file ("Unknown" when it cannot be told; `read_checkpoint_arch` says why)."""
+    return read_checkpoint_arch(path).arch
 
 
 def scan_checkpoints(folder: Path) -> list[Checkpoint]:
@@ -108,7 +140,9 @@ def scan_checkpoints(folder: Path) -> list[Checkpoint]:
     found = []
     for p in sorted(folder.rglob("*")):
         if p.suffix.lower() in CHECKPOINT_SUFFIXES and p.is_file():
-            found.append(Checkpoint(path=p, name=p.relative_to(folder).as_posix(), arch=checkpoint_arch(p)))
+            reading = read_checkpoint_arch(p)
+            found.append(Checkpoint(path=p, name=p.relative_to(folder).as_posix(), arch=reading.arch,
+                                    problem=reading.problem))
     return found
 
 

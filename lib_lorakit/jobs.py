@@ -141,12 +141,12 @@ class JobManager:
             return []
         jobs = []
         for p in self.folder.glob("*.json"):
-            data = read_json(p)
-            if data and (project is None or data.get("project") == project):
-                try:
+            try:
+                data = read_json(p)
+                if data and (project is None or data.get("project") == project):
                     jobs.append(self._revive(JobState(**data)))
-                except TypeError:
-                    continue
+            except (ValueError, TypeError, AttributeError) as e:  # a damaged job file hides no other job
+                log.warning("Train Style: skipped the damaged job file %s: %s", p.name, e)
         return sorted(jobs, key=lambda j: j.started, reverse=True)[:limit]
 
     def cancel(self, job_id: str) -> JobState:

@@ -8,8 +8,8 @@ tests/data/sd_scripts_lora_run.log with `delay` seconds per line (8 × on progre
 saves a checkpoint it writes a real small LoRA (safetensors with sd-scripts' ss_* metadata) under the run's
 output name; where it samples it writes one PNG per prompt into output_dir/sample/, named as sd-scripts names
 them; where it saves state it writes `<name>-step…-state/train_state.json`. An output name ending in `-hang`
-replays half the log and then waits to be stopped. Any other command line runs the real python (the doctor's
-probe, pip). `venv/lorakit-setup.json` records the required setup steps as done.
+replays half the log and then waits to be stopped. The doctor's probe gets the facts of a working CPU trainer; any
+other command line runs the real python (pip). `venv/lorakit-setup.json` records the required setup steps as done.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from lib_lorakit.train.environment import REQUIRED_STEPS, STATE_FILE
+from lib_lorakit.train.environment import PROBE_MARK, REQUIRED_STEPS, STATE_FILE
 
 LOG = Path(__file__).resolve().parent / "data" / "sd_scripts_lora_run.log"
 RECORDED_NAME = "demo"  # the output name of the recorded run
@@ -28,7 +28,7 @@ _SCRIPT = r'''#!{python}
 import json, os, re, struct, sys, time, tomllib
 from pathlib import Path
 
-REAL, LOG, DELAY, RECORDED = {python!r}, {log!r}, {delay!r}, {recorded!r}
+REAL, LOG, DELAY, RECORDED, PROBE_MARK = {python!r}, {log!r}, {delay!r}, {recorded!r}, {probe_mark!r}
 
 
 def write_lora(path, name, step):
@@ -56,7 +56,18 @@ def write_samples(out, name, step, prompts):
             out / "sample" / f"{{name}}_{{step:06d}}_{{i:02d}}_{{stamp}}{{suffix}}.png")
 
 
+FACTS = {{"python": "3.11.7", "executable": sys.argv[0], "purelib": str(Path(sys.argv[0]).parent),
+          "torch": "2.13.0+cpu", "cuda": False, "sdpa": True, "torchvision_ok": True, "bitsandbytes_ok": True,
+          "accelerate_ok": True, "transformers_ok": True, "diffusers_ok": True, "safetensors_ok": True,
+          "packages": {{"torch": "2.13.0", "torchvision": "0.28.0", "accelerate": "1.6.0", "transformers": "4.54.1",
+                       "diffusers": "0.32.1", "safetensors": "0.4.5", "lycoris-lora": "3.4.0", "library": "0.0.0",
+                       "bitsandbytes": "0.50.2"}}}}
+
+
 def main(argv):
+    if argv[:1] == ["-c"] and len(argv) > 1 and argv[1].startswith(PROBE_MARK):  # the doctor's probe
+        print("LORAKIT_JSON " + json.dumps(FACTS))
+        return 0
     if "accelerate.commands.launch" not in argv:
         os.execv(REAL, [REAL, *argv])
     with open(argv[argv.index("--config_file") + 1], "rb") as f:
@@ -101,7 +112,8 @@ def build_fake_trainer(folder: Path, *, delay: float = 0.03) -> Path:
     venv = Path(folder) / "venv"
     (venv / "bin").mkdir(parents=True, exist_ok=True)
     python = venv / "bin" / "python"
-    python.write_text(_SCRIPT.format(python=sys.executable, log=str(LOG), delay=delay, recorded=RECORDED_NAME))
+    python.write_text(_SCRIPT.format(python=sys.executable, log=str(LOG), delay=delay, recorded=RECORDED_NAME,
+                                     probe_mark=PROBE_MARK))
     python.chmod(0o755)
     steps = {name: {"status": "done", "fingerprint": "fake", "note": "", "at": ""} for name in REQUIRED_STEPS}
     (venv / STATE_FILE).write_text(json.dumps({"steps": steps}))

@@ -234,8 +234,13 @@ def test_report_from_probe_reads_a_gpu_machine(tmp_path):
     whats = " ".join(p.what for p in small.problems)
     assert "4096 MB" in whats and "4.0.0" in whats and small.attention == "sdpa"
 
+    # sd-scripts' scripts find `library` from their own folder, where Train Style runs them: a venv made without
+    # `-e .` still trains, so it is a warning
     no_library = tenv.report_from_probe({**facts, "packages": {}}, env=env, problems=[], python="p")
-    assert not no_library.ok and any("-e ." in p.what for p in no_library.problems)
+    assert no_library.ok and any("-e ." in p.what and p.severity == "warning" for p in no_library.problems)
+    broken = tenv.report_from_probe({**facts, "diffusers_ok": False, "diffusers_error": "ImportError: x"}, env=env,
+                                    problems=[], python="p")
+    assert not broken.ok and any("diffusers" in p.what and p.code == "TRAINER_PACKAGES" for p in broken.problems)
 
 
 # --- the sd-scripts checkout ------------------------------------------------------------------------------------

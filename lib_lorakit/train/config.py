@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,25 +113,55 @@ def sample_prompt_line(prompt: str, *, negative: str = "", width: int, height: i
     return f"{prompt.strip()}{neg} --w {width} --h {height} --d {seed} --l {cfg:g} --s {steps}"
 
 
+def _trigger(word: str) -> re.Pattern:
+    """The trigger word as a whole word or phrase, in any case (`zqxstyle` is in "zqxstyle, a cat", not in
+    "zqxstyles")."""
+    return re.compile(rf"(?<!\w){re.escape(word.strip())}(?!\w)", re.IGNORECASE)
+
+
 def with_trigger(prompt: str, trigger_words: Sequence[str]) -> str:
-    """The prompt with the trigger words in front, as the captions have them."""
-    return ", ".join([*trigger_words, prompt]) if trigger_words else prompt
+    """The prompt with the trigger words in front, as the captions have them; one the prompt already holds is not
+    added again."""
+    missing = [w.strip() for w in trigger_words if w.strip() and not _trigger(w).search(prompt)]
+    return ", ".join([*missing, prompt]) if missing else prompt
+
+
+def without_trigger(prompt: str, trigger_words: Sequence[str]) -> str:
+    """The prompt with every trigger word taken out (a tag that held only the trigger goes with its comma); a
+    prompt without them comes back as it was."""
+    words = [w for w in trigger_words if w.strip()]
+    if not any(_trigger(w).search(prompt) for w in words):
+        return prompt
+    tags = []
+    for tag in prompt.split(","):
+        for w in words:
+            tag = _trigger(w).sub(" ", tag)
+        tag = " ".join(tag.split())
+        if tag:
+            tags.append(tag)
+    return ", ".join(tags)
 
 
 def build_sample_prompts(prompts: Sequence[str], trigger_words: Sequence[str], *, negative: str = "",
                          width: int, height: int, seed: int, cfg: float = 7.5, steps: int = 50,
                          without_trigger: bool = True) -> tuple[SamplePrompt, ...]:
-    """Each prompt with the trigger words, then (when there are triggers) without them, same seed."""
+    """Each prompt with the trigger words, then (when there are triggers) without them, same seed. A prompt that
+    already names a trigger word gets it once, and its twin has it taken out; a twin left empty (the prompt was
+    only the trigger) is not drawn."""
     out: list[SamplePrompt] = []
     for prompt in prompts:
         variants = [(with_trigger(prompt, trigger_words), True)]
-        if without_trigger and trigger_words:
-            variants.append((prompt, False))
+        bare = _without_trigger(prompt, trigger_words)
+        if without_trigger and trigger_words and bare.strip():
+            variants.append((bare, False))
         for text, triggered in variants:
             line = sample_prompt_line(text, negative=negative, width=width, height=height, seed=seed, cfg=cfg,
                                       steps=steps)
             out.append(SamplePrompt(index=len(out), prompt=text, with_trigger=triggered, line=line))
     return tuple(out)
+
+
+_without_trigger = without_trigger  # build_sample_prompts' flag has the same name
 
 
 # --- the two TOMLs -----------------------------------------------------------------------------------------------
@@ -169,12 +200,17 @@ def build_args_config(settings: Mapping[str, Any], *, pretrained_model: str, dat
                       output_dir: Path, output_name: str, caption_extension: str, logging_dir: Path,
                       tokenizer_cache_dir: Path | None = None, sample_prompts: Path | None = None,
                       training_comment: str | None = None,
-                      base_weights: Sequence[tuple[str | Path, float]] = ()) -> dict[str, Any]:
+                      base_weights: Sequence[tuple[str | Path, float]] = (),
+                      extra_args: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The arguments TOML: sections by option group, every key unique, None values left out.
 
     `base_weights`: (LoRA file, multiplier) pairs sd-scripts merges into the model before training
     (`--base_weights`/`--base_weights_multiplier`; the differential method's stage 2). They are run inputs
-    that name another run's output file, not tunable settings, so they are not declared options."""
+    that name another run's output file, not tunable settings, so they are not declared options.
+
+    `extra_args`: sd-scripts arguments beyond the declared options, already checked (extra_args.py), by sd-scripts'
+    name: they go into an `[extra]` section; one Train Style also writes (tokenizer_cache_dir, sample_prompts,
+    logging_dir, …) is replaced, `network_args` are added to the declared ones."""
     sections: dict[str, dict[str, Any]] = {g: {} for g in ("model", "dataset", *opts.GROUPS, "logging")}
     sections["model"] = {"pretrained_model_name_or_path": str(pretrained_model)}
     if tokenizer_cache_dir is not None:
@@ -196,7 +232,28 @@ def build_args_config(settings: Mapping[str, Any], *, pretrained_model: str, dat
     sections["logging"] = {"logging_dir": str(logging_dir), "console_log_simple": True}
     if training_comment:
         sections["logging"]["training_comment"] = training_comment
+    _add_extra(sections, extra_args or {})
     return {name: body for name, body in sections.items() if body}
+
+
+def _add_extra(sections: dict[str, dict[str, Any]], extra: Mapping[str, Any]) -> None:
+    """Extra arguments into `[extra]`, each key once over all sections (sd-scripts flattens them)."""
+    for key, value in extra.items():
+        if key == "network_args":
+            given = value if isinstance(value, list) else [value]
+            sections["network"]["network_args"] = [*sections["network"].get("network_args", []), *map(str, given)]
+            continue
+        for body in sections.values():
+            if key in body:
+                if key not in REPLACEABLE_KEYS:
+                    raise LorakitError(f"{key}: set by Train Style for this run; it cannot be an extra argument.")
+                del body[key]
+        sections.setdefault("extra", {})[key] = value
+
+
+# keys build_args_config writes that an extra argument may replace (extra_args.REPLACEABLE)
+REPLACEABLE_KEYS = frozenset({"tokenizer_cache_dir", "sample_prompts", "logging_dir", "training_comment",
+                              "console_log_simple"})
 
 
 def sampling_on(settings: Mapping[str, Any]) -> bool:
@@ -209,7 +266,8 @@ def build_run_files(project: Project, settings: ResolvedSettings | Mapping[str, 
                     output_dir: Path | None = None, logging_dir: Path | None = None,
                     tokenizer_cache_dir: Path | None = None, samples: SampleSettings | None = None,
                     concepts: Sequence[str] | None = None,
-                    base_weights: Sequence[tuple[str | Path, float]] = ()) -> RunFiles:
+                    base_weights: Sequence[tuple[str | Path, float]] = (),
+                    extra_args: Mapping[str, Any] | None = None) -> RunFiles:
     """Everything sd-scripts needs for one run of `project`, with the files meant to live in `run_dir`.
 
     `concepts`: the names of the concepts to train (see `select_concepts`; default all). `base_weights`: LoRA
@@ -244,7 +302,7 @@ def build_run_files(project: Project, settings: ResolvedSettings | Mapping[str, 
         output_dir=Path(output_dir or run_dir), output_name=name, caption_extension=ps.caption_extension,
         logging_dir=Path(logging_dir or run_dir / "logs"), tokenizer_cache_dir=tokenizer_cache_dir,
         sample_prompts=run_dir / PROMPTS_FILE if prompts else None, training_comment=comment,
-        base_weights=base_weights)
+        base_weights=base_weights, extra_args=extra_args)
     text = "".join(p.line + "\n" for p in prompts) if prompts else None
     return RunFiles(dataset=dataset, args=args, sample_prompts=text, output_name=name, script=SCRIPTS[family],
                     samples=prompts)

@@ -44,6 +44,7 @@ class DifferentialRequest:
     accept_missing_captions: bool = False
     dry_run: bool = False
     accelerate: AccelerateOptions = field(default_factory=AccelerateOptions)  # both stages, multi-GPU / multi-node
+    extra_args: Mapping[str, Any] = field(default_factory=dict)  # both stages, extra sd-scripts arguments
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,8 @@ def stage_requests(project: Project, req: DifferentialRequest, stage1_final: Opt
     if stage1_final is None:
         stage1_final = str(project.root / "runs" / PLACEHOLDER_RUN / f"{name}-base.safetensors")
     common = dict(project=req.project, preset=req.preset, base_model=req.base_model, samples=req.samples,
-                  accept_missing_captions=req.accept_missing_captions, dry_run=req.dry_run, accelerate=req.accelerate)
+                  accept_missing_captions=req.accept_missing_captions, dry_run=req.dry_run, accelerate=req.accelerate,
+                  extra_args=req.extra_args)
     first = TrainRequest(**common, overrides={**req.overrides, **req.stage1_overrides}, output_name=f"{name}-base",
                          concepts=stage1, meta={"differential": {"stage": 1, "of": name}})
     second = TrainRequest(**common, overrides=dict(req.overrides), output_name=name, concepts=targets,

@@ -369,7 +369,7 @@ def install_torchvision_shim(site_packages: Path) -> list[Path]:
 def _check_torchvision(env: TrainerEnvironment, sub_env: dict[str, str]) -> dict[str, Any]:
     proc = subprocess.run([str(env.python), "-c", _TV_CHECK], env=sub_env, capture_output=True, text=True,
                           timeout=300)
-    found = _last_json(proc.stdout)
+    found = last_json(proc.stdout)
     if found is None:
         raise SetupFailed(f"Cannot run the trainer's python ({env.python}): {proc.stderr.strip()[-500:]}")
     return found
@@ -389,7 +389,7 @@ def _ensure_torchvision(env: TrainerEnvironment, sub_env: dict[str, str], log: L
     return "workaround installed"
 
 
-def _last_json(stdout: str) -> Optional[dict]:
+def last_json(stdout: str) -> Optional[dict]:
     for line in reversed(stdout.splitlines()):
         if line.startswith("LORAKIT_JSON "):
             return json.loads(line[len("LORAKIT_JSON "):])
@@ -446,9 +446,11 @@ def _git(args: list[str], cwd: Path) -> Optional[str]:
 
 # --- doctor -----------------------------------------------------------------------------------------------------
 
-_PROBE = r"""
-import contextlib, importlib, importlib.metadata as md, importlib.util, json, platform, sys
-out = {"python": platform.python_version(), "executable": sys.executable, "packages": {}}
+PROBE_MARK = "# lorakit trainer probe"  # a stand-in trainer (tests/fake_trainer_env.py) answers this script
+_PROBE = PROBE_MARK + r"""
+import contextlib, importlib, importlib.metadata as md, importlib.util, json, platform, sys, sysconfig
+out = {"python": platform.python_version(), "executable": sys.executable, "packages": {},
+       "purelib": sysconfig.get_paths()["purelib"]}
 def version(name):
     try:
         return md.version(name)
@@ -469,7 +471,7 @@ with contextlib.redirect_stdout(sys.stderr):
             out["vram_total_mb"], out["vram_free_mb"] = total // 2**20, free // 2**20
     except Exception as e:
         out["torch_error"] = f"{type(e).__name__}: {e}"
-    for mod in ("torchvision", "bitsandbytes"):
+    for mod in ("torchvision", "bitsandbytes", "accelerate", "transformers", "diffusers", "safetensors"):
         try:
             importlib.import_module(mod)
             out[mod + "_ok"] = True
@@ -485,6 +487,7 @@ class Problem:
     what: str
     fix: str
     severity: str = "error"  # error: training cannot run | warning: it runs, with less
+    code: str = "TRAINER"  # SD_SCRIPTS, TRAINER_MISSING, … (the preflight's finding code)
 
 
 @dataclass(frozen=True)
@@ -521,33 +524,138 @@ class DoctorReport:
         return data
 
 
-def doctor(env: TrainerEnvironment, *, repo_root: Optional[Path] = None, timeout_s: float = 300) -> DoctorReport:
-    """Check the trainer environment by running one probe with its python; each problem comes with its fix."""
+def doctor(env: TrainerEnvironment, *, repo_root: Optional[Path] = None, timeout_s: float = 300,
+           cache: Optional[ProbeCache] = None, refresh: bool = False) -> DoctorReport:
+    """Check the trainer environment by running one probe with its python; each problem comes with its fix.
+
+    Any working sd-scripts environment passes, ours or one made elsewhere (kohya_ss, by hand): readiness is what
+    the probe finds, never our setup's record. With `cache`, the probe's facts are reused while the interpreter
+    and its site-packages are unchanged (`refresh` probes again)."""
     repo_root = Path(repo_root) if repo_root else env.sd_scripts_dir.parent
-    pinned = pinned_commit(repo_root)
-    commit = _head_commit(env.sd_scripts_dir) if (env.sd_scripts_dir / ".git").exists() else None
-    problems = []
-    if commit != pinned:
-        problems.append(Problem(check_submodule(repo_root, pinned=pinned) or "sd-scripts is not at the pinned commit",
-                                f"cd \"{repo_root}\" && {SUBMODULE_FIX}"))
-    base = dict(python=str(env.python), sd_scripts_commit=commit, sd_scripts_pinned=pinned)
+    commit, problems = _sd_scripts_problems(env, repo_root)
+    base = dict(python=str(env.python), sd_scripts_commit=commit, sd_scripts_pinned=pinned_commit(repo_root))
     if not env.exists():
-        problems.insert(0, Problem(f"The trainer environment does not exist ({env.python}).",
+        problems.insert(0, Problem(f"The trainer environment is not set up: {env.python} does not exist.",
                                    "Run the trainer setup (Train tab → Set up trainer, or `python -m lib_lorakit "
-                                   "trainer setup`)."))
+                                   "trainer setup`), or name an existing sd-scripts environment's python "
+                                   "(--trainer-python, TRAIN_STYLE_TRAINER_PYTHON).", code="TRAINER_MISSING"))
         return DoctorReport(**base, problems=tuple(problems))
+    facts = None if (cache is None or refresh) else cache.get(env)
+    if facts is None:
+        facts, failure = probe(env, timeout_s=timeout_s)
+        if failure is not None:
+            return DoctorReport(**base, problems=(failure, *problems))
+        if cache is not None:
+            cache.put(env, facts)
+    return report_from_probe(facts, env=env, problems=problems, **base)
+
+
+def cached_report(env: TrainerEnvironment, cache: ProbeCache, *, repo_root: Optional[Path] = None
+                  ) -> Optional[DoctorReport]:
+    """The doctor's report from the cached probe alone (no process starts); None when it has not probed this
+    interpreter as it is now."""
+    if env.exists() and cache.get(env) is None:
+        return None
+    return doctor(env, repo_root=repo_root, cache=cache)
+
+
+def probe(env: TrainerEnvironment, *, timeout_s: float = 300) -> tuple[Optional[dict], Optional[Problem]]:
+    """The facts the trainer's python reports about itself (versions, CUDA, imports), or why it could not run."""
+    fix = ("Repair that environment (or delete our venv and run setup again), or name another one with "
+           "--trainer-python / TRAIN_STYLE_TRAINER_PYTHON.")
     try:
         proc = subprocess.run([str(env.python), "-c", _PROBE], env=env.subprocess_env(), capture_output=True,
                               text=True, timeout=timeout_s)
     except (OSError, subprocess.TimeoutExpired) as e:
-        problems.insert(0, Problem(f"The trainer's python cannot run: {e}", "Delete the venv and run setup again."))
-        return DoctorReport(**base, problems=tuple(problems))
-    facts = _last_json(proc.stdout)
+        return None, Problem(f"The trainer's python cannot run: {e}", fix, code="TRAINER_BROKEN")
+    facts = last_json(proc.stdout)
     if facts is None:
-        problems.insert(0, Problem(f"The trainer's python failed: {proc.stderr.strip()[-500:]}",
-                                   "Delete the venv and run setup again."))
-        return DoctorReport(**base, problems=tuple(problems))
-    return report_from_probe(facts, env=env, problems=problems, **base)
+        return None, Problem(f"The trainer's python failed: {proc.stderr.strip()[-500:]}", fix, code="TRAINER_BROKEN")
+    return facts, None
+
+
+def _sd_scripts_problems(env: TrainerEnvironment, repo_root: Path) -> tuple[Optional[str], list[Problem]]:
+    """The sd-scripts checkout's commit and what is wrong with it: ours must be at the pinned commit; one the user
+    keeps elsewhere (TRAIN_STYLE_SD_SCRIPTS) must hold train_network.py, and another commit is only a warning."""
+    folder = env.sd_scripts_dir
+    commit = _head_commit(folder) if (folder / ".git").exists() else None
+    pinned = pinned_commit(repo_root)
+    fix = f"cd \"{repo_root}\" && {SUBMODULE_FIX}"
+    if _same_folder(folder, repo_root / "sd-scripts"):
+        if commit != pinned:
+            return commit, [Problem(check_submodule(repo_root, pinned=pinned) or "sd-scripts is not at the pinned "
+                                    "commit", fix, code="SD_SCRIPTS")]
+        return commit, []
+    if not (folder / "train_network.py").is_file():
+        return commit, [Problem(f"{folder} (TRAIN_STYLE_SD_SCRIPTS) holds no sd-scripts checkout (no "
+                                "train_network.py).", "Point it at an sd-scripts folder.", code="SD_SCRIPTS")]
+    if commit != pinned:
+        return commit, [Problem(f"sd-scripts in {folder} is at {commit[:12] if commit else 'an unknown commit'}; "
+                                f"Train Style is tested with {pinned[:12]} ({PINNED_SD_SCRIPTS_TAG}).",
+                                "If training fails on an argument or a file format, use that release.", "warning",
+                                code="SD_SCRIPTS")]
+    return commit, []
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+class ProbeCache:
+    """The probe's facts per interpreter, kept on disk (`<projects home>/.cache/trainer-probe.json`) and reused
+    while the interpreter (its path and mtime), its site-packages folder (whose mtime changes when pip installs or
+    removes a package) and our setup's record are unchanged."""
+
+    def __init__(self, file: Path):
+        self.file = Path(file)
+
+    @classmethod
+    def under(cls, home: Path) -> ProbeCache:
+        return cls(Path(home) / ".cache" / "trainer-probe.json")
+
+    def get(self, env: TrainerEnvironment) -> Optional[dict]:
+        entry = self._entries().get(_python_key(env))
+        if not isinstance(entry, dict) or not isinstance(entry.get("facts"), dict):
+            return None
+        facts = entry["facts"]
+        return facts if entry.get("stamp") == _stamp(env, facts.get("purelib")) else None
+
+    def put(self, env: TrainerEnvironment, facts: dict) -> None:
+        entries = self._entries()
+        entries[_python_key(env)] = {"stamp": _stamp(env, facts.get("purelib")), "facts": facts,
+                                     "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.file, entries)
+        except OSError as e:  # a read-only home only costs a probe next time
+            logger.warning("Train Style: cannot keep the trainer probe in %s: %s", self.file, e)
+
+    def _entries(self) -> dict:
+        try:
+            data = read_json(self.file, {})
+        except (OSError, ValueError) as e:
+            logger.warning("Train Style: ignoring the damaged trainer probe cache %s: %s", self.file, e)
+            return {}
+        return data if isinstance(data, dict) else {}
+
+
+def _python_key(env: TrainerEnvironment) -> str:
+    return os.path.abspath(env.python)
+
+
+def _stamp(env: TrainerEnvironment, purelib: Any) -> list:
+    """What must stay the same for a probe to hold: the interpreter (the venv's link and what it points to), its
+    site-packages and our setup record."""
+    def mtime(path: Any, follow: bool = True) -> Optional[int]:
+        try:
+            return os.stat(path, follow_symlinks=follow).st_mtime_ns if path else None
+        except (OSError, ValueError, TypeError):
+            return None
+
+    return [mtime(env.python), mtime(env.python, follow=False), str(purelib), mtime(purelib), mtime(env.state_file)]
 
 
 def report_from_probe(facts: dict[str, Any], *, env: TrainerEnvironment, problems: list[Problem],
@@ -558,7 +666,7 @@ def report_from_probe(facts: dict[str, Any], *, env: TrainerEnvironment, problem
     torch_v = facts.get("torch")
     if torch_v is None:
         problems.append(Problem(f"torch does not import in the trainer ({facts.get('torch_error', 'not installed')}).",
-                                f"Run the trainer setup again, or: {pip} torch"))
+                                f"Run the trainer setup again, or: {pip} torch", code="TRAINER_TORCH"))
     elif not facts.get("cuda"):
         problems.append(Problem("No CUDA GPU is visible to the trainer: training runs on the CPU, very slowly.",
                                 "Install a CUDA build of torch in the trainer, or check the GPU driver "
@@ -568,7 +676,14 @@ def report_from_probe(facts: dict[str, Any], *, env: TrainerEnvironment, problem
                                 "Use gradient checkpointing, batch size 1 and a lower resolution.", "warning"))
     if torch_v and not facts.get("torchvision_ok"):
         problems.append(Problem(f"torchvision does not import: {facts.get('torchvision_error')}",
-                                "Run the trainer setup again (it installs the CPU workaround when needed)."))
+                                "Run the trainer setup again (it installs the CPU workaround when needed).",
+                                code="TRAINER_TORCHVISION"))
+    broken = [m for m in ("accelerate", "transformers", "diffusers", "safetensors") if facts.get(m + "_ok") is False]
+    if torch_v and broken:
+        problems.append(Problem(f"{', '.join(broken)} do{'es' if len(broken) == 1 else ''} not import in the trainer: "
+                                + "; ".join(str(facts.get(m + "_error")) for m in broken),
+                                "Install sd-scripts' requirements in it: cd into sd-scripts and run "
+                                f"{pip} -r requirements.txt", code="TRAINER_PACKAGES"))
     if torch_v and not facts.get("sdpa") and not pkgs.get("xformers"):
         problems.append(Problem("Neither PyTorch SDPA nor xformers is available: attention is slow and large.",
                                 f"Use torch ≥ 2.0, or: {pip} xformers", "warning"))
@@ -583,8 +698,9 @@ def report_from_probe(facts: dict[str, Any], *, env: TrainerEnvironment, problem
         problems.append(Problem("bitsandbytes does not import: 8-bit optimizers (AdamW8bit) are unavailable.",
                                 f"Choose AdamW, or: {pip} bitsandbytes", "warning"))
     if torch_v and not pkgs.get("library"):
-        problems.append(Problem("sd-scripts' own package is not installed in the trainer (`-e .`).",
-                                "Run the trainer setup again."))
+        problems.append(Problem("sd-scripts' own package is not installed in the trainer (`-e .`); its scripts "
+                                "still find it when they run from their folder, as Train Style runs them.",
+                                f"In sd-scripts' folder: {pip} -e .", "warning", code="TRAINER_PACKAGES"))
     return DoctorReport(python_version=facts.get("python"), torch_version=torch_v,
                         cuda_available=bool(facts.get("cuda")), device_name=facts.get("device"),
                         vram_total_mb=facts.get("vram_total_mb"), vram_free_mb=facts.get("vram_free_mb"),

@@ -403,6 +403,35 @@ def parse_set(items: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+def split_set(items: Iterable[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`--set NAME=VALUE` items as (declared options typed by their declaration, extra sd-scripts arguments).
+
+    A NAME that is neither declared nor an old name is an extra argument for sd-scripts (e.g. tokenizer_cache_dir,
+    an option newer than this table): its VALUE stays text for sd-scripts' own parser to type and check
+    (extra_args.py); a NAME given more than once collects its values in a list (`network_args`, `base_weights`)."""
+    declared: list[str] = []
+    extra: dict[str, Any] = {}
+    problems: list[str] = []
+    for item in items:
+        name, sep, text = str(item).partition("=")
+        name = name.strip()
+        if not sep or not name:
+            problems.append(f"{item!r}: expected NAME=VALUE, e.g. max_train_epochs=10")
+        elif name in OPTION_MAP or name in ALIASES:
+            declared.append(item)
+        elif name in extra:
+            extra[name] = [*(extra[name] if isinstance(extra[name], list) else [extra[name]]), text.strip()]
+        else:
+            extra[name] = text.strip()
+    try:
+        values = parse_set(declared)
+    except InvalidOption as e:
+        problems += e.problems
+    if problems:
+        raise InvalidOption(problems)
+    return values, extra
+
+
 def describe() -> list[dict[str, Any]]:
     """All options, in declaration order, as JSON-able dicts (name, type, default, range, choices, reason, …)."""
     return [o.describe() for o in OPTIONS]

@@ -23,6 +23,24 @@ _POSTFIX = re.compile(r"(\w+)=([-+0-9.eE]+)")
 _SKIPPING = re.compile(r"^\s*skipping (\d+) steps")
 _SKIPPING_EPOCH = re.compile(r"^\s*skipping epoch \d+ because initial_step")
 _BATCHES = re.compile(r"num batches per epoch[^:]*:\s*(\d+)")
+# Saves (train_network.py, library/train_util.py, accelerate's save_state): a model file, or a state folder written
+# file by file after train_state.json. A save is over when the state's last file is logged or training goes on.
+_STATE_SAVE = re.compile(r"^\s*(saving state at (step|epoch) \d+|saving last state\.)")
+_STATE_DIR = re.compile(r"^\s*Saving current state to (.+-state)\s*$")
+_STATE_DONE = re.compile(r"^\s*Random states saved in ")
+_SAVE_OVER = re.compile(r"^\s*(model saved\.|removing old state:|generating sample images|epoch \d+/\d+)")
+
+
+@dataclass(frozen=True)
+class Save:
+    """A save sd-scripts is writing: a model file (`path` as logged) or a state folder (`path` once logged)."""
+
+    kind: str  # "model" | "state"
+    path: Optional[str] = None
+
+    def describe(self) -> str:
+        name = self.path.replace("\\", "/").rsplit("/", 1)[-1] if self.path else ""
+        return f"the {'training state' if self.kind == 'state' else 'LoRA file'}{' ' + name if name else ''}"
 
 
 @dataclass(frozen=True)
@@ -56,6 +74,7 @@ class LogReader:
     samples_at: list[int] = field(default_factory=list)
     skipped_steps: int = 0
     batches_per_epoch: int = 0
+    saving: Optional[Save] = None  # the save sd-scripts is writing now, as far as its output tells
     tail: list[str] = field(default_factory=list)
     tail_lines: int = 60
     _pending: str = ""
@@ -80,10 +99,12 @@ class LogReader:
             return
         m = _STEPS.match(line)
         if m:
+            self.saving = None  # training goes on: whatever was being saved is written
             self._on_steps(m)
             return  # redraws would flood the tail
         self.tail.append(line[:500])
         del self.tail[:-self.tail_lines]
+        self._track_save(line)
         if m := _EPOCH.match(line):
             self.progress = replace(self.progress, epoch=int(m.group(1)), epochs=int(m.group(2)))
         elif m := _SAVED.search(line):
@@ -96,6 +117,16 @@ class LogReader:
             self.skipped_steps = max(0, self.skipped_steps - self.batches_per_epoch)
         elif m := _BATCHES.search(line):
             self.batches_per_epoch = int(m.group(1))
+
+    def _track_save(self, line: str) -> None:
+        if m := _SAVED.search(line):
+            self.saving = Save("model", m.group(1).strip())
+        elif _STATE_SAVE.match(line):
+            self.saving = Save("state")
+        elif m := _STATE_DIR.match(line):
+            self.saving = Save("state", m.group(1).strip())
+        elif _STATE_DONE.match(line) or _SAVE_OVER.match(line):
+            self.saving = None
 
     def _on_steps(self, m: re.Match) -> None:
         step = int(m.group("step")) + self.skipped_steps

@@ -80,7 +80,8 @@ class TrainQueue:
         for entry in self.entries():
             try:
                 rows.append({**entry.to_dict(), "state": self.snapshot(entry).state})
-            except LorakitError:
+            except LorakitError as e:  # the next tick drops it from the queue (and says so)
+                log.debug("Train Style queue: not listing run %s of %s: %s", entry.run, entry.project, e)
                 continue
         return rows
 
@@ -99,7 +100,8 @@ class TrainQueue:
         for entry in self.entries():
             try:
                 snap = self.snapshot(entry)
-            except LorakitError:
+            except LorakitError as e:
+                log.debug("Train Style queue: run %s of %s cannot be read: %s", entry.run, entry.project, e)
                 continue
             if snap.state in ("starting", "running"):
                 p = snap.progress
@@ -118,8 +120,10 @@ class TrainQueue:
             for entry in self.entries():
                 try:
                     snap = self.snapshot(entry)
-                except (NotFound, LorakitError):
-                    continue  # the project or run was deleted: drop it from the queue
+                except LorakitError as e:  # NotFound too: the project or run was deleted
+                    log.warning("Train Style queue: dropped run %s of %s from the queue: %s", entry.run,
+                                entry.project, e)
+                    continue
                 if snap.state in ("starting", "running"):
                     return snap
                 if snap.state == "queued":
@@ -168,7 +172,9 @@ class TrainQueue:
             entry = QueueEntry(**item)
             try:
                 snap = self.snapshot(entry)
-            except LorakitError:
+            except LorakitError as e:
+                log.warning("Train Style queue: run %s of %s ended but cannot be read, so it is not registered: %s",
+                            entry.run, entry.project, e)
                 continue
             if snap.active:
                 still.append(item)

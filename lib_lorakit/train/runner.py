@@ -58,6 +58,7 @@ class RunSnapshot:
     log_tail: list[str]
     losses: list[list[float]]
     meta: dict
+    notice: str = ""  # what the supervisor is doing now that the user should know (e.g. a stop waiting for a save)
 
     @property
     def active(self) -> bool:
@@ -66,7 +67,7 @@ class RunSnapshot:
     def to_dict(self) -> dict:
         return {"id": self.id, "project": self.project, "dir": str(self.dir), "state": self.state,
                 "progress": self.progress, "files": self.files, "samples": self.samples, "error": self.error,
-                "advice": self.advice, "log_tail": self.log_tail, "meta": self.meta}
+                "advice": self.advice, "log_tail": self.log_tail, "meta": self.meta, "notice": self.notice}
 
 
 def new_run_id(label: str) -> str:
@@ -124,7 +125,7 @@ class Runs:
         return RunSnapshot(id=run_dir.name, project=self.project.name, dir=run_dir, state=data["state"],
                            progress=data["progress"], files=data["files"], samples=data["samples"],
                            error=data["error"], advice=data["advice"], log_tail=data["log_tail"],
-                           losses=data["losses"], meta=data["meta"])
+                           losses=data["losses"], meta=data["meta"], notice=data["notice"])
 
     def list(self) -> list[RunSnapshot]:
         if not self.root.is_dir():
@@ -239,6 +240,7 @@ _FIELDS = {
                                                           all(_is_number(x) for x in p) for p in v),
                "a list of [step, loss] pairs"),
     "meta": ({}, lambda v: isinstance(v, dict), "an object"),
+    "notice": ("", lambda v: isinstance(v, str), "a text"),
 }
 # the run's meta (written by TrainingService.create_run, differential, requeue and bundle import)
 META_FIELDS = {
@@ -258,6 +260,8 @@ META_FIELDS = {
     "differential": (lambda v: isinstance(v, dict), "an object"),
     "imported": (lambda v: isinstance(v, dict), "an object"),
     "resumed_from": (lambda v: isinstance(v, str), "a text"),
+    "resume_note": (lambda v: isinstance(v, str), "a text"),
+    "extra_args": (lambda v: isinstance(v, dict), "an object"),
 }
 
 

@@ -16,18 +16,20 @@ from typing import Any, Optional
 from ..dataset.report import build_report
 from ..errors import LorakitError, PathNotAllowed
 from ..fsutil import atomic_write_json, read_json
-from ..host import Host, checkpoint_arch
+from ..host import ArchReading, Host, read_checkpoint_arch
 from ..paths import check_name
 from ..project import Project
 from ..results.registry import Registered, register_files
 from ..tomlio import read_toml, write_toml
+from . import extra_args as _extra
 from . import presets as _presets
-from .config import RunFiles, SampleSettings, build_run_files, select_concepts, write_run_files
+from .config import RunFiles, SampleSettings, build_run_files, script_for, select_concepts, write_run_files
 from .distributed import AccelerateOptions, accelerate_argv
-from .environment import TrainerEnvironment, check_submodule
+from .environment import DoctorReport, ProbeCache, TrainerEnvironment, doctor
 from .model_path import confine_model_path
 from .queue import TrainQueue
 from .runner import Runs, RunSnapshot, RunSpec
+from .states import StateChoice, choose_state
 from .steps import StepPlan, plan_project
 from .vram import estimate_vram
 
@@ -62,6 +64,9 @@ class TrainRequest:
     base_weights: tuple[tuple[str, float], ...] = ()  # LoRAs merged into the model first: (file, multiplier)
     depends_on: Optional[str] = None  # a run of the same project that must succeed before this one starts
     meta: Mapping[str, Any] = field(default_factory=dict)  # extra facts stored in the run's meta
+    # sd-scripts arguments beyond the declared options, by sd-scripts' name (extra_args.py): text from the CLI and
+    # the tab, JSON values from the API
+    extra_args: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ class TrainPlan:
     # the model files as the run will name them, once allowed (model_path.confine_model_path); None: refused
     base_model: Optional[Path] = None
     base_weights: tuple[tuple[Path, float], ...] = ()
+    extra_args: Mapping[str, Any] = field(default_factory=dict)  # checked and typed by sd-scripts' parser
 
     @property
     def blocked(self) -> bool:
@@ -81,7 +87,8 @@ class TrainPlan:
     def to_dict(self) -> dict:
         return {"preset": self.settings.preset, "base_arch": self.base_arch, "settings": self.settings.explain(),
                 "steps": asdict(self.steps),
-                "findings": [f.to_dict() for f in self.findings], "blocked": self.blocked}
+                "findings": [f.to_dict() for f in self.findings], "blocked": self.blocked,
+                "extra_args": dict(self.extra_args)}
 
 
 class TrainingService:
@@ -98,6 +105,11 @@ class TrainingService:
         cache = tokenizer_cache_dir or os.environ.get("TRAIN_STYLE_TOKENIZER_CACHE")
         self.tokenizer_cache_dir = Path(cache) if cache else None
         self.extra_env = dict(env or {})
+
+    def trainer_report(self, *, refresh: bool = False) -> DoctorReport:
+        """What the doctor finds in the trainer environment, ours or adopted (its probe cached per interpreter)."""
+        return doctor(self.trainer, repo_root=REPO_ROOT, cache=ProbeCache.under(self.host.projects_home()),
+                      refresh=refresh)
 
     def presets_dir(self) -> Path:
         return Path(self.host.projects_home()) / "presets"
@@ -117,15 +129,50 @@ class TrainingService:
             findings += found
             if merged is not None:
                 weights.append((merged, float(multiplier)))
-        arch = checkpoint_arch(base) if base is not None and base.is_file() else "Unknown"
+        reading = read_checkpoint_arch(base) if base is not None and base.is_file() else ArchReading("Unknown")
+        arch = reading.arch
         steps = plan_project(project, settings.values, num_processes=_processes(req), concepts=req.concepts)
-        findings += preflight(project, req, settings=settings, base=base, arch=arch, trainer=self.trainer,
-                              lora_dir=Path(self.host.lora_dir()), base_weights=weights)
+        report = self.trainer_report()
+        findings += preflight(project, req, settings=settings, base=base, trainer_report=report,
+                              lora_dir=Path(self.host.lora_dir()), base_weights=weights, arch=reading)
         findings += [Finding("MULTI_GPU", "error", p, "Fix the Multi-GPU settings.")
                      for p in req.accelerate.problems()]
         findings += vram_findings(settings, getattr(self.host, "gpu_memory", lambda: None)())
-        return TrainPlan(settings=settings, steps=steps, findings=tuple(findings), base_arch=arch, base_model=base,
-                         base_weights=tuple(weights))
+        extra, found = self._extra_args(project, req, settings=settings, report=report)
+        return TrainPlan(settings=settings, steps=steps, findings=tuple(findings + found), base_arch=arch,
+                         base_model=base, base_weights=tuple(weights), extra_args=extra)
+
+    def _extra_args(self, project: Project, req: TrainRequest, *, settings: _presets.ResolvedSettings,
+                    report: DoctorReport) -> tuple[dict[str, Any], list[Finding]]:
+        """The request's extra sd-scripts arguments: screened for this front end's user, then typed and checked by
+        sd-scripts' own parser in the trainer (a dry run without a working trainer writes them unchecked)."""
+        if not req.extra_args:
+            return {}, []
+        taken = ("base_weights", "base_weights_multiplier") if req.base_weights else ()
+        screened = _extra.screen(req.extra_args, host=self.host, project_root=project.root,
+                                 local_user=self.local_user, taken=taken)
+        found = [Finding("EXTRA_ARG_REFUSED", "error", r, "Leave it out, or set it as the message says.")
+                 for r in screened.refused]
+        found += [Finding("EXTRA_ARG_PICKLE", "warning", w, "Convert it to .safetensors.") for w in screened.warnings]
+        if screened.refused:
+            return {}, found
+        if not report.ok:
+            found.append(Finding("EXTRA_ARGS_UNCHECKED", "warning" if req.dry_run else "error",
+                                 "sd-scripts could not check the extra arguments: the trainer is not ready.",
+                                 "Fix the trainer (see above); a dry run writes them as given."))
+            return _extra.typed_without_sd_scripts(screened.values), found
+        script = script_for(settings.base)
+        try:
+            checked = _extra.check_with_sd_scripts(self.trainer, script, screened.values,
+                                                   cache_file=Path(self.host.projects_home()) / ".cache" /
+                                                   "extra-args.json")
+        except LorakitError as e:
+            return {}, [*found, Finding("EXTRA_ARGS_CHECK", "error", str(e), "Check the trainer (trainer doctor).")]
+        found += [Finding("EXTRA_ARG_UNKNOWN", "error", u, f"Leave it out, or use a name {script} of this "
+                          "sd-scripts accepts (its --help lists them).") for u in checked.unknown]
+        found += [Finding("EXTRA_ARG_INVALID", "error", i, "Give a value sd-scripts accepts.")
+                  for i in checked.invalid]
+        return checked.values, found
 
     def _model(self, path: str | Path, *, code: str, what: str, fix: str,
                extra_roots: tuple[Path, ...] = ()) -> tuple[Optional[Path], list[Finding]]:
@@ -152,7 +199,8 @@ class TrainingService:
         files = build_run_files(project, plan.settings, run_dir=run_dir, pretrained_model=plan.base_model,
                                 base_arch=plan.base_arch if plan.base_arch != "Unknown" else plan.settings.base,
                                 output_name=req.output_name, tokenizer_cache_dir=self.tokenizer_cache_dir,
-                                samples=req.samples, concepts=req.concepts, base_weights=plan.base_weights)
+                                samples=req.samples, concepts=req.concepts, base_weights=plan.base_weights,
+                                extra_args=plan.extra_args)
         paths = write_run_files(files, run_dir)
         # only what differs from the supervisor's own environment is stored (no secrets copied into the run)
         wanted = {**self.trainer.subprocess_env(dict(os.environ)), **self.extra_env}
@@ -168,6 +216,8 @@ class TrainingService:
         meta["accelerate"] = req.accelerate.to_dict()
         if plan.base_weights:
             meta["base_weights"] = [[str(p), float(m)] for p, m in plan.base_weights]
+        if plan.extra_args:
+            meta["extra_args"] = dict(plan.extra_args)
         if req.depends_on:
             meta["depends_on"] = req.depends_on  # the queue holds this run until that one has succeeded
         warnings = [f.message for f in plan.findings if f.code in (BASE_WEIGHTS_QUIRK, "BASE_MODEL_PICKLE",
@@ -196,22 +246,20 @@ class TrainingService:
         if snap.active or snap.state in ("succeeded", "draft"):
             raise LorakitError(f"Run {run_id} is {snap.state}; only a stopped, failed or interrupted run can be "
                                "resumed.")
-        state = latest_state(snap.dir)
-        if state is None and snap.meta.get("depends_on") and "launched" not in read_json(snap.dir / "run.json"):
+        choice = choose_state(snap.dir)
+        if choice.state is None and not choice.skipped and snap.meta.get("depends_on") \
+                and "launched" not in read_json(snap.dir / "run.json"):
             # a later stage failed because the run it depends on had not succeeded; it never ran, so it is queued
             # again as it was and waits for that run (resume that one first)
             requeue(snap.dir)
             if queue:
                 TrainQueue(self.host).add(project.name, run_id)
             return runs.get(run_id)
-        if state is None:
-            raise LorakitError(f"Run {run_id} saved no training state to resume from (save_state was off, or it "
-                               "stopped before the first save). Start a new run instead.")
-        args_path = snap.dir / "args.toml"
-        args = read_toml(args_path)
-        args.update(resume=str(state), skip_until_initial_step=True)
-        write_toml(args_path, args)
-        requeue(snap.dir, resumed_from=state.name)
+        if choice.state is None:
+            raise LorakitError(no_state_message(run_id, choice))
+        state = choice.state.path
+        point_args_at_state(snap.dir / "args.toml", state)
+        requeue(snap.dir, resumed_from=state.name, resume_note=choice.explain())
         if queue:
             TrainQueue(self.host).add(project.name, run_id)
         return runs.get(run_id)
@@ -249,12 +297,30 @@ def _processes(req: TrainRequest) -> int:
 
 
 def latest_state(run_dir: Path) -> Optional[Path]:
-    """The newest `<name>-step<N>-state` / `<name>-state` folder sd-scripts left (the one with train_state.json)."""
-    def step(p: Path) -> int:
-        return int((read_json(p / "train_state.json", default={}) or {}).get("current_step") or 0)
+    """The newest complete `<name>-step<N>-state` / `<name>-state` folder sd-scripts left (see states.py)."""
+    chosen = choose_state(run_dir).state
+    return chosen.path if chosen else None
 
-    states = [p for p in run_dir.glob("*-state") if (p / "train_state.json").is_file()]
-    return max(states, key=lambda p: (step(p), p.stat().st_mtime_ns), default=None)
+
+def no_state_message(run_id: str, choice: StateChoice) -> str:
+    if not choice.skipped:
+        return (f"Run {run_id} saved no training state to resume from (save_state was off, or it stopped before "
+                "the first save). Start a new run instead.")
+    why = "; ".join(f"{s.name}: {s.problem}" for s in choice.skipped)
+    return (f"Run {run_id} has no complete saved state to resume from ({why}): every save was interrupted. Start "
+            "a new run instead.")
+
+
+def point_args_at_state(args_path: Path, state: Path) -> None:
+    """`resume = <state>` and `skip_until_initial_step = true` in the run's arguments, once (sd-scripts flattens the
+    sections, so an older value in a section would win)."""
+    args = read_toml(args_path)
+    for section in args.values():
+        if isinstance(section, dict):
+            section.pop("resume", None)
+            section.pop("skip_until_initial_step", None)
+    args.update(resume=str(state), skip_until_initial_step=True)
+    write_toml(args_path, args)
 
 
 def requeue(run_dir: Path, **meta: Any) -> None:
@@ -265,7 +331,7 @@ def requeue(run_dir: Path, **meta: Any) -> None:
 
 
 def preflight(project: Project, req: TrainRequest, *, settings: _presets.ResolvedSettings, base: Optional[Path],
-              arch: str, trainer: TrainerEnvironment, lora_dir: Path,
+              arch: ArchReading, trainer_report: DoctorReport, lora_dir: Path,
               base_weights: Sequence[tuple[Path, float]] = ()) -> list[Finding]:
     """Every reason the run would fail or disappoint, each with the fix. `base` and `base_weights` are the model
     files already allowed (None / left out: refused, which the caller reported)."""
@@ -286,18 +352,8 @@ def preflight(project: Project, req: TrainRequest, *, settings: _presets.Resolve
         found.append(Finding("NO_TRIGGER", "warning", "The project has no trigger word: the LoRA's card will have "
                              "no activation text and the style will be tied to no word.",
                              "Set trigger words in the project settings."))
-    # c. the trainer and sd-scripts
-    level = "warning" if req.dry_run else "error"
-    if Path(trainer.sd_scripts_dir) == REPO_ROOT / "sd-scripts":
-        sub = check_submodule(REPO_ROOT)
-        if sub:
-            found.append(Finding("SD_SCRIPTS", level, sub))
-    elif not (Path(trainer.sd_scripts_dir) / "train_network.py").is_file():
-        found.append(Finding("SD_SCRIPTS", level, f"{trainer.sd_scripts_dir} (TRAIN_STYLE_SD_SCRIPTS) holds no "
-                             "sd-scripts checkout (no train_network.py).", "Point it at an sd-scripts folder."))
-    if not trainer.setup_complete():
-        found.append(Finding("TRAINER_MISSING", level, "The trainer environment is not set up.",
-                             "Press 'Set up trainer' or run `python -m lib_lorakit trainer setup`."))
+    # c. the trainer and sd-scripts, as the doctor finds them (a dry run only warns)
+    found += trainer_findings(trainer_report, dry_run=req.dry_run)
     # d. disk and name collisions
     found += _disk_and_names(project, req, settings, lora_dir)
     # e. LoRAs merged in first: present (or made by the run this one waits for), and sd-scripts' module quirk
@@ -305,14 +361,24 @@ def preflight(project: Project, req: TrainRequest, *, settings: _presets.Resolve
     return found
 
 
-def _base_model(base: Path, arch: str, settings: _presets.ResolvedSettings) -> list[Finding]:
+def trainer_findings(report: DoctorReport, *, dry_run: bool = False) -> list[Finding]:
+    """The doctor's errors as preflight findings (its warnings — no GPU, no LyCORIS — are the doctor's to show):
+    an error blocks a run, and only warns for a dry run, which starts nothing."""
+    level = "warning" if dry_run else "error"
+    return [Finding(p.code, level, p.what, p.fix) for p in report.problems if p.severity == "error"]
+
+
+def _base_model(base: Path, reading: ArchReading, settings: _presets.ResolvedSettings) -> list[Finding]:
     if not base.is_file():
         return [Finding("BASE_MODEL_MISSING", "error", f"The base model {base} does not exist.",
                         "Pick a checkpoint from the list or give its full path.")]
+    arch = reading.arch
+    if reading.damaged:
+        return [Finding("BASE_MODEL_DAMAGED", "error", reading.problem, "Download or copy the model again.")]
     if arch == "Unknown":
-        return [Finding("BASE_MODEL_UNKNOWN", "warning", f"Could not tell whether {base.name} is SD1, SD2 or SDXL "
-                        "(only .safetensors checkpoints can be read safely).", f"Make sure it is a {settings.base} "
-                        "model.")]
+        why = reading.problem or "only .safetensors checkpoints can be read safely"
+        return [Finding("BASE_MODEL_UNKNOWN", "warning", f"Could not tell whether {base.name} is SD1, SD2 or SDXL: "
+                        f"{why}", f"Make sure it is a {settings.base} model.")]
     if (arch == "SDXL") != (settings.base == "SDXL"):
         return [Finding("BASE_MODEL_MISMATCH", "error", f"{base.name} is an {arch} model but preset "
                         f"{settings.preset} is for {settings.base}.", f"Pick a {arch} preset.")]

@@ -4,7 +4,8 @@ It starts sd-scripts (without a shell, in its own process group), tees its outpu
 output into progress and writes `run.json` atomically as it goes. It runs in its own session, so it and the
 training outlive a page reload or a restart of the webui; whoever starts again reads `run.json`.
 SIGTERM/SIGINT mean Stop: the trainer's group is terminated, then killed after a grace period; files already
-saved stay.
+saved stay. A stop that comes while sd-scripts writes a LoRA file or a training state waits for that save to
+finish (at most STOP_SAVE_WAIT_S, then it stops anyway) and says so: a state cut in half cannot be resumed from.
 """
 
 from __future__ import annotations
@@ -19,11 +20,18 @@ import threading
 import time
 from pathlib import Path
 
+from ..errors import LorakitError
 from ..fsutil import atomic_write_json, read_json
-from .progress import LogReader, advice_for
+from ..tomlio import read_toml
+from .progress import LogReader, Save, advice_for
+from .states import check_state, safetensors_problem, state_folders
 
 STOP_GRACE_S = 30.0
 WRITE_INTERVAL_S = 0.5
+# How long a stop waits for a save in progress (TRAIN_STYLE_STOP_SAVE_WAIT_S): a LoRA's state with its optimizer
+# is written in seconds even for SDXL; a save that takes longer than this is stuck.
+STOP_SAVE_WAIT_S = float(os.environ.get("TRAIN_STYLE_STOP_SAVE_WAIT_S") or 120)
+RECENT_WRITE_NS = 2_000_000_000  # a state folder written this recently and still incomplete is being saved
 
 
 def now() -> str:
@@ -38,7 +46,10 @@ class Supervisor:
         self.reader = LogReader()
         self.child: subprocess.Popen | None = None
         self.stop_requested = False
+        self.stop_note = ""  # what the stop waited for, for the verdict
+        self._save_state: bool | None = None
         self._last_write = 0.0
+        self._lock = threading.Lock()  # the stop thread writes run.json too
 
     # 1. start the trainer in a group of its own
     def start(self) -> None:
@@ -68,8 +79,10 @@ class Supervisor:
         rc = self.child.wait()
         final = Path(self.spec["output_dir"]) / f"{self.spec['output_name']}.safetensors"
         self.state.update(returncode=rc, finished=now())
-        if self.stop_requested:
-            self.state.update(state="stopped", error="Stopped by the user. Files saved before the stop are kept.")
+        self.state.pop("notice", None)
+        if self.stop_requested and not (rc == 0 and final.is_file()):  # not one that finished while the stop waited
+            self.state.update(state="stopped", error="Stopped by the user. Files saved before the stop are kept."
+                              + (f" {self.stop_note}" if self.stop_note else ""))
         elif rc == 0 and final.is_file():
             self.state.update(state="succeeded", error="")
         else:
@@ -79,6 +92,10 @@ class Supervisor:
         self.write(force=True)
 
     def write(self, force: bool = False) -> None:
+        with self._lock:
+            self._write(force)
+
+    def _write(self, force: bool) -> None:
         now_s = time.monotonic()
         if not force and now_s - self._last_write < WRITE_INTERVAL_S:
             return
@@ -94,11 +111,78 @@ class Supervisor:
         atomic_write_json(self.run_dir / "run.json", self.state)
 
     def request_stop(self, *_: object) -> None:
+        """Stop (signal handler): at once, or once the save sd-scripts is writing has finished."""
         if self.stop_requested or self.child is None:
             return
         self.stop_requested = True
+        threading.Thread(target=self._stop_after_save, name="stop-after-save", daemon=True).start()
+
+    def _stop_after_save(self) -> None:
+        saving = self.saving()
+        if saving is not None:
+            what = saving.describe()
+            with self._lock:
+                self.state["notice"] = (f"Stop requested while sd-scripts saves {what}: waiting for the save to "
+                                        f"finish (at most {STOP_SAVE_WAIT_S:.0f} s) so that it is not left "
+                                        "incomplete.")
+                self._write(force=True)
+            deadline = time.monotonic() + STOP_SAVE_WAIT_S
+            while saving is not None and time.monotonic() < deadline and self.child.poll() is None:
+                time.sleep(0.2)
+                saving = self.saving()
+            if self.child.poll() is not None:
+                return  # it ended by itself meanwhile
+            self.stop_note = (f"sd-scripts was still saving {what} after {STOP_SAVE_WAIT_S:.0f} s and was stopped "
+                              "anyway: that save is incomplete, and Resume skips it." if saving is not None else
+                              f"The stop waited for sd-scripts to finish saving {what}.")
         _signal_group(self.child.pid, signal.SIGTERM)
         threading.Timer(STOP_GRACE_S, _signal_group, args=(self.child.pid, signal.SIGKILL)).start()
+
+    def saving(self) -> Save | None:
+        """The save in progress: the one sd-scripts' output announced and that is not on disk whole yet, or else a
+        state folder written in the last moments and still incomplete (its announcement may still be in the pipe)."""
+        out = Path(self.spec["output_dir"])
+        current = self.reader.saving
+        if current is not None and current.kind == "model" and current.path and not self._expects_state():
+            return None if not safetensors_problem(out / Path(current.path).name) else current
+        if current is not None:
+            return current
+        now = time.time_ns()
+        for folder in state_folders(out):
+            if now - _newest_mtime_ns(folder) < RECENT_WRITE_NS and not check_state(folder).complete:
+                return Save("state", str(folder))
+        return None
+
+    def _expects_state(self) -> bool:
+        """Whether a state save follows each model save (`save_state` in the run's arguments)."""
+        if self._save_state is None:
+            self._save_state = bool(_arg(self.run_dir / "args.toml", "save_state"))
+        return self._save_state
+
+
+def _newest_mtime_ns(folder: Path) -> int:
+    """When the folder or a file in it last changed (a file being written keeps moving its mtime)."""
+    times = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:  # removed meanwhile (sd-scripts drops old states)
+        return 0
+    for path in (folder, *entries):
+        try:
+            times.append(path.stat().st_mtime_ns)
+        except OSError:
+            continue
+    return max(times, default=0)
+
+
+def _arg(path: Path, key: str) -> object:
+    """One key of the flattened arguments TOML (None when absent or unreadable)."""
+    try:
+        sections = read_toml(path)
+    except (OSError, ValueError, LorakitError):  # the stop goes through whatever the file holds
+        return None
+    flat = {k: v for body in sections.values() if isinstance(body, dict) for k, v in body.items()}
+    return flat.get(key, sections.get(key))
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -123,6 +123,10 @@ def run_html(snap: Optional[RunSnapshot]) -> str:
                      "succeeded (stage 1 of a two-stage training).</p>")
     for warning in snap.meta.get("warnings", []):
         parts.append(f'<p class="ts-warning">{escape(str(warning))}</p>')
+    if snap.notice:
+        parts.append(f'<p class="ts-note ts-notice">{escape(snap.notice)}</p>')
+    if snap.meta.get("resume_note"):
+        parts.append(f'<p class="ts-note ts-resumed">{escape(str(snap.meta["resume_note"]))}</p>')
     if snap.error:
         parts.append(f'<p class="ts-error">{escape(snap.error)}</p>')
     if snap.advice:
@@ -245,13 +249,25 @@ def registered_html(done: Sequence[Registered]) -> str:
 
 
 # --- the trainer ----------------------------------------------------------------------------------------------------
-def trainer_html(env: TrainerEnvironment) -> str:
-    """One status line; it only reads the setup record (the doctor, which starts a process, is a button)."""
+def trainer_html(env: TrainerEnvironment, report: Optional[DoctorReport] = None) -> str:
+    """One status line from the doctor's last probe of this interpreter (`report`, cached: no process starts
+    here); without one, what our own setup still has to do, or that the environment is not checked yet."""
+    python = escape(str(env.python))
+    if report is not None and report.ok:
+        return f'<p class="ts-ok" id="train_style_trainer_ready">Trainer ready: {python}</p>'
+    if report is not None:
+        first = next(p for p in report.problems if p.severity == "error")
+        return (f'<p class="ts-warning">The trainer is not ready ({python}): {escape(first.what)} Fix: '
+                f"{escape(first.fix)}</p>")
+    if env.exists() and not env.state_file.exists():
+        return (f'<p class="ts-note">Trainer: {python} (an existing environment, checked when you press Check or '
+                "Check trainer).</p>")
     if env.setup_complete():
-        return (f'<p class="ts-ok" id="train_style_trainer_ready">Trainer ready: {escape(str(env.python))}</p>')
+        return f'<p class="ts-note">Trainer: {python} (set up; checked when you press Check or Check trainer).</p>'
     state = "is incomplete" if env.exists() else "is not set up"
     return (f'<p class="ts-warning">The trainer environment {state} ({escape(str(env.venv_dir))}). Press '
-            "<b>Set up trainer</b>; it downloads PyTorch and sd-scripts' requirements (several GB).</p>")
+            "<b>Set up trainer</b>; it downloads PyTorch and sd-scripts' requirements (several GB), or name an "
+            "existing sd-scripts environment's python in the settings (TRAIN_STYLE_TRAINER_PYTHON).</p>")
 
 
 def doctor_html(rep: DoctorReport) -> str:

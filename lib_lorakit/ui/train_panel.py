@@ -21,7 +21,7 @@ from ..train import presets as _presets
 from ..train.bundle import export_run, import_bundle
 from ..train.config import SampleSettings
 from ..train.distributed import AccelerateOptions
-from ..train.environment import doctor, setup_trainer
+from ..train.environment import ProbeCache, cached_report, setup_trainer
 from ..train.queue import TrainQueue, ensure_worker
 from ..train.runner import Runs, RunSnapshot
 from ..train.service import REPO_ROOT, TrainingService, TrainRequest, default_trainer
@@ -52,7 +52,8 @@ class TrainPanel:
             self.base_path = gr.Textbox(label="Or the base model's path (a .safetensors file in the models folder "
                                         "or an allowed folder)", elem_id="train_style_base_path")
         with gr.Row():
-            self.overrides = gr.Textbox(label="Overrides (one option=value per line, e.g. max_train_epochs=8)",
+            self.overrides = gr.Textbox(label="Overrides (one name=value per line, e.g. max_train_epochs=8; any other "
+                                        "sd-scripts argument too, checked by sd-scripts)",
                                         lines=3, elem_id="train_style_overrides")
             self.prompts = gr.Textbox(label="Sample prompts (one per line; empty: each concept's name)", lines=3,
                                       elem_id="train_style_prompts")
@@ -191,7 +192,7 @@ class TrainPanel:
         names, bases = self._preset_names(), list(self._checkpoints())
         return (gr.update(choices=names, value=preset if preset in names else (names[0] if names else None)),
                 gr.update(choices=bases, value=base if base in bases else (bases[0] if bases else None)),
-                render.trainer_html(default_trainer(self.studio.host)))
+                self._trainer_status())
 
     def _heading(self, name: Optional[str]) -> str:
         if not name:
@@ -212,7 +213,8 @@ class TrainPanel:
             raise LorakitError("Choose a base model or type its path.")
         lines = [ln.strip() for ln in (overrides or "").splitlines() if ln.strip() and not ln.strip().startswith("#")]
         sample_prompts = tuple(p.strip() for p in (prompts or "").splitlines() if p.strip())
-        return TrainRequest(project=name, preset=preset, base_model=model, overrides=_options.parse_set(lines),
+        overrides, extra = _options.split_set(lines)  # a name that is not an option: an extra sd-scripts argument
+        return TrainRequest(project=name, preset=preset, base_model=model, overrides=overrides, extra_args=extra,
                             output_name=(output_name or "").strip() or None,
                             samples=SampleSettings(prompts=sample_prompts, without_trigger=bool(without_trigger)),
                             accept_missing_captions=bool(accept_missing),
@@ -244,7 +246,8 @@ class TrainPanel:
         made = differential.create(self._service(), self.studio.project(name), differential.DifferentialRequest(
             project=req.project, preset=req.preset, base_model=req.base_model, target_concepts=tuple(targets or ()),
             stage1_concepts=tuple(stage1 or ()), overrides=req.overrides, output_name=req.output_name,
-            samples=req.samples, accept_missing_captions=req.accept_missing_captions, accelerate=req.accelerate))
+            samples=req.samples, accept_missing_captions=req.accept_missing_captions, accelerate=req.accelerate,
+            extra_args=req.extra_args))
         ensure_worker(self.studio.host).queue.tick()
         return (render.differential_html(made.stage1, made.stage2), *self._run_views(name, made.stage1.id))
 
@@ -271,6 +274,9 @@ class TrainPanel:
 
     def _save_preset(self, preset_name: str, name: Optional[str], *values: Any) -> tuple[Any, str]:
         req = self._request(name, *values)
+        if req.extra_args:
+            raise LorakitError(f"A preset holds Train Style options only, not the sd-scripts arguments "
+                               f"{', '.join(req.extra_args)}: take them out of the overrides to save the preset.")
         folder = self.studio.host.projects_home() / "presets"
         settings = _presets.resolve(req.preset, req.overrides, user_dir=folder, override_source="tab overrides")
         path = _presets.save_resolved(folder, (preset_name or "").strip(), settings)
@@ -293,7 +299,7 @@ class TrainPanel:
     def _refresh(self, name: Optional[str], choice: Optional[str]) -> tuple:
         setups = [j for j in self.studio.jobs.list("") if j.kind == SETUP_KIND]
         return (*self._run_views(name, render.run_id_of(choice) or None),
-                render.trainer_html(default_trainer(self.studio.host)),
+                self._trainer_status(),
                 render.setup_job_html(setups[0] if setups else None))
 
     def _stop(self, name: Optional[str], choice: Optional[str]) -> tuple:
@@ -331,7 +337,12 @@ class TrainPanel:
                                                             work=work))
 
     def _doctor(self) -> str:
-        return render.doctor_html(doctor(default_trainer(self.studio.host), repo_root=REPO_ROOT))
+        return render.doctor_html(self._service().trainer_report(refresh=True))
+
+    def _trainer_status(self) -> str:
+        env = default_trainer(self.studio.host)
+        cache = ProbeCache.under(self.studio.host.projects_home())
+        return render.trainer_html(env, cached_report(env, cache, repo_root=REPO_ROOT))
 
 
 
