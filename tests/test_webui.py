@@ -66,6 +66,12 @@ def _launch(data: Path, *extra: str, env: dict | None = None):
                             env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
+    # a request that arrives before the webui has added its API middleware crashes its start-up ("Cannot add
+    # middleware after an application has started"): wait for its "Startup time" line before calling it
+    while "Startup time" not in (data / "webui.log").read_text() and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail("the webui exited:\n" + (data / "webui.log").read_text()[-4000:])
+        time.sleep(1)
     while time.monotonic() < deadline:
         try:
             # our routes: the webui adds them in on_app_started, after its own API already answers
