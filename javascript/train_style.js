@@ -1,5 +1,6 @@
-// Train Style page script: keeps progress bars current and refreshes a panel when its job or run ends.
-// Logic lives in Python; this only polls the API and clicks the panels' own (hidden) refresh buttons.
+// Train Style page script: keeps progress bars current, refreshes a panel when its job or run ends, and every few
+// seconds asks the open panel to redraw if its project changed (tab.py: the hidden sync button).
+// Logic lives in Python; this only polls the API and clicks the panels' own (hidden) buttons.
 (function () {
     if (window.trainStyleLoaded) return;
     window.trainStyleLoaded = true;
@@ -30,8 +31,7 @@
         if (text) {
             let t = job.title + ": " + job.state;
             if (ACTIVE.includes(job.state) && job.total) t += " — " + job.done + "/" + job.total + " " + job.message;
-            if (job.error) t += " — " + job.error;
-            text.textContent = t;
+            text.textContent = t;  // a failure's reason: the panel's redraw shows it, once
         }
     }
 
@@ -83,6 +83,23 @@
         if (!RUN_ACTIVE.includes(run.state)) click("#train_style_train_refresh");
     }
 
+    const SYNC_EVERY = 4;  // polls (seconds)
+    let sinceSync = 0;
+
+    // the open panel redraws when its project changed (an import from the CLI, another window); not while a job
+    // runs (its panel redraws when it ends), nor while the page or the tab is hidden
+    function syncOpenPanel() {
+        if (++sinceSync < SYNC_EVERY) return;
+        sinceSync = 0;
+        const tabs = root().querySelector("#train_style_tabs");
+        if (document.visibilityState !== "visible" || !tabs || !tabs.offsetParent) return;
+        const busy = JOB_BOXES.some(([box]) => {
+            const el = root().querySelector(box);
+            return el && ACTIVE.includes(el.dataset.state);
+        });
+        if (!busy) click("#train_style_sync");
+    }
+
     async function poll() {
         for (const [box, refresh] of JOB_BOXES) {
             try {
@@ -96,6 +113,7 @@
         } catch (e) {
             console.debug("Train Style: run poll failed", e);
         }
+        syncOpenPanel();
         setTimeout(poll, 1000);
     }
 

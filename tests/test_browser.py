@@ -55,6 +55,8 @@ def test_create_project_upload_and_see_the_report(app, page):
     # gradio lists each file as "Uploading..." until the server has it
     page.wait_for_function(f"""() => {{ const t = document.querySelector('#train_style_upload').innerText;
         return !t.includes('Uploading') && (t.match(/⇣/g) || []).length === {len(good + bad)}; }}""", timeout=30_000)
+    # the step calculator proposes repeats for the dropped images: 4 × 75 = 300 images × repeats per epoch
+    page.wait_for_function("() => document.querySelector('#train_style_repeats input').value === '75'")
     page.click("#train_style_import_uploads")
     result = html_of(page, "train_style_import_result")
     result.get_by_text("imported,").wait_for(timeout=30_000)
@@ -68,7 +70,7 @@ def test_create_project_upload_and_see_the_report(app, page):
     gallery.first.wait_for(timeout=10_000)
     assert gallery.count() == len(good)
     # the training copies on disk are upright RGB
-    folder = tmp / "home" / "demo" / "dataset" / "1_demo"
+    folder = tmp / "home" / "demo" / "dataset" / "75_demo"
     assert sorted(p.stem for p in folder.iterdir() if p.suffix != ".txt") == ["plain", "rot6"]
     with Image.open(next(folder.glob("rot6.*"))) as im:
         assert im.mode == "RGB" and im.size == awk.good["photos/rot6.jpg"].size
@@ -115,6 +117,7 @@ def test_settings_and_a_regularisation_set_from_the_tab(app, page):
     assert 'background = "#000000"' in text and '"flat colours"' in text
     page.get_by_text("Concepts and repeats").click()
     page.fill("#train_style_concept_name textarea, #train_style_concept_name input", "person")
+    page.fill("#train_style_concept_repeats input", "1")  # it shows the chosen concept's (75 since the upload)
     page.locator("#train_style_concept_reg input").check()
     page.click("#train_style_add_concept")
     html_of(page, "train_style_report").get_by_role("cell", name="reg: person").wait_for(timeout=20_000)

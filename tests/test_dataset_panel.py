@@ -39,6 +39,7 @@ def test_cancel_import_leaves_a_tagging_run_alone(tmp_path):
 
 def test_repeats_reach_the_core_unchanged(tmp_path):
     panel = DatasetPanel(Studio(StandaloneHost.from_options(home=str(tmp_path), config=tmp_path / "none.toml")))
-    assert panel._options("c", 0.0, False)["repeats"] == 0  # refused by the core with its reason, not made 1
+    assert panel._options("c", -2.0, False)["repeats"] == -2  # refused by the core with its reason, not made 1
+    assert panel._options("c", 0.0, False)["repeats"] is None  # 0 (gradio 3's empty field): keep the concept's
     assert panel._options("c", 3.0, True) == {"concept": "c", "repeats": 3, "kind": "reg"}
     assert panel._options("", None, False)["repeats"] is None

@@ -9,6 +9,7 @@ from typing import Any
 
 import gradio as gr
 
+from .. import next_step
 from ..captions.audit import AuditReport, Finding
 from ..captions.ops import CaptionOp, filter_records, frequency
 from ..captions.service import TagReport, TagRequest, fix_finding
@@ -21,14 +22,14 @@ from ..studio import Studio
 from ..taggers.models import DEFAULT_WD14
 from . import render
 from . import render_captions as rc
-from .compat import SHOW_PROGRESS, bind
+from .compat import SHOW_PROGRESS, bind, unchanged
 
 GALLERY_LIMIT = 120
 OP_CHOICES = ("add", "remove", "replace", "rename", "reorder", "dedupe")
 
 
 class CaptionsPanel:
-    """Works on the project chosen in the Dataset panel (`project` is that dropdown)."""
+    """Works on the project chosen above the panels (`project` is that dropdown)."""
 
     def __init__(self, studio: Studio, project: gr.components.Component):
         self.studio = studio
@@ -36,7 +37,9 @@ class CaptionsPanel:
 
     # --- layout -----------------------------------------------------------------------------------------------------
     def render(self) -> None:
-        self.summary = gr.HTML(elem_id="train_style_caption_summary")
+        self.summary = gr.HTML(rc.summary_html([], (), 0, next_step.captions_next(None)),
+                               elem_id="train_style_caption_summary")
+        self.stamp = gr.State("")
         with gr.Accordion("Auto-tag", open=True):
             with gr.Row():
                 self.tagger = gr.Radio(self.studio.captions.available_taggers(), value="wd14", label="Tagger",
@@ -120,13 +123,16 @@ class CaptionsPanel:
     def register(self) -> None:
         on = bind  # every handler returns at once; tagging runs as a job
         filters = [self.project, self.concept, self.with_all, self.without, self.with_any]
-        views = [self.summary, self.gallery, self.paths, self.freq, self.history, self.triggers, self.concept]
+        views = [self.summary, self.gallery, self.paths, self.freq, self.history, self.triggers, self.concept,
+                 self.stamp]
+        last_tag = [self.job, self.tag_result]
+        self.sync_inputs, self.sync_outputs = [self.stamp, *filters[1:]], views + last_tag
         tag_in = [self.tagger, self.model, self.clip_model, self.clip_weights, self.general, self.character,
                   self.exclude, self.batch, self.rating, self.escape, self.overwrite]
-        on(self.project.change, self._select, [self.project], views + [self.job, self.audit, self.finding,
-                                                                       self.outcome])
+        on(self.project.change, self._select, [self.project], views + last_tag + [self.audit, self.finding,
+                                                                                  self.outcome])
         on(self.filter.click, self._views, filters, views)
-        on(self.refresh.click, self._tag_finished, filters, views + [self.job, self.tag_result])
+        on(self.refresh.click, self._tag_finished, filters, views + last_tag)
         on(self.tag.click, self._start_tag, [*filters, *tag_in], [self.job, self.tag_result])
         on(self.cancel_tag.click, self._cancel, [self.project], [self.job])
         on(self.set_trigger.click, self._set_trigger, [*filters, self.triggers], [self.outcome] + views)
@@ -149,24 +155,27 @@ class CaptionsPanel:
     # --- handlers ---------------------------------------------------------------------------------------------------
     def _need(self, name: str | None) -> str:
         if not name:
-            raise LorakitError("Choose or create a project first (Dataset tab).")
+            raise LorakitError("Choose or create a project first (above the panels).")
         return name
 
     def _views(self, name: str | None, concept: str | None = None, with_all: str = "", without: str = "",
                with_any: str = "") -> tuple:
         if not name:
-            return "", [], [], "", "", "", gr.update(choices=[], value=None)
+            return (rc.summary_html([], (), 0, next_step.captions_next(None)), [], [], "", "", "",
+                    gr.update(choices=[], value=None), "")
         captions = self.studio.captions
         project = captions.project(name)
+        stamp = next_step.change_stamp(project)  # before reading: a change made meanwhile shows at the next sync
         every = captions.store(name).records()  # read once; the filters and the table work on it in memory
         shown = filter_records(every, concept=concept or None, with_all=split_tags(with_all or ""),
                                without=split_tags(without or ""), with_any=split_tags(with_any or ""))
         gallery, paths = self._gallery(name, [r.image for r in shown], {r.image: r.text for r in shown})
         concepts = sorted({r.concept for r in every})
-        return (rc.summary_html(every, project.settings.trigger_words, len(shown)), gallery, paths,
-                rc.frequency_html(frequency(filter_records(every, concept=concept or None))),
+        status = next_step.project_status(project, every)
+        return (rc.summary_html(every, project.settings.trigger_words, len(shown), next_step.captions_next(status)),
+                gallery, paths, rc.frequency_html(frequency(filter_records(every, concept=concept or None))),
                 rc.history_html(captions.history(name, 10)), ", ".join(project.settings.trigger_words),
-                gr.update(choices=concepts, value=concept if concept in concepts else None))
+                gr.update(choices=concepts, value=concept if concept in concepts else None), stamp)
 
     def _gallery(self, name: str, images: list[str], texts: dict[str, str] | None = None) -> tuple[list, list]:
         project = self.studio.captions.project(name)
@@ -182,9 +191,24 @@ class CaptionsPanel:
         return gallery, paths
 
     def _select(self, name: str | None) -> tuple:
+        return (*self._views(name), *self._last_tag(name), "", gr.update(choices=[], value=None), "")
+
+    def sync(self, name: str | None, stamp: str, *filters: Any) -> tuple:
+        """Redrawn when the project changed since `stamp` (an import, a run, another window); else as it is."""
+        if name and stamp == next_step.change_stamp(self.studio.captions.project(name)):
+            return unchanged(len(self.sync_outputs))
+        return (*self._views(name, *filters), *self._last_tag(name))
+
+    def _last_tag(self, name: str | None) -> tuple[str, str]:
+        """The newest tagging run's bar and its outcome; a failure's reason shows once, in the outcome."""
         jobs = self.studio.captions.tag_jobs(name) if name else []
-        return (*self._views(name), render.job_html(jobs[0] if jobs else None, "train_style_tag_job"), "",
-                gr.update(choices=[], value=None), "")
+        job: JobState | None = jobs[0] if jobs else None
+        result = ""
+        if job and job.result:
+            result = rc.tag_result_html(TagReport(**job.result))
+        elif job and job.error:
+            result = render.error_html(job.error)
+        return render.job_html(job, "train_style_tag_job", with_error=False), result
 
     def _request(self, tagger: str, model: str, clip_model: str, clip_weights: str, general: float,
                  character: float, exclude: str, batch: float, rating: bool, escape: bool, overwrite: bool,
@@ -202,21 +226,14 @@ class CaptionsPanel:
         return render.job_html(job, "train_style_tag_job"), ""
 
     def _tag_finished(self, *filters: Any) -> tuple:
-        name = filters[0]
-        jobs = self.studio.captions.tag_jobs(name) if name else []
-        job: JobState | None = jobs[0] if jobs else None
-        result = ""
-        if job and job.result:
-            result = rc.tag_result_html(TagReport(**job.result))
-        elif job and job.error:
-            result = render.error_html(job.error)
-        return (*self._views(*filters), render.job_html(job, "train_style_tag_job"), result)
+        return (*self._views(*filters), *self._last_tag(filters[0]))
 
     def _cancel(self, name: str | None) -> str:
         jobs = self.studio.captions.tag_jobs(name, active=True) if name else []
         for job in jobs:
             self.studio.jobs.cancel(job.id)
-        return render.job_html(self.studio.jobs.get(jobs[0].id) if jobs else None, "train_style_tag_job")
+        return render.job_html(self.studio.jobs.get(jobs[0].id) if jobs else None, "train_style_tag_job",
+                               with_error=False)
 
     @staticmethod
     def _scoped(op: dict, filters: tuple) -> CaptionOp:

@@ -32,12 +32,19 @@ def on_load_js(blocks: gr.Blocks, script: str) -> None:
 # clicks until the component is next updated (a dropdown can't be opened after a failed Resume); with a minimal
 # progress display the message shows as a toast and the outputs stay usable. Gradio 3.41 accepts the same value.
 SHOW_PROGRESS = "minimal"
+# for events the user did not start (the page script's sync of a panel): nothing shows while they run
+QUIET = "hidden"
 
 
-def bind(event: Callable, fn: Callable, inputs: list, outputs: list) -> Any:
+def bind(event: Callable, fn: Callable, inputs: list, outputs: list, *, show_progress: str = SHOW_PROGRESS) -> Any:
     """Register `fn` for `event`, its LorakitErrors shown with the CLI's text; not queued (in gradio 3.41 a queued
     event whose page closes at the wrong moment leaves a task that hangs "Reload UI")."""
-    return event(user_errors(fn), inputs, outputs, queue=False, show_progress=SHOW_PROGRESS)
+    return event(user_errors(fn), inputs, outputs, queue=False, show_progress=show_progress)
+
+
+def unchanged(count: int) -> tuple:
+    """Updates that leave `count` outputs as they are."""
+    return tuple(gr.update() for _ in range(count))
 
 
 def user_errors(fn: Callable) -> Callable:

@@ -4,34 +4,38 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import gradio as gr
 
+from .. import next_step
 from ..dataset.importer import remove_copies
 from ..dataset.report import build_report
 from ..dataset.thumbs import thumbnail
 from ..errors import LorakitError
+from ..images import IMAGE_SUFFIXES
 from ..jobs import JobState
 from ..studio import Studio
 from . import render
-from .compat import bind, uploaded
+from .compat import bind, unchanged, uploaded
 
 GALLERY_LIMIT = 120
 
 
 class DatasetPanel:
-    def __init__(self, studio: Studio):
+    """Works on the project chosen above the panels (`project` is that dropdown)."""
+
+    def __init__(self, studio: Studio, project: Optional[gr.components.Component] = None):
         self.studio = studio
+        self.project = project
 
     # --- layout ---------------------------------------------------------------------------------------------------
     def render(self) -> None:
-        with gr.Row():
-            self.project = gr.Dropdown(label="Project", choices=self._project_names(), elem_id="train_style_project",
-                                       interactive=True)
-            self.refresh_projects = gr.Button("↻", elem_id="train_style_refresh_projects", scale=0, min_width=40)
-            self.new_name = gr.Textbox(label="New project", placeholder="my-style", elem_id="train_style_new_name")
-            self.create = gr.Button("Create project", elem_id="train_style_create", variant="primary")
+        with gr.Row(elem_classes=["ts-next-row"]):
+            self.next = gr.HTML(render.next_html(next_step.dataset_next(None)), elem_id="train_style_dataset_next")
+            self.propose = gr.Button("Use proposed repeats", visible=False, elem_id="train_style_propose_repeats",
+                                     scale=0, min_width=200)
+        self.stamp = gr.State("")
         with gr.Row():
             with gr.Column():
                 self.upload = gr.File(label="Drop images and their .txt captions here", file_count="multiple",
@@ -44,8 +48,8 @@ class DatasetPanel:
                 with gr.Row():
                     self.concept = gr.Textbox(label="Concept (default: the project's name)",
                                               elem_id="train_style_concept")
-                    self.repeats = gr.Number(label="Repeats", value=1, precision=0, minimum=1,
-                                             elem_id="train_style_repeats")
+                    self.repeats = gr.Number(label="Repeats (0: keep the concept's; proposed for dropped files)",
+                                             value=0, precision=0, elem_id="train_style_repeats")
                     self.reg = gr.Checkbox(label="Regularisation set", elem_id="train_style_reg")
         with gr.Row():
             self.job = gr.HTML(render.job_html(None), elem_id="train_style_job_box")
@@ -92,20 +96,23 @@ class DatasetPanel:
     def register(self) -> None:
         # Every handler here returns at once (imports run as jobs), so none goes through gradio's queue: in gradio
         # 3.41 a queued event whose page closes at the wrong moment leaves a task that hangs "Reload UI".
-        views = [self.report, self.gallery, self.concept_pick, self.job, self.import_result]
+        views = [self.report, self.gallery, self.concept_pick, self.job, self.import_result, self.next, self.propose,
+                 self.stamp]
         settings = [self.trigger_words, self.resolution, self.max_mp, self.near_distance, self.background,
                     self.notes]
+        self.sync_inputs, self.sync_outputs = [self.stamp], views + settings
         on = bind
-        on(self.refresh_projects.click, self._refresh_projects, [self.project], [self.project])
-        on(self.create.click, self._create, [self.new_name], [self.project, self.new_name])
         on(self.project.change, self._select, [self.project], views + settings)
         on(self.save_settings.click, self._save_settings, [self.project, *settings], settings + views)
+        on(self.upload.change, self._propose_for_upload, [self.project, self.upload, self.concept, self.reg],
+           [self.repeats])
         on(self.import_uploads.click, self._start_uploads,
            [self.project, self.upload, self.concept, self.repeats, self.reg], [self.job, self.import_result])
         on(self.import_folder.click, self._start_folder,
            [self.project, self.folder, self.concept, self.repeats, self.reg], [self.job, self.import_result])
-        on(self.refresh.click, self._finished, [self.project], views + [self.upload])
+        on(self.refresh.click, self._finished, [self.project], views + [self.upload, self.repeats])
         on(self.cancel.click, self._cancel, [self.project], [self.job])
+        on(self.propose.click, self._use_proposed, [self.project], views)
         concept_in = [self.project, self.concept_pick, self.concept_name, self.concept_repeats, self.concept_reg]
         for button, op in ((self.add_concept, "add"), (self.rename_concept, "rename"),
                            (self.set_repeats, "repeats"), (self.remove_concept, "remove")):
@@ -116,29 +123,14 @@ class DatasetPanel:
         on(self.apply_balance.click, self._apply_balance, [self.project, self.balance_target], [self.balance] + views)
         on(self.drop_dups.click, self._drop_dups, [self.project], views)
 
-    def load_event(self, blocks: gr.Blocks) -> None:
-        blocks.load(self._initial, None, [self.project], queue=False)
-
     # --- handlers: read values → one core call → updates ------------------------------------------------------------
-    def _project_names(self) -> list[str]:
-        return [p.name for p in self.studio.projects()]
-
-    def _initial(self) -> Any:
-        names = self._project_names()
-        return gr.update(choices=names, value=names[0] if names else None)
-
-    def _refresh_projects(self, current: str | None) -> Any:
-        names = self._project_names()
-        return gr.update(choices=names, value=current if current in names else (names[0] if names else None))
-
-    def _create(self, name: str) -> tuple[Any, Any]:
-        project = self.studio.create_project((name or "").strip())
-        return gr.update(choices=self._project_names(), value=project.name), ""
-
-    def _views(self, name: str | None) -> tuple[Any, Any, Any, str, str]:
+    def _views(self, name: str | None) -> tuple:
+        """Report, gallery, concept list, the last import, the next step, its button and the stamp drawn at."""
         if not name:
-            return "", [], gr.update(choices=[], value=None), render.job_html(None), ""
+            return ("", [], gr.update(choices=[], value=None), render.job_html(None), "",
+                    render.next_html(next_step.dataset_next(None)), gr.update(visible=False), "")
         project = self.studio.project(name)
+        stamp = next_step.change_stamp(project)  # before reading: a change made meanwhile shows at the next sync
         report = build_report(project)
         images = []
         for e in report.entries[:GALLERY_LIMIT]:
@@ -149,22 +141,35 @@ class DatasetPanel:
         if len(report.entries) > GALLERY_LIMIT:
             html += f"<p>The gallery shows the first {GALLERY_LIMIT} of {len(report.entries)} images.</p>"
         folders = [c.relpath for c in project.concepts()]
-        jobs = self.studio.jobs.list(name, limit=1)
-        last: JobState | None = jobs[0] if jobs else None
+        status = next_step.project_status(project)
+        return (html, images, gr.update(choices=folders, value=folders[0] if folders else None),
+                *self._last_import(name), render.next_html(next_step.dataset_next(status)),
+                gr.update(visible=bool(next_step.propose_repeats(status))), stamp)
+
+    def _last_import(self, name: str) -> tuple[str, str]:
+        """The newest import's bar and its outcome; a failure's reason shows once, in the outcome."""
+        last: JobState | None = next((j for j in self.studio.jobs.list(name) if j.kind == "import"), None)
         outcome = ""
         if last and last.result:
             outcome = render.import_html(last.result)
         elif last and last.error:
             outcome = render.error_html(last.error)
-        return (html, images, gr.update(choices=folders, value=folders[0] if folders else None),
-                render.job_html(last), outcome)
+        return render.job_html(last, with_error=False), outcome
 
     def _select(self, name: str | None) -> tuple:
         return (*self._views(name), *self._settings(name))
 
+    def sync(self, name: str | None, stamp: str) -> tuple:
+        """Redrawn (views and settings) when the project changed since `stamp`; else left as it is."""
+        if name and stamp == next_step.change_stamp(self.studio.project(name)):
+            return unchanged(len(self.sync_outputs))
+        return self._select(name)
+
     def _options(self, concept: str, repeats: float | None, reg: bool) -> dict:
         if isinstance(repeats, float) and repeats.is_integer():
-            repeats = int(repeats)  # gradio's Number gives floats; the core refuses 0 and fractions with its reason
+            repeats = int(repeats)  # gradio's Number gives floats; the core refuses fractions with its reason
+        if repeats == 0:
+            repeats = None  # 0 (or empty: gradio 3 sends 0) keeps an existing concept's repeats; a new one gets 1
         return {"concept": (concept or "").strip(), "repeats": repeats, "kind": "reg" if reg else "dataset"}
 
     def _need_project(self, name: str | None) -> str:
@@ -187,13 +192,29 @@ class DatasetPanel:
         return render.job_html(job), ""
 
     def _finished(self, name: str | None) -> tuple:
-        return (*self._views(name), None)  # None clears the upload box
+        return (*self._views(name), None, 0)  # the upload box cleared; repeats back to 0, "keep"
+
+    def _propose_for_upload(self, name: str | None, files: Any, concept: str, reg: bool) -> Any:
+        """Repeats for the dropped images, from the step calculator (reg sets follow the training images)."""
+        dropped = sum(1 for _, original in uploaded(files) if Path(original).suffix.lower() in IMAGE_SUFFIXES)
+        if not name or not dropped or reg:
+            return gr.update()
+        status = next_step.project_status(self.studio.project(name))
+        target = (concept or "").strip() or name
+        here = next((c for c in status.concepts if c.name == target), None)
+        others = status.epoch_images - (here.images * here.repeats if here else 0)
+        return next_step.proposed_repeats(dropped + (here.images if here else 0), others)
+
+    def _use_proposed(self, name: str | None) -> tuple:
+        status = next_step.project_status(self.studio.project(self._need_project(name)))
+        self.studio.apply_balance(name, next_step.propose_repeats(status))
+        return self._views(name)
 
     def _cancel(self, name: str | None) -> str:
         jobs = [j for j in self.studio.jobs.list(name) if j.active and j.kind == "import"] if name else []
         for job in jobs:
             self.studio.jobs.cancel(job.id)
-        return render.job_html(self.studio.jobs.get(jobs[0].id) if jobs else None)
+        return render.job_html(self.studio.jobs.get(jobs[0].id) if jobs else None, with_error=False)
 
     def _pick_concept(self, relpath: str | None) -> tuple[Any, Any]:
         if not relpath:

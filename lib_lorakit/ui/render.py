@@ -8,6 +8,7 @@ from html import escape
 from ..dataset.balance import RepeatChange
 from ..dataset.report import DatasetReport
 from ..jobs import JobState
+from ..next_step import NextStep
 from ..results.lora_info import LoraInfo
 
 
@@ -63,15 +64,16 @@ def import_html(report: dict) -> str:
             + "".join(_list(f"{d['kind'].capitalize()} duplicates", d["images"]) for d in dups) + "</div>")
 
 
-def job_html(job: JobState | None, element_id: str = "train_style_job") -> str:
-    """A progress bar the page's script keeps up to date while the job is active."""
+def job_html(job: JobState | None, element_id: str = "train_style_job", *, with_error: bool = True) -> str:
+    """A progress bar the page's script keeps up to date while the job is active; `with_error=False` where the
+    panel shows a failure's reason beside it already (said once, not twice)."""
     if job is None:
         return f'<div id="{element_id}" class="ts-job" data-state="none"></div>'
     pct = int(round(100 * job.fraction)) if job.active else 100
     text = f"{job.title}: {job.state}"
     if job.active and job.total:
         text += f" — {job.done}/{job.total} {job.message}"
-    if job.error:
+    if job.error and with_error:
         text += f" — {job.error}"
     return (f'<div id="{element_id}" class="ts-job" data-job-id="{escape(job.id)}" '
             f'data-state="{escape(job.state)}">'
@@ -86,6 +88,13 @@ def balance_html(plan: Sequence[RepeatChange]) -> str:
     return ("<p>Balancing renames these folders when you press <b>Apply balance</b>:</p>"
             + _table(["concept", "images", "repeats", "images × repeats", "new repeats", "new images × repeats"],
                      rows))
+
+
+def next_html(step: NextStep) -> str:
+    """A panel's "what to do next" line: where the project stands, then the action."""
+    done = " ts-next-done" if step.done else ""
+    summary = f"<b>{escape(step.summary)}</b> — " if step.summary else ""
+    return f'<p class="ts-next{done}"><span class="ts-next-label">Next:</span> {summary}{escape(step.action)}</p>'
 
 
 def error_html(message: str) -> str:

@@ -4,20 +4,30 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from html import escape
+from typing import Optional
 
 from ..captions.audit import AuditReport
 from ..captions.ops import CaptionDiff, TagCount
 from ..captions.service import TagReport
 from ..captions.store import CaptionRecord, HistoryEntry
-from .render import _table
+from ..next_step import NextStep
+from .render import _table, next_html
 
 SEVERITY_MARK = {"error": "✖", "warning": "⚠", "info": "ℹ"}
 
 
-def summary_html(records: Sequence[CaptionRecord], triggers: Sequence[str], shown: int) -> str:
-    captioned = sum(1 for r in records if r.exists and r.tags)
+def summary_html(records: Sequence[CaptionRecord], triggers: Sequence[str], shown: int,
+                 step: Optional[NextStep] = None) -> str:
+    """The next step, then the counts: captioned (the same count as `next_step.ProjectStatus`), triggers, shown."""
+    def count(kind: str) -> tuple[int, int]:
+        rows = [r for r in records if r.kind == kind]
+        return sum(1 for r in rows if r.exists and r.tags), len(rows)
+
+    (captioned, images), (reg_captioned, reg_images) = count("dataset"), count("reg")
+    reg = f" (regularisation: {reg_captioned} of {reg_images})" if reg_images else ""
     trig = ", ".join(triggers) if triggers else "none set"
-    return (f'<p class="ts-caption-summary">{captioned} of {len(records)} images captioned · trigger words: '
+    return ((next_html(step) if step else "")
+            + f'<p class="ts-caption-summary">{captioned} of {images} images captioned{reg} · trigger words: '
             f"<b>{escape(trig)}</b> · showing {shown}</p>")
 
 

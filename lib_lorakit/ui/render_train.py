@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Optional
 
 from ..jobs import JobState
+from ..next_step import NextStep
 from ..results.registry import Registered
 from ..train.environment import DoctorReport, TrainerEnvironment
 from ..train.runner import RunSnapshot
 from ..train.service import TrainPlan
-from .render import job_html
+from .render import job_html, next_html
 
 SETUP_JOB_ID = "train_style_setup_job"
 RUN_BOX_ID = "train_style_run"
@@ -38,9 +39,11 @@ def _duration(seconds: Optional[float]) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
-def heading_html(project: str, trigger_words: str) -> str:
-    return (f'<p class="ts-heading">Training project <b>{escape(project)}</b> (trigger words: '
-            f"{escape(trigger_words)}). Choose the project in the Dataset tab.</p>")
+def heading_html(project: str, trigger_words: str, step: NextStep) -> str:
+    """The project trained (chosen above the panels), its trigger words and what to do next."""
+    head = (f'<p class="ts-heading">Training project <b>{escape(project)}</b> (trigger words: '
+            f"{escape(trigger_words)}).</p>") if project else ""
+    return head + next_html(step)
 
 
 # --- the plan -------------------------------------------------------------------------------------------------------

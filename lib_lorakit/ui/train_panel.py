@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import gradio as gr
 
+from .. import next_step
 from ..cli_train import DEFAULT_TORCH
 from ..errors import LorakitError
 from ..studio import Studio
@@ -26,7 +27,7 @@ from ..train.queue import TrainQueue, ensure_worker
 from ..train.runner import Runs, RunSnapshot
 from ..train.service import REPO_ROOT, TrainingService, TrainRequest, default_trainer
 from . import render_train as render
-from .compat import bind, uploaded
+from .compat import bind, unchanged, uploaded
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int, str], None]
@@ -34,7 +35,7 @@ SETUP_KIND = "trainer-setup"
 
 
 class TrainPanel:
-    """Trains the project chosen in the Dataset panel (`project` is that dropdown)."""
+    """Trains the project chosen above the panels (`project` is that dropdown)."""
 
     def __init__(self, studio: Studio, project: gr.components.Component):
         self.studio = studio
@@ -43,6 +44,7 @@ class TrainPanel:
     # --- layout -----------------------------------------------------------------------------------------------------
     def render(self) -> None:
         self.heading = gr.HTML(self._heading(None), elem_id="train_style_train_heading")
+        self.stamp = gr.State("")  # the project's change stamp the panel was drawn at (see tab.py)
         with gr.Row():
             self.preset = gr.Dropdown(label="Preset", choices=self._preset_names(), elem_id="train_style_preset",
                                       interactive=True)
@@ -143,9 +145,10 @@ class TrainPanel:
                    # multi-GPU: keyword arguments of _request, in their order
                    self.num_processes, self.gpu_ids, self.num_machines, self.machine_rank, self.main_process_ip,
                    self.main_process_port]
-        run_views = [self.runs, self.run_box, self.samples, self.queue_box]
-        bind(self.project.change, self._project_changed, [self.project],
-            [self.heading, self.plan, self.registered, *run_views])
+        run_views = [self.runs, self.run_box, self.samples, self.queue_box, self.heading, self.stamp]
+        bind(self.project.change, self._project_changed, [self.project], [self.plan, self.registered, *run_views])
+        self.sync_inputs = [self.stamp, self.plan, self.runs, self.stage1_concepts, self.target_concepts]
+        self.sync_outputs = [self.plan, self.stage1_concepts, self.target_concepts, *run_views]
         bind(self.refresh_lists.click, self._lists, [self.preset, self.base], [self.preset, self.base,
                                                                               self.trainer_status])
         bind(self.check.click, self._check, request, [self.plan])
@@ -194,18 +197,20 @@ class TrainPanel:
                 gr.update(choices=bases, value=base if base in bases else (bases[0] if bases else None)),
                 self._trainer_status())
 
-    def _heading(self, name: Optional[str]) -> str:
+    def _heading(self, name: Optional[str], latest: Optional[RunSnapshot] = None) -> str:
+        """The project, its trigger words and what to do next (`latest`: the newest run)."""
         if not name:
-            return '<p class="ts-empty">Choose or create a project in the Dataset tab.</p>'
-        words = ", ".join(self.studio.project(name).settings.trigger_words) or "none"
-        return render.heading_html(name, words)
+            return render.heading_html("", "", next_step.train_next(None))
+        project = self.studio.project(name)
+        words = ", ".join(project.settings.trigger_words) or "none"
+        return render.heading_html(name, words, next_step.train_next(next_step.project_status(project), latest))
 
     def _request(self, name: Optional[str], preset: Optional[str], base: Optional[str], base_path: str,
                  overrides: str, output_name: str, prompts: str, without_trigger: bool,
                  accept_missing: bool, num_processes: Any = None, gpu_ids: str = "", num_machines: Any = None,
                  machine_rank: Any = None, main_process_ip: str = "", main_process_port: Any = None) -> TrainRequest:
         if not name:
-            raise LorakitError("Choose or create a project in the Dataset tab first.")
+            raise LorakitError("Choose or create a project first (above the panels).")
         if not preset:
             raise LorakitError("Choose a preset.")
         model = (base_path or "").strip() or self._checkpoints().get(base or "", "")
@@ -252,16 +257,28 @@ class TrainPanel:
         return (render.differential_html(made.stage1, made.stage2), *self._run_views(name, made.stage1.id))
 
     def _project_changed(self, name: Optional[str]) -> tuple:
-        return (self._heading(name), "", "", *self._run_views(name, None))
+        return ("", "", *self._run_views(name, None))
 
-    def _run_views(self, name: Optional[str], run_id: Optional[str]) -> tuple[Any, str, list, str]:
-        """The runs dropdown (`run_id` chosen, else the newest), the run box, the samples and the queue."""
+    def sync(self, name: Optional[str], stamp: str, plan: str, choice: Optional[str], *concepts: Any) -> tuple:
+        """Redrawn when the project changed since `stamp` (images, captions, settings, runs); else as it is. A
+        step plan shown is from before the change, so it gives way to a note."""
+        if name and stamp == next_step.change_stamp(self.studio.project(name)):
+            return unchanged(len(self.sync_outputs))
+        same = bool(name and stamp.startswith(f"{name}:"))
+        note = render.note_html("The project changed since this check: press Check again.") if plan and same else ""
+        return (note, *self._concept_choices(name, *concepts),
+                *self._run_views(name, render.run_id_of(choice) or None if same else None))
+
+    def _run_views(self, name: Optional[str], run_id: Optional[str]) -> tuple[Any, str, list, str, str, str]:
+        """The runs dropdown (`run_id` chosen, else the newest), the run box, the samples, the queue, the heading
+        with the next step, and the change stamp they were drawn at."""
+        stamp = next_step.change_stamp(self.studio.project(name)) if name else ""
         snaps = Runs(self.studio.project(name)).list() if name else []
         chosen = next((s for s in snaps if s.id == run_id), snaps[0] if snaps else None)
         choices = render.run_choices(snaps)
         value = render.run_choices([chosen])[0] if chosen else None
         return (gr.update(choices=choices, value=value), render.run_html(chosen), render.sample_items(chosen),
-                self._queue_html())
+                self._queue_html(), self._heading(name, snaps[0] if snaps else None), stamp)
 
     def _queue_html(self) -> str:
         rows = TrainQueue(self.studio.host).listing()
