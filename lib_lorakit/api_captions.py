@@ -86,8 +86,9 @@ def add_routes(r: APIRouter, studio: Studio, guard: Callable) -> None:
         return {"tags": [row.to_dict() for row in rows]}
 
     @r.get("/projects/{name}/check")
-    def check(name: str, dominant_threshold: float = 0.6, low_variety_threshold: float = 0.9,
-              max_tokens: int = 75) -> dict:
+    def check(name: str, dominant_threshold: Optional[float] = None, low_variety_threshold: Optional[float] = None,
+              max_tokens: Optional[int] = None) -> dict:
+        """The caption audit; a threshold left out is AUDIT_SCHEMA's default."""
         return guard(lambda: captions.audit(name, dominant_threshold=dominant_threshold,
                                             low_variety_threshold=low_variety_threshold,
                                             max_tokens=max_tokens)).to_dict()

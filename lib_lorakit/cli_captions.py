@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from .captions.audit import AUDIT_SCHEMA
 from .captions.ops import CaptionOp
 from .captions.service import TAGGER_CHOICES, TagRequest
 from .errors import LorakitError
@@ -55,9 +56,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
 
     check = sub.add_parser("check", parents=[common], help="the caption audit")
     check.add_argument("project")
-    check.add_argument("--dominant-threshold", type=float, default=0.6)
-    check.add_argument("--low-variety-threshold", type=float, default=0.9)
-    check.add_argument("--max-tokens", type=int, default=75, help="sd-scripts' max_token_length (75, 150 or 225)")
+    AUDIT_SCHEMA.add_arguments(check, names=("dominant_threshold", "low_variety_threshold", "max_tokens"))
 
 
 def _scope(p: argparse.ArgumentParser, images: bool = True) -> None:
@@ -152,8 +151,7 @@ def _tags(studio: Studio, args: argparse.Namespace) -> Result:
 
 
 def _check(studio: Studio, args: argparse.Namespace) -> Result:
-    report = studio.captions.audit(args.project, dominant_threshold=args.dominant_threshold,
-                                   low_variety_threshold=args.low_variety_threshold, max_tokens=args.max_tokens)
+    report = studio.captions.audit(args.project, **AUDIT_SCHEMA.from_namespace(args, complete=False))
     lines = []
     for f in report.findings:
         lines.append(f"{f.severity.upper():<7} {f.code}: {f.detail}")

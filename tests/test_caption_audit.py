@@ -167,7 +167,7 @@ def test_thresholds_are_settings(planted):
     assert codes.count("OVERLONG_CAPTION") == 1  # only past 225 now
     assert "LOW_VARIETY" in codes  # 5 of 5 is 100%
     assert "LOW_VARIETY" not in audit(project, min_images=6).codes()  # beta has 5 images
-    with pytest.raises(LorakitError, match="near_identical: expected a number above 0 and at most 1, got 1.5"):
+    with pytest.raises(LorakitError, match="near_identical: expected a number from 0.01 to 1, got 1.5"):
         audit(project, near_identical=1.5)
 
 

@@ -30,6 +30,7 @@ from ..dataset.index import DatasetIndex, IndexEntry
 from ..errors import Cancelled, LorakitError, NotFound
 from ..fsutil import atomic_copy
 from ..project import Project
+from ..schema import Field, Schema
 from ..tomlio import read_toml
 from .ops import CaptionOp, key_of, split_leading
 from .store import CaptionRecord, CaptionStore
@@ -195,26 +196,43 @@ def ensure_categories_file(dest: Path) -> Path:
 
 
 # --- the audit --------------------------------------------------------------------------------------------------
+AUDIT_SCHEMA = Schema(noun="audit setting", groups=(("audit", "Audit thresholds"),), fields=(
+    Field(name="dominant_threshold", type=float, default=0.6, minimum=0.01, maximum=1, group="audit",
+          label="Dominant tag share",
+          reason="A non-trigger tag on at least this share of a concept's images is reported: it would be learned "
+                 "as part of the trigger."),
+    Field(name="low_variety_threshold", type=float, default=0.9, minimum=0.01, maximum=1, group="audit",
+          label="Low variety share",
+          reason="One clothing or background value on at least this share of a concept's images is reported: "
+                 "the LoRA would always draw it."),
+    Field(name="near_identical", type=float, default=0.9, minimum=0.01, maximum=1, group="audit",
+          label="Near-identical similarity",
+          reason="Two captions whose tags (trigger words left out) overlap this much count as the same."),
+    Field(name="max_tokens", type=int, default=75, minimum=1, maximum=1000, group="audit",
+          label="Caption token limit",
+          reason="sd-scripts' max_token_length (75, 150 or 225): longer captions are cut, so they are reported."),
+    Field(name="min_images", type=int, default=4, minimum=1, maximum=100_000, group="audit",
+          label="Smallest concept",
+          reason="Concepts with fewer images are too small for the per-concept statistics."),
+))
+
+
 @dataclass(frozen=True)
 class AuditSettings:
-    """The thresholds of one audit (see `audit`)."""
+    """The thresholds of one audit (see `audit`; declared in AUDIT_SCHEMA)."""
 
-    dominant_threshold: float = 0.6
-    low_variety_threshold: float = 0.9
-    near_identical: float = 0.9
-    max_tokens: int = 75
-    min_images: int = 4
+    dominant_threshold: float = AUDIT_SCHEMA["dominant_threshold"].default
+    low_variety_threshold: float = AUDIT_SCHEMA["low_variety_threshold"].default
+    near_identical: float = AUDIT_SCHEMA["near_identical"].default
+    max_tokens: int = AUDIT_SCHEMA["max_tokens"].default
+    min_images: int = AUDIT_SCHEMA["min_images"].default
     near_duplicate_distance: int = 6
 
     def validate(self) -> None:
-        for name in ("dominant_threshold", "low_variety_threshold", "near_identical"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-                raise LorakitError(f"{name}: expected a number above 0 and at most 1, got {value!r}")
-        for name, lo in (("max_tokens", 1), ("min_images", 1), ("near_duplicate_distance", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-                raise LorakitError(f"{name}: expected an integer of at least {lo}, got {value!r}")
+        AUDIT_SCHEMA.validate({f.name: getattr(self, f.name) for f in AUDIT_SCHEMA.fields})
+        value = self.near_duplicate_distance
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise LorakitError(f"near_duplicate_distance: expected an integer of at least 0, got {value!r}")
 
 
 @dataclass
@@ -228,20 +246,19 @@ class _Caption:
     by_category: dict[str, set[str]] = field(default_factory=dict)  # category name → the caption's keys in it
 
 
-def audit(project: Project, *, categories_file: Path | None = None, dominant_threshold: float = 0.6,
-          low_variety_threshold: float = 0.9, near_identical: float = 0.9, max_tokens: int = 75, min_images: int = 4,
-          progress: Progress = None, cancel: threading.Event | None = None) -> AuditReport:
+def audit(project: Project, *, categories_file: Path | None = None, progress: Progress = None,
+          cancel: threading.Event | None = None, **thresholds: Any) -> AuditReport:
     """Audit every caption of `project` (see the module docstring for the findings).
 
-    `dominant_threshold`: share of a concept's captioned images a non-trigger tag may reach; `low_variety_threshold`:
-    share one clothing/background value may reach; `near_identical`: Jaccard similarity of tag sets (trigger words
-    left out) from which two captions count as the same; `max_tokens`: sd-scripts' max_token_length;
-    `min_images`: the smallest concept the per-concept statistics speak about. The index scan behind the image
-    hashes reports `progress`; `cancel` stops between steps.
+    `thresholds` are AUDIT_SCHEMA's fields (None or absent: the declared default): `dominant_threshold`, the share
+    of a concept's captioned images a non-trigger tag may reach; `low_variety_threshold`, the share one
+    clothing/background value may reach; `near_identical`, the Jaccard similarity of tag sets (trigger words left
+    out) from which two captions count as the same; `max_tokens`, sd-scripts' max_token_length; `min_images`, the
+    smallest concept the per-concept statistics speak about. The index scan behind the image hashes reports
+    `progress`; `cancel` stops between steps.
     """
-    settings = AuditSettings(dominant_threshold=dominant_threshold, low_variety_threshold=low_variety_threshold,
-                             near_identical=near_identical, max_tokens=max_tokens, min_images=min_images,
-                             near_duplicate_distance=project.settings.near_duplicate_distance)
+    chosen = AUDIT_SCHEMA.from_dict({k: v for k, v in thresholds.items() if v is not None})
+    settings = AuditSettings(**chosen, near_duplicate_distance=project.settings.near_duplicate_distance)
     settings.validate()
     categories = load_categories(categories_file)
     triggers = tuple(project.settings.trigger_words)

@@ -13,15 +13,12 @@ the validation, the `--set` parser, the UI tooltips and ranges (`describe()`), a
 
 from __future__ import annotations
 
-import difflib
 import logging
-import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
 
-from ..errors import LorakitError
+from ..schema import Field, InvalidSettings, Schema
 
 log = logging.getLogger(__name__)
 
@@ -29,131 +26,8 @@ Where = Literal["args", "dataset", "network_args", "subset"]
 GROUPS = ("network", "optimizer", "training", "dataset", "saving", "sampling", "performance")
 
 
-class InvalidOption(LorakitError, ValueError):
-    """One or more training options are unknown or out of range; `problems` lists each, naming the option."""
-
-    def __init__(self, problems: Iterable[str]):
-        self.problems = tuple(problems)
-        super().__init__("; ".join(self.problems))
-
-
-@dataclass(frozen=True)
-class Option:
-    """One training option. `default=None` (or `optional=True`) means "leave it out": sd-scripts' own default.
-
-    `key` is the name in the TOML when sd-scripts calls it differently there (train_batch_size is `batch_size`
-    in the dataset TOML); `ignore_case` accepts choices in any case, as sd-scripts does for optimizers.
-    """
-
-    name: str
-    type: type
-    default: Any
-    minimum: float | None = None
-    maximum: float | None = None
-    choices: tuple[Any, ...] = ()
-    reason: str = ""
-    group: str = "training"
-    where: Where = "args"
-    key: str | None = None
-    optional: bool = False
-    ignore_case: bool = False
-
-    @property
-    def nullable(self) -> bool:
-        return self.default is None or self.optional
-
-    @property
-    def toml_key(self) -> str:
-        return self.key or self.name
-
-    @property
-    def expected(self) -> str:
-        """What a valid value looks like, in words: the tail of every error message about this option."""
-        if self.choices:
-            text = "one of " + ", ".join(str(c) for c in self.choices)
-        elif self.type is bool:
-            text = "true or false"
-        elif self.type is str:
-            text = "a text"
-        else:
-            noun = "an integer" if self.type is int else "a number"
-            text = noun + _range_words(self.minimum, self.maximum)
-        return text + (" (or none)" if self.nullable else "")
-
-    def check(self, value: Any) -> Any:
-        """`value` made canonical (ints as floats for float options, choices in their declared case)."""
-        if value is None:
-            if self.nullable:
-                return None
-            raise InvalidOption([self._bad(value)])
-        if self.type is bool:
-            ok = isinstance(value, bool)
-        elif self.type is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif self.type is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        else:
-            ok = isinstance(value, str)
-        if ok and self.choices:
-            return self._choice(value)
-        if not ok or not self._in_range(value):
-            raise InvalidOption([self._bad(value)])
-        return float(value) if self.type is float else value
-
-    def parse(self, text: str) -> Any:
-        """A value typed from command-line text (`--set name=text`), then checked."""
-        raw = text.strip()
-        if self.nullable and raw.lower() in ("", "none", "null"):
-            return None
-        try:
-            if self.type is bool:
-                value: Any = _BOOL_WORDS[raw.lower()]
-            elif self.type is int:
-                value = int(raw.replace("_", ""))
-            elif self.type is float:
-                value = float(raw.replace("_", ""))
-            else:
-                value = raw
-        except (KeyError, ValueError):
-            raise InvalidOption([f"{self.name}: expected {self.expected}, got {raw!r}"]) from None
-        return self.check(value)
-
-    def describe(self) -> dict[str, Any]:
-        """A JSON-able description for the UI (tooltip = reason) and `--help`."""
-        return {"name": self.name, "type": self.type.__name__, "default": self.default, "minimum": self.minimum,
-                "maximum": self.maximum, "choices": list(self.choices), "nullable": self.nullable,
-                "reason": self.reason, "group": self.group, "where": self.where, "key": self.toml_key,
-                "expected": self.expected}
-
-    def _choice(self, value: Any) -> Any:
-        for c in self.choices:
-            if c == value or (self.ignore_case and str(c).lower() == str(value).lower()):
-                return c
-        raise InvalidOption([self._bad(value)])
-
-    def _in_range(self, value: Any) -> bool:
-        if self.type not in (int, float):
-            return True
-        return (self.minimum is None or value >= self.minimum) and (self.maximum is None or value <= self.maximum)
-
-    def _bad(self, value: Any) -> str:
-        return f"{self.name}: expected {self.expected}, got {value!r}"
-
-
-_BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "1": True, "0": False}
-
-
-def _range_words(lo: float | None, hi: float | None) -> str:
-    def num(x: float) -> str:
-        return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-    if lo is not None and hi is not None:
-        return f" from {num(lo)} to {num(hi)}"
-    if lo is not None:
-        return f" ≥ {num(lo)}"
-    if hi is not None:
-        return f" ≤ {num(hi)}"
-    return ""
+InvalidOption = InvalidSettings  # one or more training options are unknown or out of range; `problems` names each
+Option = Field  # one training option; `default=None` (or `optional=True`) leaves it to sd-scripts' own default
 
 
 OPTIMIZERS = ("AdamW", "AdamW8bit", "PagedAdamW", "PagedAdamW8bit", "PagedAdamW32bit", "Lion", "Lion8bit",
@@ -301,25 +175,17 @@ EXCLUSIVE: tuple[tuple[str, str], ...] = (
 
 def defaults() -> dict[str, Any]:
     """Every option at its default (None where sd-scripts' own default applies)."""
-    return {o.name: o.default for o in OPTIONS}
+    return SCHEMA.defaults()
 
 
 def canonical_name(name: str) -> str:
     """The declared name for `name` (an old name is mapped, with a warning); unknown names raise with hints."""
-    if name in OPTION_MAP:
-        return name
-    if name in ALIASES:
-        log.warning("Training option %r is an old name; use %r instead.", name, ALIASES[name])
-        return ALIASES[name]
-    raise InvalidOption([unknown_message(name)])
+    return SCHEMA.canonical_name(name)
 
 
 def unknown_message(name: str) -> str:
     """`unknown option 'x'`, with the closest declared names (difflib) when some are close."""
-    close = difflib.get_close_matches(str(name), list(OPTION_MAP) + list(ALIASES), n=3, cutoff=0.6)
-    close = list(dict.fromkeys(ALIASES.get(c, c) for c in close))
-    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-    return f"unknown option {name!r}{hint}"
+    return SCHEMA.unknown_message(name)
 
 
 def validate(values: Mapping[str, Any], *, complete: bool = False) -> dict[str, Any]:
@@ -329,22 +195,7 @@ def validate(values: Mapping[str, Any], *, complete: bool = False) -> dict[str, 
     allows. With `complete=True` the result holds every option (defaults filled in) and the combinations
     sd-scripts would reject later (e.g. sdpa with xformers, resolution below min_bucket_reso) are checked too.
     """
-    problems: list[str] = []
-    out: dict[str, Any] = {}
-    for name, value in values.items():
-        try:
-            key = canonical_name(name)
-            if key in out and key != name:
-                raise InvalidOption([f"{name}: both {name!r} and {key!r} are given; keep {key!r}"])
-            out[key] = OPTION_MAP[key].check(value)
-        except InvalidOption as e:
-            problems += e.problems
-    if not problems and complete:
-        out = {**defaults(), **out}
-        problems = combination_problems(out)
-    if problems:
-        raise InvalidOption(problems)
-    return {name: out[name] for name in OPTION_MAP if name in out}
+    return SCHEMA.validate(values, complete=complete)
 
 
 def combination_problems(s: Mapping[str, Any]) -> list[str]:
@@ -385,22 +236,7 @@ def _bucket_problems(s: Mapping[str, Any]) -> list[str]:
 def parse_set(items: Iterable[str]) -> dict[str, Any]:
     """`["max_train_steps=4", "resolution=64"]` → `{"max_train_steps": 4, "resolution": 64}`, typed by each
     option's declaration; `none` clears an optional value. All problems are raised together."""
-    out: dict[str, Any] = {}
-    problems: list[str] = []
-    for item in items:
-        name, sep, text = str(item).partition("=")
-        name = name.strip()
-        if not sep or not name:
-            problems.append(f"{item!r}: expected NAME=VALUE, e.g. max_train_epochs=10")
-            continue
-        try:
-            key = canonical_name(name)
-            out[key] = OPTION_MAP[key].parse(text)
-        except InvalidOption as e:
-            problems += e.problems
-    if problems:
-        raise InvalidOption(problems)
-    return out
+    return SCHEMA.parse_set(items)
 
 
 def split_set(items: Iterable[str]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -434,8 +270,27 @@ def split_set(items: Iterable[str]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def describe() -> list[dict[str, Any]]:
     """All options, in declaration order, as JSON-able dicts (name, type, default, range, choices, reason, …)."""
-    return [o.describe() for o in OPTIONS]
+    return SCHEMA.describe()
 
 
 def options_where(where: Where) -> tuple[Option, ...]:
     return tuple(o for o in OPTIONS if o.where == where)
+
+
+# The form's groups (the Train panel's field groups, `--help`): the declaration's groups folded into six.
+FORM_GROUPS: tuple[tuple[str, str], ...] = (
+    ("basics", "Basics"), ("network", "Network"), ("optimizer", "Optimizer and schedule"),
+    ("dataset", "Dataset and buckets"), ("saving", "Saving and samples"), ("advanced", "Advanced"),
+)
+BASICS = ("learning_rate", "network_dim", "network_alpha", "max_train_epochs", "train_batch_size", "resolution")
+_FORM_GROUP = {"network": "network", "optimizer": "optimizer", "training": "advanced", "dataset": "dataset",
+               "saving": "saving", "sampling": "saving", "performance": "advanced"}
+
+
+def form_group(option: Option) -> str:
+    """The Train panel's group of an option: the basics first, then the declaration's group folded into six."""
+    return "basics" if option.name in BASICS else _FORM_GROUP.get(option.group, "advanced")
+
+
+SCHEMA = Schema(noun="option", fields=OPTIONS, aliases=ALIASES, combine=combination_problems, groups=FORM_GROUPS,
+                example="max_train_epochs=10")

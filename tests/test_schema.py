@@ -1,0 +1,86 @@
+"""Settings declared once (lib_lorakit/schema.py): the audit thresholds and the training options reach the CLI's
+--help, its argument checks, the HTTP API and plain-data validation from the one declaration."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from lib_lorakit import api
+from lib_lorakit.captions.audit import AUDIT_SCHEMA, AuditSettings
+from lib_lorakit.host import StandaloneHost
+from lib_lorakit.schema import InvalidSettings
+from lib_lorakit.train import options
+from lib_lorakit.train.distributed import AccelerateOptions
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lib_lorakit", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_cli_help_shows_each_thresholds_reason_and_declared_default():
+    out = _cli("check", "--help").stdout
+    for field in ("dominant_threshold", "low_variety_threshold", "max_tokens"):
+        f = AUDIT_SCHEMA[field]
+        assert "--" + field.replace("_", "-") in out
+        assert f"default {f.default}" in " ".join(out.split())
+    assert "learned as part of the trigger" in " ".join(out.split())
+
+
+def test_cli_refuses_an_out_of_range_threshold_naming_it():
+    r = _cli("check", "demo", "--dominant-threshold", "1.5")
+    assert r.returncode == 2
+    assert "dominant_threshold: expected a number from 0.01 to 1, got 1.5" in r.stderr
+
+
+def test_the_audit_defaults_are_the_declared_ones():
+    assert AuditSettings().dominant_threshold == AUDIT_SCHEMA["dominant_threshold"].default == 0.6
+    assert AuditSettings().max_tokens == AUDIT_SCHEMA["max_tokens"].default == 75
+
+
+def test_api_check_validates_thresholds_through_the_declaration(tmp_path):
+    host = StandaloneHost(home=tmp_path / "home", lora=tmp_path / "lora", models=tmp_path / "models")
+    app = FastAPI()
+    api.mount(app, host)
+    client = TestClient(app)
+    assert client.post("/train-style/v1/projects", json={"name": "demo"}).status_code == 201
+    r = client.get("/train-style/v1/projects/demo/check", params={"max_tokens": 0})
+    assert r.status_code == 400
+    assert "max_tokens: expected an integer from 1 to 1000, got 0" in r.text
+    assert client.get("/train-style/v1/projects/demo/check").status_code == 200
+
+
+def test_from_dict_names_the_bad_field_with_its_path_and_all_problems_at_once():
+    with pytest.raises(InvalidSettings) as e:
+        options.SCHEMA.from_dict({"learning_rate": "fast", "netwrk_dim": 4}, path="overrides")
+    text = str(e.value)
+    assert "overrides.learning_rate: expected a number from 0 to 10, got 'fast'" in text
+    assert "overrides: unknown option 'netwrk_dim' (did you mean network_dim" in text
+
+
+def test_argparse_arguments_from_the_declaration_type_and_check_values():
+    parser = argparse.ArgumentParser()
+    options.SCHEMA.add_arguments(parser, names=("learning_rate", "network_dim", "enable_bucket"))
+    values = options.SCHEMA.from_namespace(parser.parse_args(["--learning-rate", "2e-4", "--enable-bucket", "no"]))
+    assert values["learning_rate"] == 2e-4 and values["enable_bucket"] is False and values["network_dim"] == 16
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--network-dim", "0"])
+
+
+def test_toml_table_leaves_out_none_and_uses_toml_keys():
+    table = options.SCHEMA.to_toml({"train_batch_size": 2, "clip_skip": None})
+    assert table == {"batch_size": 2}
+
+
+def test_multi_gpu_settings_are_declared_and_checked_there():
+    with pytest.raises(Exception, match="num_processes"):
+        AccelerateOptions.from_values(num_processes=0)
