@@ -1,7 +1,15 @@
-"""How fast WD14 tagging goes: the same JPEGs and the same model, three ways, in one run.
+"""How fast WD14 tagging goes: process to process, then the same JPEGs and the same model three ways in one process.
 
-    python bench/bench_tagger.py [--images 48] [--compute-images 4] [--skip-compute] [--batch 8] [--workers N]
+    python bench/bench_tagger.py [--e2e-images 400] [--e2e-repeat 3] [--e2e-only]
+                                 [--images 48] [--compute-images 4] [--skip-compute] [--batch 8] [--workers N]
 
+END TO END (first): the whole command `python -m lib_lorakit tag PROJECT --model FOLDER` against a straightforward
+per-image script (NAIVE_TAGGER below: open, pad, resize, `session.run`, threshold, write the caption) on the same
+JPEGs (1024×768, quality 92, the training copies of a project the bench makes before the clock starts), with the
+FEED model (below), interleaved --e2e-repeat times; prints the best and median times and their ratio (target
+≥ 2×) and checks that every caption the command wrote equals the script's; exits 1 otherwise.
+
+IN ONE PROCESS (then):
 (a) a straightforward loop: open with PIL, pad and resize, `session.run` one image at a time, default
     onnxruntime options;
 (b) sd-scripts' `finetune/tag_images_by_wd14_tagger.py` as a subprocess, where an sd-scripts checkout
@@ -22,6 +30,8 @@ import csv
 import json
 import os
 import re
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -215,6 +225,111 @@ def model_folder(cache: Path, kind: str) -> Path:
     return folder
 
 
+# --- end to end: the CLI command against a ten-line script ---------------------------------------------------------
+
+NAIVE_TAGGER = '''\
+import csv, sys
+from pathlib import Path
+import numpy as np, onnxruntime as ort
+from PIL import Image
+model, images, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+rows = list(csv.reader(open(model / "selected_tags.csv", encoding="utf-8")))[1:]
+names, categories = [r[1].replace("_", " ") for r in rows], np.array([int(r[2]) for r in rows])
+session = ort.InferenceSession(str(model / "model.onnx"), providers=["CPUExecutionProvider"])
+size, feed = session.get_inputs()[0].shape[1], session.get_inputs()[0].name
+for path in sorted(images.glob("*.jpg")):
+    image = Image.open(path).convert("RGB")
+    square = Image.new("RGB", (max(image.size),) * 2, (255, 255, 255))
+    square.paste(image, ((square.width - image.width) // 2, (square.height - image.height) // 2))
+    x = np.asarray(square.resize((size, size), Image.BICUBIC), np.float32)[None, :, :, ::-1]
+    p = session.run(None, {feed: np.ascontiguousarray(x)})[0][0]
+    keep = [i for c, t in ((4, 0.85), (0, 0.35))
+            for i in sorted(np.flatnonzero((categories == c) & (p >= t)), key=lambda i: (-p[i], i))]
+    (out / (path.stem + ".txt")).write_text(", ".join(names[i] for i in keep) + "\\n", encoding="utf-8")
+'''
+
+
+def make_e2e_images(folder: Path, n: int) -> Path:
+    """n JPEGs of 1024×768 (kept in the cache: making them takes longer than tagging them)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"photo_{i:04d}.jpg" for i in range(n)]
+    if not all(p.is_file() for p in paths):
+        print(f"making {n} JPEGs in {folder} ...", flush=True)
+        rng = np.random.default_rng(7)
+        for p in paths:
+            make_photo(rng, 1024, 768).save(p.with_suffix(".tmp"), format="JPEG", quality=92)
+            os.replace(p.with_suffix(".tmp"), p)
+    return folder
+
+
+def child_env(cache: Path) -> dict[str, str]:
+    """The environment both commands run in: Python's usual bytecode cache (in the bench's cache folder), even
+    where PYTHONDONTWRITEBYTECODE is set, so that neither pays for compiling its modules on every start (an
+    installed package, like numpy, has its bytecode already)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, "PYTHONPYCACHEPREFIX": str(cache / "pycache")}
+
+
+def _timed(cmd: list[str], **kwargs) -> tuple[float, float, subprocess.CompletedProcess]:
+    """(wall seconds, CPU seconds of the child, the finished process)."""
+    before = os.times()
+    t = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    wall = time.perf_counter() - t
+    after = os.times()
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])} ... failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-3000:]}")
+    return wall, (after.children_user - before.children_user) + (after.children_system - before.children_system), done
+
+
+def end_to_end(args) -> bool:
+    """The CLI command against NAIVE_TAGGER, process to process; True when their captions are identical."""
+    model = model_folder(args.cache, "feed")
+    images = make_e2e_images(args.cache / f"e2e-jpegs-{args.e2e_images}", args.e2e_images)
+    cli, env = [sys.executable, "-m", "lib_lorakit"], child_env(args.cache)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        home = tmp / "home"
+        for step in (["project", "new", "bench"], ["import", "bench", str(images)]):
+            _timed([*cli, "--home", str(home), *step], cwd=ROOT, env=env)
+        dataset = home / "bench" / "dataset" / "1_bench"
+        script, out = tmp / "naive_tagger.py", tmp / "naive"
+        script.write_text(NAIVE_TAGGER)
+        print(f"\nEND TO END: {args.e2e_images} JPEGs of 1024×768, the FEED model; {os.cpu_count()} cores; load "
+              f"average {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+        runs: dict[str, list[tuple[float, float]]] = {"naive": [], "ours": []}
+        trace = ""
+        for _ in range(args.e2e_repeat):  # interleaved: a change in the machine's load hits both alike
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            wall, cpu, _ = _timed([sys.executable, str(script), str(model), str(dataset), str(out)], env=env)
+            runs["naive"].append((wall, cpu))
+            for caption in dataset.glob("*.txt"):
+                caption.unlink()
+            wall, cpu, done = _timed([*cli, "--home", str(home), "tag", "bench", "--model", str(model)], cwd=ROOT,
+                                     env=env)
+            runs["ours"].append((wall, cpu))
+            trace = next((line for line in done.stderr.splitlines() if "decoders" in line), trace)
+        same = [p.name for p in sorted(out.glob("*.txt"))
+                if (dataset / p.name).is_file() and (dataset / p.name).read_text().strip() == p.read_text().strip()]
+    n = args.e2e_images
+    labels = {"naive": "(a) the ten-line script (PIL, default session)", "ours": "(b) python -m lib_lorakit tag"}
+    for key, label in labels.items():
+        walls = [w for w, _ in runs[key]]
+        best, median = min(walls), statistics.median(walls)
+        print(f"  {label:<48} best {best:6.2f} s ({n / best:5.1f} img/s)  median {median:6.2f} s  "
+              f"runs {' '.join(f'{w:.2f}' for w in walls)}  CPU {statistics.median(c for _, c in runs[key]):.1f} s")
+    best = min(w for w, _ in runs["naive"]) / min(w for w, _ in runs["ours"])
+    median = statistics.median(w for w, _ in runs["naive"]) / statistics.median(w for w, _ in runs["ours"])
+    print(f"  ratio (a ÷ b): best {best:.2f}×, median {median:.2f}×  (target ≥ 2×); load average now "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    if trace:
+        print(f"  last run: {trace.strip()}")
+    ok = len(same) == n
+    print(f"  captions: {'IDENTICAL' if ok else 'DIFFERENT'} on {len(same)}/{n} images")
+    return ok
+
+
 # --- (a) the straightforward loop ---------------------------------------------------------------------------------
 
 def naive_loop(folder: Path, paths: list[Path]) -> tuple[float, dict[str, list[tuple[str, float]]]]:
@@ -390,6 +505,10 @@ def section(title: str, folder: Path, paths: list[Path], args, tmp: Path, sd_set
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--e2e-images", type=int, default=400, help="JPEGs for the end-to-end comparison")
+    ap.add_argument("--e2e-repeat", type=int, default=3, help="runs of each in the end-to-end comparison")
+    ap.add_argument("--e2e-only", action="store_true", help="only the end-to-end comparison")
+    ap.add_argument("--skip-e2e", action="store_true", help="only the in-process comparisons")
     ap.add_argument("--images", type=int, default=48, help="images for the feed model")
     ap.add_argument("--compute-images", type=int, default=4, help="images for the ViT-B/16 model (~2 s each here)")
     ap.add_argument("--skip-compute", action="store_true")
@@ -401,6 +520,9 @@ def main() -> None:
     ap.add_argument("--compute-repeat", type=int, default=1, help="runs of the compute section (slow)")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "train-style-bench-tagger")
     args = ap.parse_args()
+    ok = True if args.skip_e2e else end_to_end(args)
+    if args.e2e_only:
+        sys.exit(0 if ok else 1)
     feed, vit = model_folder(args.cache, "feed"), None if args.skip_compute else model_folder(args.cache, "vit")
     if args.workers is None:
         args.workers = default_workers(["CUDA (a fast GPU)"])
@@ -411,14 +533,14 @@ def main() -> None:
         paths = make_images(tmp / "images", args.images, seed=0)
         size = sum(p.stat().st_size for p in paths) / 1e6
         print(f"{len(paths)} JPEGs (q92, half 1024×1365, half 2048×1536), {size:.0f} MB; {os.cpu_count()} cores")
-        ok = section("FEED model (v3 interface: average pool + matrix, 10,861 tags)", feed, paths, args, tmp,
-                     sd_setup, compute=False)
+        ok &= section("FEED model (v3 interface: average pool + matrix, 10,861 tags)", feed, paths, args, tmp,
+                      sd_setup, compute=False)
         if vit is not None:
             compute_paths = make_images(tmp / "compute", args.compute_images, seed=1)
             ok &= section("COMPUTE model (random ViT-B/16 at 448, 10,861 tags)", vit, compute_paths, args, tmp,
                           sd_setup, compute=True)
     if not ok:
-        print("FAILED: ours (full decode) and the naive loop disagree on some image's tags")
+        print("FAILED: ours and the straightforward loop disagree on some image's tags")
         sys.exit(1)
 
 

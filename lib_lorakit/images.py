@@ -45,6 +45,9 @@ _KEEP_AS_IS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}
 # Others are refused before any of their decoder runs (EPS, for one, would start Ghostscript).
 FORMAT_SUFFIXES = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp",
                    "TIFF": ".tif"}
+# A JPEG kept byte for byte is decoded for its perceptual hash only, at the smallest scale Pillow's `draft` offers
+# (1/2 … 1/8) that leaves both sides at least this long: the hash looks at a 32×32 reduction. None: in full.
+HASH_DRAFT_SIDE: int | None = 64
 
 
 @functools.lru_cache(maxsize=1)
@@ -70,6 +73,7 @@ class LoadedImage:
     source_mode: str
     notes: list[str] = field(default_factory=list)
     keep_bytes_suffix: str | None = None  # set when the source file can be copied unchanged
+    full_size: tuple[int, int] = (0, 0)  # the upright picture's size before any reduced decode
 
     @property
     def width(self) -> int:
@@ -90,6 +94,42 @@ def describe_unsupported(path: Path) -> str | None:
     return None
 
 
+@dataclass
+class ImageFacts:
+    """What the import and the dataset index need to know of an image file, all from one decode."""
+
+    width: int  # upright, full size
+    height: int
+    format: str
+    notes: list[str]
+    keep_bytes_suffix: str | None  # set when the file itself can be the training copy
+    phash: int  # `perceptual_hash` of the picture
+    image: Image.Image | None  # the upright RGB picture; None when the file is kept (decoded reduced for the hash)
+
+
+def describe_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                   background: tuple[int, int, int] = (255, 255, 255)) -> Union[ImageFacts, ImageProblem]:
+    """Size, format, notes, whether the file can be kept byte for byte, and its perceptual hash, from one decode;
+    or why it can't be used. Every perceptual hash of a file is made here, so a file always gets the same one.
+
+    A JPEG that is kept as it is (upright, RGB, one frame) is needed for nothing but the hash, so it is decoded
+    at reduced scale (`HASH_DRAFT_SIDE`; Pillow's `draft`, libjpeg's DCT scaling, which still reads every byte
+    of the file, so a truncated or corrupt one is refused as before): ~35 % less work on a textured photo, more on
+    a smooth one. Its hash is then that of the reduced decode. Measured on 200 photos: it differs from a full
+    decode's by 2 of 64 bits on about one in ten (bits whose coefficient sits on the median, which any re-encoding
+    flips as well); near-duplicates (re-encoded, resized, brightened, PNG against JPEG) stay 0–4 bits apart and
+    distinct pictures ≥ 14, as with a full decode; only pairs right at the threshold (a slight crop: ~6 bits) can
+    fall on the other side of it, either way, as they can after a re-encode.
+    """
+    loaded = _open(path, max_pixels=max_pixels, background=background, draft=None, for_hash=True)
+    if isinstance(loaded, ImageProblem):
+        return loaded
+    reduced = loaded.image.size != loaded.full_size
+    return ImageFacts(width=loaded.full_size[0], height=loaded.full_size[1], format=loaded.source_format,
+                      notes=loaded.notes, keep_bytes_suffix=loaded.keep_bytes_suffix,
+                      phash=perceptual_hash(loaded.image), image=None if reduced else loaded.image)
+
+
 def open_training_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
                         background: tuple[int, int, int] = (255, 255, 255),
                         draft: tuple[int, int] | None = None) -> Union[LoadedImage, ImageProblem]:
@@ -99,6 +139,11 @@ def open_training_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     both sides stay at least that size (Pillow's `draft`): much cheaper when only a small copy is needed, as for
     taggers. The size limit still applies to the full picture; a reduced decode is never kept byte for byte.
     """
+    return _open(path, max_pixels=max_pixels, background=background, draft=draft, for_hash=False)
+
+
+def _open(path: Path, *, max_pixels: int, background: tuple[int, int, int], draft: tuple[int, int] | None,
+          for_hash: bool) -> Union[LoadedImage, ImageProblem]:
     max_pixels = min(max_pixels, PIL_HARD_LIMIT)
     try:
         size = Path(path).stat().st_size
@@ -109,8 +154,14 @@ def open_training_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path, formats=_read_formats()) as im:
-                return _load(im, max_pixels=max_pixels, background=background, draft=draft)
+            im = Image.open(path, formats=_read_formats())
+            loaded: Union[LoadedImage, ImageProblem, None] = None
+            try:
+                loaded = _load(im, max_pixels=max_pixels, background=background, draft=draft, for_hash=for_hash)
+                return loaded
+            finally:
+                if not (isinstance(loaded, LoadedImage) and loaded.image is im):  # else handed over, file closed
+                    im.close()
     except Image.UnidentifiedImageError:
         return ImageProblem("not a recognisable image (the content is not JPEG, PNG, WebP, BMP, GIF or TIFF)")
     except Image.DecompressionBombError as e:
@@ -124,7 +175,9 @@ def open_training_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
 
 
 def _load(im: Image.Image, *, max_pixels: int, background: tuple[int, int, int],
-          draft: tuple[int, int] | None = None) -> Union[LoadedImage, ImageProblem]:
+          draft: tuple[int, int] | None = None, for_hash: bool = False) -> Union[LoadedImage, ImageProblem]:
+    """Decode an opened file. `for_hash`: a JPEG that will be kept byte for byte is decoded at reduced scale
+    (see `describe_image`) and stays marked as kept."""
     source_format, source_mode = im.format or "unknown", im.mode
     width, height = im.size
     if width < 1 or height < 1:
@@ -138,7 +191,11 @@ def _load(im: Image.Image, *, max_pixels: int, background: tuple[int, int, int],
         im.seek(0)
         notes.append(f"animated ({frames} frames): the first frame is used")
     orientation = _exif_orientation(im)
-    reduced = False
+    upright_size = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    if for_hash and HASH_DRAFT_SIDE and source_format == "JPEG" and source_mode == "RGB" and not notes \
+            and orientation not in (2, 3, 4, 5, 6, 7, 8):
+        im.draft("RGB", (HASH_DRAFT_SIDE, HASH_DRAFT_SIDE))  # it will be kept as it is: only the hash needs pixels
+    reduced = False  # reduced for a tagger: then not the file's picture, never kept
     if draft is not None and im.format in ("JPEG", "MPO"):
         im.draft("RGB", draft)
         reduced = im.size != (width, height)
@@ -151,8 +208,15 @@ def _load(im: Image.Image, *, max_pixels: int, background: tuple[int, int, int],
     rgb = _to_rgb(upright, background=background, notes=notes, sixteen_bit=sixteen_bit)
     keep = _KEEP_AS_IS.get(source_format) if (rgb is upright and source_mode == "RGB" and not notes
                                               and not reduced) else None
-    return LoadedImage(image=rgb if rgb is not im else im.copy(), source_format=source_format,
-                       source_mode=source_mode, notes=notes, keep_bytes_suffix=keep)
+    return LoadedImage(image=rgb if rgb is not im else _detached(im), source_format=source_format,
+                       source_mode=source_mode, notes=notes, keep_bytes_suffix=keep, full_size=upright_size)
+
+
+def _detached(im: Image.Image) -> Image.Image:
+    """The decoded picture, usable after its file is closed. A loaded single-frame JPEG has closed its file
+    already (Pillow does so after `load`), so it is handed over as it is: a copy would cost a quarter of the
+    decode (fresh pages for a few megabytes). Other formats may keep their file open (frames): copied."""
+    return im if im.format == "JPEG" and getattr(im, "fp", None) is None else im.copy()
 
 
 def _exif_orientation(im: Image.Image) -> int | None:
@@ -218,7 +282,7 @@ def perceptual_hash(image: Image.Image) -> int:
     dct = _DCT32 @ pixels @ _DCT32.T
     low = dct[:8, :8].flatten()
     bits = low > np.median(low[1:])
-    return int(sum(1 << i for i, bit in enumerate(bits) if bit))
+    return int(np.packbits(bits, bitorder="little").view("<u8")[0])  # bit i set when bits[i]
 
 
 def _dct_matrix(n: int) -> np.ndarray:

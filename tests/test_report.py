@@ -140,20 +140,20 @@ def refuse_to_decode(*args, **kwargs):
 
 def test_unchanged_project_is_not_decoded_again(filled, monkeypatch):
     first = build_report(filled).to_dict()
-    monkeypatch.setattr(index_module, "open_training_image", refuse_to_decode)
+    monkeypatch.setattr(index_module, "describe_image", refuse_to_decode)
     assert build_report(filled).to_dict() == first
 
 
 def test_touched_and_replaced_files_are_read_again(filled, monkeypatch):
     build_report(filled)
-    real = index_module.open_training_image
+    real = index_module.describe_image
     decoded = []
 
     def counting(path, **kwargs):
         decoded.append(path.relative_to(filled.root).as_posix())
         return real(path, **kwargs)
 
-    monkeypatch.setattr(index_module, "open_training_image", counting)
+    monkeypatch.setattr(index_module, "describe_image", counting)
     tall = filled.root / "dataset" / "1_beta" / "tall.png"
     st = tall.stat()
     os.utime(tall, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
@@ -176,7 +176,7 @@ def test_touched_and_replaced_files_are_read_again(filled, monkeypatch):
 
 def test_report_right_after_import_decodes_nothing(project, awkward, monkeypatch):
     report = import_paths(project, [str(awkward.root)], [awkward.root])
-    monkeypatch.setattr(index_module, "open_training_image", refuse_to_decode)
+    monkeypatch.setattr(index_module, "describe_image", refuse_to_decode)
     dataset = build_report(project)
     assert concept(dataset, "demo").images == len(report.imported)
     assert {(g.kind, g.images) for g in dataset.duplicates} == {(g.kind, g.images) for g in report.duplicates}

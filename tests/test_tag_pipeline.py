@@ -126,7 +126,7 @@ def test_nothing_to_tag(models):
 
 
 def test_defaults_suit_the_device(models, folder):
-    assert default_workers(["CPU (onnxruntime)"], cpus=2) == 1
+    assert default_workers(["CPU (onnxruntime)"], cpus=2) == 2  # where sizing starts; measurement moves it
     assert default_workers(["CPU (onnxruntime)"], cpus=32) == 4
     assert default_workers(["CUDA (onnxruntime-gpu)"], cpus=16) == 16
     assert default_workers(["CUDA (onnxruntime-gpu)"], cpus=2) == 2

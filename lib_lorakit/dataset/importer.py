@@ -8,10 +8,19 @@ Confinement: a folder is walked where it really is (symbolic links resolved), an
 found is checked against the allowed roots again; captions are read only from regular files, never through a link,
 and only up to `MAX_CAPTION_FILE_BYTES`.
 
-Concurrency: each file is read, hashed and decoded into `.lorakit/staging/` without any lock; every few files, under
-the project's lock (threads and processes), the import records are re-read, the staged files that no other import
-has recorded meanwhile are placed, and the records are written back. Two imports of the same folder at once thus
-add each file once.
+Concurrency: each file is read, hashed and decoded into `.lorakit/staging/` without any lock, by a pool of threads
+(one per core and two more; Pillow, hashlib and file I/O release the GIL), and taken back in the order of the
+sources; every few files, under the project's lock (threads and processes), the import records are re-read, the
+staged files that no other import has recorded meanwhile are placed, and the records are written back. Two imports
+of the same folder at once thus add each file once. Commits are spaced so that they take at most a tenth of the
+time however large the records grow.
+
+One read, one decode: the user's file is copied into staging and hashed in the same read; the copy is decoded once
+for orientation, normalisation and the perceptual hash (`images.describe_image`: a JPEG kept as it is is decoded at
+reduced scale, since only the hash needs its pixels). A training copy that equals the original byte for byte is a
+hard link to it (a copy where the file system has no links). Nothing in Train Style writes a training copy in
+place: every edit replaces it through a temporary file and a rename (fsutil), so an edit never reaches the original
+(a test walks the code for writes by name).
 """
 
 from __future__ import annotations
@@ -24,7 +33,9 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Protocol
@@ -33,7 +44,7 @@ from ..errors import LorakitError, PathNotAllowed
 from ..fsutil import (
     atomic_copy,
     atomic_save_image,
-    atomic_write_json,
+    atomic_write_bytes,
     atomic_write_text,
     create_temp,
     pid_alive,
@@ -44,21 +55,22 @@ from ..images import (
     CAPTION_SUFFIXES,
     FORMAT_SUFFIXES,
     ImageProblem,
+    describe_image,
     describe_unsupported,
-    open_training_image,
-    perceptual_hash,
 )
 from ..paths import resolve_inside, safe_file_stem
 from ..project import KIND_FOLDERS, ConceptKind, Project
 from .captions_io import MAX_CAPTION_FILE_BYTES, CaptionTooLong, check_caption_length, decode_caption
 from .duplicates import DuplicateGroup, find_duplicates
-from .index import DatasetIndex, IndexEntry, file_sha256
+from .index import DatasetIndex, IndexEntry, compact_json, file_sha256
 
 IGNORED_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}
 RECORDS_FILE = "imports.json"
 STAGING_DIR = "staging"  # in .lorakit/: files read and decoded, waiting to be placed under the project's lock
 COMMIT_EVERY = 32  # staged files placed and recorded per hold of the lock
 COMMIT_AFTER_S = 2.0  # ... or fewer, when staging them took this long
+COMMIT_SHARE = 0.1  # ... but no sooner than ten times as long as the last one worked (records grow with imports)
+STAGE_AHEAD = 4  # files staged ahead of the one being taken back, per staging thread
 OUTSIDE = "outside the allowed folders"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
@@ -282,20 +294,21 @@ def import_sources(project: Project, sources: Sequence[ImportSource], *, concept
     batch = _Batch(project, target.name, kind, _Records(project))
     report = ImportReport()
     new_entries: list[IndexEntry] = []
-    # 2. each file read and decoded into the staging folder; every few, placed and recorded under the lock
+    # 2. files read and decoded into the staging folder by a pool of threads, taken back in the sources' order;
+    #    every few, placed and recorded under the lock
     try:
-        for i, source in enumerate(sources):
-            if cancel is not None and cancel.is_set():
-                report.cancelled = True
-                break
-            if progress:
-                progress(i, len(sources), source.display)
-            try:
-                batch.add(_stage(batch, source, report))
-            except (OSError, LorakitError) as e:
-                report.skipped.append(Verdict(source.display, _os_reason(e)))
-            if batch.due():
-                new_entries += batch.commit(report)
+        with _StagingPool(batch, sources) as pool:
+            for i, (source, staged) in enumerate(pool):
+                if cancel is not None and cancel.is_set():
+                    report.cancelled = True
+                    staged.discard()
+                    break
+                if progress:
+                    progress(i, len(sources), source.display)
+                staged.merge_into(report)
+                batch.add(staged.staged)
+                if batch.due():
+                    new_entries += batch.commit(report)
         new_entries += batch.commit(report)
     finally:
         batch.discard()
@@ -320,7 +333,7 @@ class _Staged:
     sha: str
     original_tmp: str
     original_name: str  # <hash><suffix of the detected format>
-    copy_tmp: str
+    copy_tmp: str  # the converted training copy; "" when the original itself is kept (linked when placed)
     copy_suffix: str
     copy_sha: str
     width: int
@@ -332,7 +345,83 @@ class _Staged:
 
     def discard(self) -> None:
         for tmp in (self.original_tmp, self.copy_tmp):
-            _unlink_quietly(tmp)
+            if tmp:
+                _unlink_quietly(tmp)
+
+
+@dataclass
+class _StageResult:
+    """What staging one source gave: the staged file (None if it goes no further) and its verdicts, which are
+    added to the import's report in the sources' order."""
+
+    staged: Optional[_Staged]
+    verdicts: ImportReport
+
+    def merge_into(self, report: ImportReport) -> None:
+        report.skipped += self.verdicts.skipped
+        report.already += self.verdicts.already
+        report.warnings += self.verdicts.warnings
+
+    def discard(self) -> None:
+        if self.staged is not None:
+            self.staged.discard()
+
+
+def _stage_one(batch: _Batch, source: ImportSource) -> _StageResult:
+    """Stage one source (in a pool thread): a file that cannot be read becomes a verdict, not an error."""
+    verdicts = ImportReport()
+    try:
+        return _StageResult(_stage(batch, source, verdicts), verdicts)
+    except (OSError, LorakitError) as e:
+        verdicts.skipped.append(Verdict(source.display, _os_reason(e)))
+        return _StageResult(None, verdicts)
+
+
+class _StagingPool:
+    """Stages sources in a pool of threads, a bounded number ahead, and gives them back in the sources' order.
+    Leaving the `with` block (done, cancelled or failed) waits for the threads and discards what was staged but
+    not taken back."""
+
+    def __init__(self, batch: _Batch, sources: Sequence[ImportSource], workers: int | None = None):
+        self.batch, self.sources = batch, sources
+        self.workers = workers or staging_workers()
+        self.pending: deque[tuple[ImportSource, Future]] = deque()
+        self.executor: ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> _StagingPool:
+        self.executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="import-stage")
+        return self
+
+    def __iter__(self) -> Iterator[tuple[ImportSource, _StageResult]]:
+        upcoming = iter(self.sources)
+        while True:
+            while len(self.pending) < STAGE_AHEAD * self.workers:
+                source = next(upcoming, None)
+                if source is None:
+                    break
+                self.pending.append((source, self.executor.submit(_stage_one, self.batch, source)))
+            if not self.pending:
+                return
+            source, future = self.pending.popleft()
+            yield source, future.result()
+
+    def __exit__(self, *exc: object) -> None:
+        for _, future in self.pending:
+            future.cancel()
+        self.executor.shutdown(wait=True)
+        for _, future in self.pending:
+            if not future.cancelled() and future.exception() is None:
+                future.result().discard()
+        self.pending.clear()
+
+
+def staging_workers() -> int:
+    """Threads that stage files: one per core, and two more to decode while others wait for the disk."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return min(32, cpus + 2)
 
 
 def _stage(batch: _Batch, source: ImportSource, report: ImportReport) -> Optional[_Staged]:
@@ -354,32 +443,43 @@ def _stage(batch: _Batch, source: ImportSource, report: ImportReport) -> Optiona
             return None
         # c. decode what was copied; the original is named by the format found in it, not by its name
         settings = batch.settings
-        loaded = open_training_image(Path(original_tmp), max_pixels=settings.max_image_pixels,
-                                     background=settings.background_rgb)
-        if isinstance(loaded, ImageProblem) or loaded.source_format not in FORMAT_SUFFIXES:
-            report.skipped.append(Verdict(source.display, loaded.reason if isinstance(loaded, ImageProblem) else
-                                          f"the content is {loaded.source_format}, not an image format Train "
+        facts = describe_image(Path(original_tmp), max_pixels=settings.max_image_pixels,
+                               background=settings.background_rgb)
+        if isinstance(facts, ImageProblem) or facts.format not in FORMAT_SUFFIXES:
+            report.skipped.append(Verdict(source.display, facts.reason if isinstance(facts, ImageProblem) else
+                                          f"the content is {facts.format}, not an image format Train "
                                           "Style imports"))
             _unlink_quietly(original_tmp)
             return None
-        # d. the training copy, staged too
-        suffix = loaded.keep_bytes_suffix or ".png"
-        copy_tmp = os.path.join(batch.staging, f".import.{os.getpid()}-{secrets.token_hex(8)}{suffix}")
-        if loaded.keep_bytes_suffix:
-            atomic_copy(Path(original_tmp), Path(copy_tmp))
-        else:
-            atomic_save_image(loaded.image, Path(copy_tmp), compress_level=4)
+        # d. the training copy: the original itself when it can be kept byte for byte (a second link to it, made
+        #    when it is placed); else converted, and staged too
+        suffix = facts.keep_bytes_suffix or ".png"
+        if not facts.keep_bytes_suffix:
+            copy_tmp = os.path.join(batch.staging, f".import.{os.getpid()}-{secrets.token_hex(8)}{suffix}")
+            atomic_save_image(facts.image, Path(copy_tmp), compress_level=4)
         caption = _read_caption(source, report)
         return _Staged(source=source, sha=sha, original_tmp=original_tmp,
-                       original_name=f"{sha[:24]}{FORMAT_SUFFIXES[loaded.source_format]}", copy_tmp=copy_tmp,
-                       copy_suffix=suffix, copy_sha=sha if loaded.keep_bytes_suffix else file_sha256(Path(copy_tmp)),
-                       width=loaded.width, height=loaded.height, format=loaded.source_format,
-                       phash=f"{perceptual_hash(loaded.image):016x}", notes=tuple(loaded.notes), caption=caption)
+                       original_name=f"{sha[:24]}{FORMAT_SUFFIXES[facts.format]}", copy_tmp=copy_tmp,
+                       copy_suffix=suffix, copy_sha=sha if facts.keep_bytes_suffix else file_sha256(Path(copy_tmp)),
+                       width=facts.width, height=facts.height, format=facts.format, phash=f"{facts.phash:016x}",
+                       notes=tuple(facts.notes), caption=caption)
     except BaseException:
         _unlink_quietly(original_tmp)
         if copy_tmp:
             _unlink_quietly(copy_tmp)
         raise
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Make the new name `dst` the same file as `src`: a hard link (made at once, and refused if `dst` exists), or
+    a copy where the file system has none (another device, FAT, some network shares). Whoever changes either later
+    must replace it (write elsewhere, rename over it), never write into it: fsutil's atomic writers all do."""
+    try:
+        os.link(src, dst)
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES):
+            raise
+        atomic_copy(src, dst)
 
 
 def _copy_in(staging: str, path: Path) -> tuple[str, str]:
@@ -473,6 +573,8 @@ class _Batch:
         self.folder = project.concept(concept, kind).folder
         self.items: list[_Staged] = []
         self.started = time.monotonic()
+        self.committed = time.monotonic()  # when the last commit ended, and how long it took
+        self.commit_cost = 0.0
 
     def add(self, staged: Optional[_Staged]) -> None:
         if staged is not None:
@@ -481,8 +583,9 @@ class _Batch:
             self.items.append(staged)
 
     def due(self) -> bool:
-        return len(self.items) >= COMMIT_EVERY or (bool(self.items) and
-                                                   time.monotonic() - self.started >= COMMIT_AFTER_S)
+        now = time.monotonic()
+        enough = len(self.items) >= COMMIT_EVERY or (bool(self.items) and now - self.started >= COMMIT_AFTER_S)
+        return enough and now - self.committed >= self.commit_cost / COMMIT_SHARE
 
     def already(self, sha: str, source: ImportSource) -> Optional[ImportedImage]:
         """The copy of this file made by an earlier import, as far as the records read last say (a hint that saves
@@ -501,7 +604,11 @@ class _Batch:
         items, self.items = self.items, []
         try:
             with self.project.lock():
-                return self._place(items, report)
+                began = time.monotonic()
+                try:
+                    return self._place(items, report)
+                finally:
+                    self.commit_cost = time.monotonic() - began  # the work under the lock, not the wait for it
         except (OSError, LorakitError) as e:  # the lock was not had in time, the records are damaged, a full disk
             why = _os_reason(e) if isinstance(e, OSError) else readable_name(str(e))
             report.skipped += [Verdict(s.source.display, why) for s in items]
@@ -509,6 +616,7 @@ class _Batch:
         finally:
             for s in items:
                 s.discard()
+            self.committed = time.monotonic()
 
     def _place(self, items: list[_Staged], report: ImportReport) -> list[IndexEntry]:
         # 1. what the other imports recorded meanwhile, and where the concept is now (its repeats may have changed)
@@ -536,8 +644,11 @@ class _Batch:
         entries = []
         for key, (s, copy) in planned.items():
             try:
-                _place_original(self.project, s)
-                os.replace(s.copy_tmp, copy)
+                original = _place_original(self.project, s)
+                if s.copy_tmp:
+                    os.replace(s.copy_tmp, copy)
+                else:
+                    link_or_copy(original, copy)
                 if s.caption is not None:
                     atomic_write_text(copy.with_suffix(self.settings.caption_extension), s.caption + "\n")
             except OSError as e:
@@ -573,13 +684,14 @@ def _as_imported(s: _Staged, copy: Path, project: Project) -> ImportedImage:
                          height=s.height, notes=s.notes)
 
 
-def _place_original(project: Project, s: _Staged) -> None:
-    """Keep the staged original under originals/ (once per content: an existing copy is never touched)."""
+def _place_original(project: Project, s: _Staged) -> Path:
+    """Keep the staged original under originals/ (once per content: an existing copy is never touched); its path."""
     originals = project.root / "originals"
     originals.mkdir(exist_ok=True)
     final = originals / s.original_name
     if not final.exists():
         os.replace(s.original_tmp, final)
+    return final
 
 
 def _free_stem(taken: set[str], stem: str) -> str:
@@ -646,7 +758,7 @@ class _Records:
 
     def save(self) -> None:
         if self.dirty:
-            atomic_write_json(self.file, self.data)
+            atomic_write_bytes(self.file, compact_json(self.data))
             st = os.stat(self.file)
             self.seen = (st.st_ino, st.st_size, st.st_mtime_ns)
             self.dirty = False
