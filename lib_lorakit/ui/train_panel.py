@@ -26,12 +26,16 @@ from ..train.environment import ProbeCache, cached_report, setup_trainer
 from ..train.queue import TrainQueue, ensure_worker
 from ..train.runner import Runs, RunSnapshot
 from ..train.service import REPO_ROOT, TrainingService, TrainRequest, default_trainer
+from . import fields
 from . import render_train as render
-from .compat import bind, unchanged, uploaded
+from .compat import QUIET, bind, unchanged, uploaded
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int, str], None]
 SETUP_KIND = "trainer-setup"
+FIELDS = tuple(f for _, _, group in _options.SCHEMA.grouped(_options.form_group) for f in group)  # panel order
+FIELDS_PER_ROW = 3
+GUIDE_WORDS = ("seeds/", "docs", "guide")  # a preset reason that cites one of these comes from a guide
 
 
 class TrainPanel:
@@ -53,9 +57,10 @@ class TrainPanel:
             self.refresh_lists = gr.Button("↻", elem_id="train_style_refresh_lists", scale=0, min_width=40)
             self.base_path = gr.Textbox(label="Or the base model's path (a .safetensors file in the models folder "
                                         "or an allowed folder)", elem_id="train_style_base_path")
+        self._settings_fields()
         with gr.Row():
-            self.overrides = gr.Textbox(label="Overrides (one name=value per line, e.g. max_train_epochs=8; any other "
-                                        "sd-scripts argument too, checked by sd-scripts)",
+            self.overrides = gr.Textbox(label="More options (one name=value per line, e.g. max_train_epochs=8; any "
+                                        "other sd-scripts argument too, checked by sd-scripts; wins over the fields)",
                                         lines=3, elem_id="train_style_overrides")
             self.prompts = gr.Textbox(label="Sample prompts (one per line; empty: each concept's name)", lines=3,
                                       elem_id="train_style_prompts")
@@ -136,6 +141,20 @@ class TrainPanel:
             self.setup_job = gr.HTML(render.setup_job_html(None), elem_id="train_style_setup_box")
             self.doctor_report = gr.HTML(elem_id="train_style_doctor")
 
+    def _settings_fields(self) -> None:
+        """The preset's options as fields, grouped (basics open); each says why it matters and where its value
+        came from, and is marked when changed. Filled when the preset changes."""
+        gr.HTML('<p class="ts-note" id="train_style_fields_note">The preset&#39;s settings. Each field says why it '
+                "matters and where its value comes from (preset, guide, default); a field you change is marked ✎ "
+                "and overrides the preset. Changing the preset fills them again.</p>")
+        self.fields: list[gr.components.Component] = []
+        for key, title, group in _options.SCHEMA.grouped(_options.form_group):
+            with gr.Accordion(title, open=key == "basics", elem_id=f"train_style_group_{key}"):
+                for start in range(0, len(group), FIELDS_PER_ROW):
+                    with gr.Row():
+                        for f in group[start:start + FIELDS_PER_ROW]:
+                            self.fields.append(fields.component(f, f.default, elem_id=f"train_style_opt_{f.name}"))
+
     # --- events -----------------------------------------------------------------------------------------------------
     def register(self) -> None:
         # Handlers return at once (a run is a process, setup a job), so they skip gradio's queue like the Dataset
@@ -144,7 +163,10 @@ class TrainPanel:
                    self.prompts, self.without_trigger, self.accept_missing,
                    # multi-GPU: keyword arguments of _request, in their order
                    self.num_processes, self.gpu_ids, self.num_machines, self.machine_rank, self.main_process_ip,
-                   self.main_process_port]
+                   self.main_process_port, *self.fields]
+        bind(self.preset.change, self._fill, [self.preset], self.fields)
+        for f, comp in zip(FIELDS, self.fields, strict=True):
+            bind(comp.input, functools.partial(self._mark, f), [comp, self.preset], [comp], show_progress=QUIET)
         run_views = [self.runs, self.run_box, self.samples, self.queue_box, self.heading, self.stamp]
         bind(self.project.change, self._project_changed, [self.project], [self.plan, self.registered, *run_views])
         self.sync_inputs = [self.stamp, self.plan, self.runs, self.stage1_concepts, self.target_concepts]
@@ -208,7 +230,8 @@ class TrainPanel:
     def _request(self, name: Optional[str], preset: Optional[str], base: Optional[str], base_path: str,
                  overrides: str, output_name: str, prompts: str, without_trigger: bool,
                  accept_missing: bool, num_processes: Any = None, gpu_ids: str = "", num_machines: Any = None,
-                 machine_rank: Any = None, main_process_ip: str = "", main_process_port: Any = None) -> TrainRequest:
+                 machine_rank: Any = None, main_process_ip: str = "", main_process_port: Any = None,
+                 *field_values: Any) -> TrainRequest:
         if not name:
             raise LorakitError("Choose or create a project first (above the panels).")
         if not preset:
@@ -218,7 +241,8 @@ class TrainPanel:
             raise LorakitError("Choose a base model or type its path.")
         lines = [ln.strip() for ln in (overrides or "").splitlines() if ln.strip() and not ln.strip().startswith("#")]
         sample_prompts = tuple(p.strip() for p in (prompts or "").splitlines() if p.strip())
-        overrides, extra = _options.split_set(lines)  # a name that is not an option: an extra sd-scripts argument
+        typed, extra = _options.split_set(lines)  # a name that is not an option: an extra sd-scripts argument
+        overrides = {**self._field_overrides(preset, field_values), **typed}  # the text box wins over the fields
         return TrainRequest(project=name, preset=preset, base_model=model, overrides=overrides, extra_args=extra,
                             output_name=(output_name or "").strip() or None,
                             samples=SampleSettings(prompts=sample_prompts, without_trigger=bool(without_trigger)),
@@ -227,6 +251,39 @@ class TrainPanel:
                                 num_processes=num_processes, gpu_ids=gpu_ids, num_machines=num_machines,
                                 machine_rank=machine_rank, main_process_ip=main_process_ip,
                                 main_process_port=main_process_port or None))  # an empty Number sends 0
+
+    # --- the settings fields -----------------------------------------------------------------------------------------
+    def _preset_settings(self, preset: str) -> tuple[_presets.Preset, _presets.ResolvedSettings]:
+        p = _presets.get_preset(preset, self.studio.host.projects_home() / "presets")
+        return p, _presets.resolve(p)
+
+    def _field_overrides(self, preset: str, values: tuple[Any, ...]) -> dict[str, Any]:
+        """The fields whose value differs from the preset's: the user's overrides (none before the fields)."""
+        if not values:
+            return {}
+        return fields.changed(FIELDS, values, self._preset_settings(preset)[1].values)
+
+    def _fill(self, preset: Optional[str]) -> tuple:
+        """Every field at the preset's value, labelled with where it came from."""
+        if not preset:
+            return unchanged(len(FIELDS))
+        p, settings = self._preset_settings(preset)
+        return tuple(gr.update(value=fields.shown(f, settings.values[f.name]), label=_label(f, p),
+                               info=_info(f, p)) for f in FIELDS)
+
+    def _mark(self, f: Any, raw: Any, preset: Optional[str]) -> Any:
+        """The field's label after the user changed it: ✎ and the preset's value, or back to its origin."""
+        if not preset:
+            return gr.update()
+        p, settings = self._preset_settings(preset)
+        try:
+            value = fields.read(f, raw)
+        except _options.InvalidOption as e:
+            return gr.update(label=f"⚠ {f.title} · not valid: {'; '.join(e.problems)}")
+        if fields.same(value, settings.values[f.name]):
+            return gr.update(label=_label(f, p))
+        was = fields.shown(f, settings.values[f.name])
+        return gr.update(label=f"✎ {f.title} · yours (preset: {'none' if was in ('', None) else was})")
 
     def _check(self, name: Optional[str], *values: Any) -> str:
         req = self._request(name, *values)
@@ -362,6 +419,25 @@ class TrainPanel:
         return render.trainer_html(env, cached_report(env, cache, repo_root=REPO_ROOT))
 
 
+
+
+def _origin(f: Any, p: _presets.Preset) -> str:
+    """Where the preset's value of `f` comes from: a guide it cites, the preset's own rule, or the default."""
+    if f.name not in p.values:
+        return "default"
+    reason = p.values[f.name].reason
+    return "guide" if any(w in reason for w in GUIDE_WORDS) else "preset"
+
+
+def _label(f: Any, p: _presets.Preset) -> str:
+    return f"{f.title} · {_origin(f, p)}"
+
+
+def _info(f: Any, p: _presets.Preset) -> str:
+    """The option's reason, then the preset's reason for its value."""
+    if f.name not in p.values:
+        return f.reason
+    return f"{f.reason} — {p.label}: {p.values[f.name].reason}"
 
 
 def setup_work(studio: Studio, torch_version: str, index_url: Optional[str]) -> Callable[..., dict]:
