@@ -13,7 +13,7 @@ from .train import presets as _presets
 from .train.bundle import export_run, import_bundle
 from .train.config import SampleSettings
 from .train.differential import DifferentialRequest
-from .train.distributed import AccelerateOptions
+from .train.distributed import ACCELERATE_SCHEMA, AccelerateOptions
 from .train.options import parse_set, validate
 from .train.queue import TrainQueue
 from .train.runner import Runs
@@ -33,18 +33,15 @@ class TrainBody(StrictBody):  # an undeclared field is refused by name: a misspe
     accept_missing_captions: bool = False
     dry_run: bool = False
     # multi-GPU / multi-node (train.distributed.AccelerateOptions): processes per machine, this machine's GPUs, …
-    num_processes: int = 1
-    gpu_ids: str = ""
-    num_machines: int = 1
-    machine_rank: int = 0
-    main_process_ip: str = ""
-    main_process_port: Optional[int] = None
+    num_processes: int = ACCELERATE_SCHEMA["num_processes"].default
+    gpu_ids: str = ACCELERATE_SCHEMA["gpu_ids"].default
+    num_machines: int = ACCELERATE_SCHEMA["num_machines"].default
+    machine_rank: int = ACCELERATE_SCHEMA["machine_rank"].default
+    main_process_ip: str = ACCELERATE_SCHEMA["main_process_ip"].default
+    main_process_port: Optional[int] = ACCELERATE_SCHEMA["main_process_port"].default
 
     def accelerate(self) -> AccelerateOptions:
-        return AccelerateOptions.from_values(
-            num_processes=self.num_processes, gpu_ids=self.gpu_ids, num_machines=self.num_machines,
-            machine_rank=self.machine_rank, main_process_ip=self.main_process_ip,
-            main_process_port=self.main_process_port)
+        return AccelerateOptions.from_settings({f.name: getattr(self, f.name) for f in ACCELERATE_SCHEMA.fields})
 
 
 class ExportBody(StrictBody):

@@ -16,7 +16,7 @@ from .train import presets as _presets
 from .train.bundle import export_run, import_bundle
 from .train.config import SampleSettings
 from .train.differential import DifferentialRequest
-from .train.distributed import AccelerateOptions
+from .train.distributed import ACCELERATE_SCHEMA, AccelerateOptions
 from .train.environment import TrainerEnvironment, setup_trainer
 from .train.options import parse_set, split_set
 from .train.queue import TrainQueue
@@ -92,20 +92,11 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
 
 
 def add_accelerate_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("multi-GPU / multi-node (accelerate launch)")
-    g.add_argument("--num-processes", type=int, default=1, help="processes (one per GPU) on each machine")
-    g.add_argument("--gpu-ids", default="", help="this machine's GPUs, e.g. 0,1 (default: all)")
-    g.add_argument("--num-machines", type=int, default=1)
-    g.add_argument("--machine-rank", type=int, default=0, help="this machine's rank (0: the main machine)")
-    g.add_argument("--main-process-ip", default="", help="the main machine's address (more than one machine)")
-    g.add_argument("--main-process-port", type=int, help="its port (accelerate's default: 29500)")
+    ACCELERATE_SCHEMA.add_arguments(p.add_argument_group("multi-GPU / multi-node (accelerate launch)"))
 
 
 def accelerate_options(args: argparse.Namespace) -> AccelerateOptions:
-    return AccelerateOptions.from_values(
-        num_processes=args.num_processes, gpu_ids=args.gpu_ids, num_machines=args.num_machines,
-        machine_rank=args.machine_rank, main_process_ip=args.main_process_ip,
-        main_process_port=args.main_process_port)
+    return AccelerateOptions.from_settings(ACCELERATE_SCHEMA.from_namespace(args, complete=False))
 
 
 def trainer_env(studio: Studio, args: argparse.Namespace) -> TrainerEnvironment:

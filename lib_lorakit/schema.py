@@ -132,7 +132,8 @@ class Field:
 
     def help(self) -> str:
         """The `--help` line: the reason, what is allowed and the default."""
-        default = "none" if self.default is None else str(self.default).lower() if self.type is bool else self.default
+        default = ("none" if self.default is None else "empty" if self.default == "" else
+                   str(self.default).lower() if self.type is bool else self.default)
         return f"{self.reason} ({self.expected}; default {default})".replace("%", "%%")
 
     def describe(self) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from lib_lorakit import api
 from lib_lorakit.captions.audit import AUDIT_SCHEMA, AuditSettings
+from lib_lorakit.errors import LorakitError
 from lib_lorakit.host import StandaloneHost
 from lib_lorakit.schema import InvalidSettings
 from lib_lorakit.train import options
@@ -81,6 +82,12 @@ def test_toml_table_leaves_out_none_and_uses_toml_keys():
     assert table == {"batch_size": 2}
 
 
-def test_multi_gpu_settings_are_declared_and_checked_there():
-    with pytest.raises(Exception, match="num_processes"):
-        AccelerateOptions.from_values(num_processes=0)
+def test_multi_gpu_flags_come_from_the_declaration_and_are_checked_by_it():
+    out = " ".join(_cli("train", "--help").stdout.split())
+    assert "--num-processes N One training process per GPU" in out
+    assert "--main-process-port N The main machine's port" in out
+    r = _cli("train", "demo", "--preset", "style-sd15-lora", "--base-model", "x.safetensors", "--num-processes", "65")
+    assert r.returncode == 2 and "num_processes: expected an integer from 1 to 64, got 65" in r.stderr
+    with pytest.raises(LorakitError, match="Multi-GPU settings: main_process_port: expected an integer from 1"):
+        AccelerateOptions.from_settings({"main_process_port": 0})
+    assert AccelerateOptions.from_settings({"num_processes": 2}) == AccelerateOptions(num_processes=2)

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from ..errors import LorakitError
+from ..schema import Field, InvalidSettings, Schema
 
 MAX_PROCESSES = 64
 MAX_MACHINES = 1024
@@ -26,16 +27,36 @@ _HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-
                    r"[A-Za-z0-9])?\.?$|^\[?[0-9A-Fa-f:.]+\]?$")
 
 
+ACCELERATE_SCHEMA = Schema(noun="multi-GPU setting", groups=(("multi_gpu", "Multi-GPU"),), fields=(
+    Field(name="num_processes", type=int, default=1, minimum=1, maximum=MAX_PROCESSES, group="multi_gpu",
+          label="GPUs (processes) per machine",
+          reason="One training process per GPU on each machine; each trains its own batches, so steps per epoch "
+                 "drop."),
+    Field(name="gpu_ids", type=str, default="", group="multi_gpu", label="GPU ids (e.g. 0,1; empty: all)",
+          reason="This machine's GPUs to use, as many as processes; empty or 'all' uses every visible GPU."),
+    Field(name="num_machines", type=int, default=1, minimum=1, maximum=MAX_MACHINES, group="multi_gpu",
+          label="Machines", reason="Machines training together; each runs the same command with its own rank."),
+    Field(name="machine_rank", type=int, default=0, minimum=0, maximum=MAX_MACHINES - 1, group="multi_gpu",
+          label="This machine's rank (0: the main one)",
+          reason="This machine's number among the machines, from 0; the main machine is 0."),
+    Field(name="main_process_ip", type=str, default="", group="multi_gpu", label="Main machine's address",
+          reason="Host name or IP address of the main machine (rank 0), reachable from every machine; needed "
+                 "with more than one machine."),
+    Field(name="main_process_port", type=int, default=None, minimum=1, maximum=65535, group="multi_gpu",
+          label="Port (empty: accelerate's 29500)", reason="The main machine's port for the processes to meet on."),
+))
+
+
 @dataclass(frozen=True)
 class AccelerateOptions:
     """How many processes on how many machines; the defaults are one process on this machine."""
 
-    num_processes: int = 1  # processes (one per GPU) on each machine
-    gpu_ids: str = ""  # this machine's GPUs, "0,1"; "" or "all": every visible GPU
-    num_machines: int = 1
-    machine_rank: int = 0  # this machine's rank: 0 is the main machine
-    main_process_ip: str = ""  # the main machine's address; required with more than one machine
-    main_process_port: Optional[int] = None  # accelerate's default is 29500
+    num_processes: int = ACCELERATE_SCHEMA["num_processes"].default  # processes (one per GPU) on each machine
+    gpu_ids: str = ACCELERATE_SCHEMA["gpu_ids"].default  # this machine's GPUs, "0,1"; "" or "all": every GPU
+    num_machines: int = ACCELERATE_SCHEMA["num_machines"].default
+    machine_rank: int = ACCELERATE_SCHEMA["machine_rank"].default  # this machine's rank: 0 is the main machine
+    main_process_ip: str = ACCELERATE_SCHEMA["main_process_ip"].default  # required with more than one machine
+    main_process_port: Optional[int] = ACCELERATE_SCHEMA["main_process_port"].default  # None: accelerate's 29500
 
     @property
     def total_processes(self) -> int:
@@ -75,6 +96,14 @@ class AccelerateOptions:
             raise LorakitError(f"Unknown multi-GPU option(s): {', '.join(unknown)}. Known: "
                                f"{', '.join(cls.__dataclass_fields__)}.")
         return cls.from_values(**data)
+
+    @classmethod
+    def from_settings(cls, values: Mapping[str, Any]) -> AccelerateOptions:
+        """Options from values typed by ACCELERATE_SCHEMA (command-line flags, form fields), validated."""
+        try:
+            return cls(**ACCELERATE_SCHEMA.from_dict(values)).validated()
+        except InvalidSettings as e:
+            raise LorakitError("Multi-GPU settings: " + "; ".join(e.problems)) from None
 
     def problems(self) -> list[str]:
         """Every reason accelerate would refuse these options or the training would hang, as sentences."""

@@ -21,7 +21,7 @@ from ..train import options as _options
 from ..train import presets as _presets
 from ..train.bundle import export_run, import_bundle
 from ..train.config import SampleSettings
-from ..train.distributed import AccelerateOptions
+from ..train.distributed import ACCELERATE_SCHEMA, AccelerateOptions
 from ..train.environment import ProbeCache, cached_report, setup_trainer
 from ..train.queue import TrainQueue, ensure_worker
 from ..train.runner import Runs, RunSnapshot
@@ -73,17 +73,8 @@ class TrainPanel:
                                               elem_id="train_style_accept_missing")
         with gr.Accordion("Multi-GPU", open=False, elem_id="train_style_multi_gpu"):
             with gr.Row():
-                self.num_processes = gr.Number(label="GPUs (processes) per machine", value=1, precision=0,
-                                               elem_id="train_style_num_processes")
-                self.gpu_ids = gr.Textbox(label="GPU ids (e.g. 0,1; empty: all)", elem_id="train_style_gpu_ids")
-                self.num_machines = gr.Number(label="Machines", value=1, precision=0,
-                                              elem_id="train_style_num_machines")
-                self.machine_rank = gr.Number(label="This machine's rank (0: the main one)", value=0, precision=0,
-                                              elem_id="train_style_machine_rank")
-                self.main_process_ip = gr.Textbox(label="Main machine's address",
-                                                  elem_id="train_style_main_process_ip")
-                self.main_process_port = gr.Number(label="Port (0: accelerate's 29500)", value=0, precision=0,
-                                                   elem_id="train_style_main_process_port")
+                self.gpu_fields = [fields.component(f, f.default, elem_id=f"train_style_{f.name}")
+                                   for f in ACCELERATE_SCHEMA.fields]
         with gr.Row():
             self.check = gr.Button("Check", elem_id="train_style_check")
             self.train = gr.Button("Train", elem_id="train_style_train", variant="primary")
@@ -161,9 +152,7 @@ class TrainPanel:
         # panel's.
         request = [self.project, self.preset, self.base, self.base_path, self.overrides, self.output_name,
                    self.prompts, self.without_trigger, self.accept_missing,
-                   # multi-GPU: keyword arguments of _request, in their order
-                   self.num_processes, self.gpu_ids, self.num_machines, self.machine_rank, self.main_process_ip,
-                   self.main_process_port, *self.fields]
+                   *self.gpu_fields, *self.fields]  # ACCELERATE_SCHEMA's fields, then the options' (FIELDS)
         bind(self.preset.change, self._fill, [self.preset], self.fields)
         for f, comp in zip(FIELDS, self.fields, strict=True):
             bind(comp.input, functools.partial(self._mark, f), [comp, self.preset], [comp], show_progress=QUIET)
@@ -229,9 +218,8 @@ class TrainPanel:
 
     def _request(self, name: Optional[str], preset: Optional[str], base: Optional[str], base_path: str,
                  overrides: str, output_name: str, prompts: str, without_trigger: bool,
-                 accept_missing: bool, num_processes: Any = None, gpu_ids: str = "", num_machines: Any = None,
-                 machine_rank: Any = None, main_process_ip: str = "", main_process_port: Any = None,
-                 *field_values: Any) -> TrainRequest:
+                 accept_missing: bool, *field_values: Any) -> TrainRequest:
+        """The request from the panel's values; `field_values`: the multi-GPU fields, then the options' fields."""
         if not name:
             raise LorakitError("Choose or create a project first (above the panels).")
         if not preset:
@@ -242,15 +230,14 @@ class TrainPanel:
         lines = [ln.strip() for ln in (overrides or "").splitlines() if ln.strip() and not ln.strip().startswith("#")]
         sample_prompts = tuple(p.strip() for p in (prompts or "").splitlines() if p.strip())
         typed, extra = _options.split_set(lines)  # a name that is not an option: an extra sd-scripts argument
-        overrides = {**self._field_overrides(preset, field_values), **typed}  # the text box wins over the fields
+        gpu_count = len(ACCELERATE_SCHEMA.fields)
+        gpu = fields.read_all(ACCELERATE_SCHEMA.fields, field_values[:gpu_count]) if field_values else {}
+        overrides = {**self._field_overrides(preset, field_values[gpu_count:]), **typed}  # the text box wins
         return TrainRequest(project=name, preset=preset, base_model=model, overrides=overrides, extra_args=extra,
                             output_name=(output_name or "").strip() or None,
                             samples=SampleSettings(prompts=sample_prompts, without_trigger=bool(without_trigger)),
                             accept_missing_captions=bool(accept_missing),
-                            accelerate=AccelerateOptions.from_values(
-                                num_processes=num_processes, gpu_ids=gpu_ids, num_machines=num_machines,
-                                machine_rank=machine_rank, main_process_ip=main_process_ip,
-                                main_process_port=main_process_port or None))  # an empty Number sends 0
+                            accelerate=AccelerateOptions.from_settings(gpu))
 
     # --- the settings fields -----------------------------------------------------------------------------------------
     def _preset_settings(self, preset: str) -> tuple[_presets.Preset, _presets.ResolvedSettings]:
