@@ -47,10 +47,11 @@ OUTCOMES_AHEAD = 128  # batches of outcomes the model may run ahead of a slow `o
 # Decoder sizing (see DecoderSizing)
 WINDOW_S = 0.3  # a measurement window lasts at least this long ...
 WINDOW_BATCHES = 2  # ... and holds at least this many batches
+SETTLE = 2  # windows at one count make one measurement
 STARVED = 0.05  # the model waited for images more than this share of a window: the feed is the limit
 GAIN = 0.05  # a decoder more is kept when the throughput rose by at least this share
 LOSS = 0.03  # a decoder fewer is kept when the throughput fell by at most this share
-MAX_REST = 32  # windows between two tries of a change that did not pay, at most (doubling from 1)
+MAX_REST = 64  # windows between two tries of a change that did not pay: 4, 8, 16 … this many
 
 
 @dataclass(frozen=True)
@@ -135,12 +136,13 @@ class FeedWindow:
 class DecoderSizing:
     """How many decoders to run, found by trying: pure logic, fed one `FeedWindow` at a time.
 
-    While the model waits for images (more than `STARVED` of a window) it tries more decoders, and keeps them if
+    A measurement is the mean of `SETTLE` windows at one count (one window alone is too noisy on a busy machine).
+    While the model waits for images (more than `STARVED` of the time) it tries more decoders, and keeps them if
     the throughput rises by `GAIN`; otherwise (the model is the limit, or more decoders did not pay) it tries
-    fewer, and keeps that if the throughput falls by less than `LOSS`, since idle decoders only take cores and
-    memory from the model. A change that did not pay is undone and not tried again for 1, 2, 4 … `MAX_REST`
-    windows, so the count follows a machine whose load changes without costing much when it does not. The first
-    window (queues filling, the model warming up) is not a measurement.
+    fewer, and keeps that if the model is still fed or the throughput falls by less than `LOSS`, since idle
+    decoders only take cores, cache and memory from the model. A change that did not pay is undone and not tried
+    again for 4, 8, 16 … `MAX_REST` windows, so the count follows a machine whose load changes without costing
+    much when it does not. The first window (queues filling, the model warming up) is not a measurement.
     """
 
     def __init__(self, start: int, *, most: int, least: int = 1):
@@ -148,9 +150,10 @@ class DecoderSizing:
             raise ValueError(f"expected 1 <= least <= most, got least={least!r}, most={most!r}")
         self.least, self.most = least, most
         self.count = min(most, max(least, start))
+        self._seen: list[FeedWindow] = []  # windows at the current count, not yet used up
         self._trial: tuple[int, float] | None = None  # (count before the change being judged, its rate)
         self._rest = {+1: 0, -1: 0}  # windows before that direction may be tried again
-        self._patience = {+1: 1, -1: 1}
+        self._patience = {+1: 2 * SETTLE, -1: 2 * SETTLE}
         self._warm = False
 
     def observe(self, window: FeedWindow) -> int:
@@ -158,28 +161,38 @@ class DecoderSizing:
         if not self._warm:
             self._warm = True
             return self.count
-        if self._trial is not None:
-            self._judge(window)
+        if self._trial is None:
+            for direction in self._rest:
+                self._rest[direction] = max(0, self._rest[direction] - 1)
+        self._seen.append(window)
+        if len(self._seen) < SETTLE:
             return self.count
-        for direction in self._rest:
-            self._rest[direction] = max(0, self._rest[direction] - 1)
-        starved = window.waiting > STARVED * window.seconds
+        seen, self._seen = self._seen, self._seen[1:]  # sliding: the newer windows count again next time
+        seconds = sum(w.seconds for w in seen)
+        rate = sum(w.images for w in seen) / seconds if seconds > 0 else 0.0
+        starved = sum(w.waiting for w in seen) > STARVED * seconds
+        if self._trial is not None:
+            self._judge(rate, starved)
+            return self.count
         for direction in ((+1, -1) if starved else (-1,)):
             target = self.count + direction * max(1, self.count // 4)
             if self.least <= target <= self.most and not self._rest[direction]:
-                self._trial, self.count = (self.count, window.rate), target
+                self._trial, self.count, self._seen = (self.count, rate), target, []
                 break
         return self.count
 
-    def _judge(self, window: FeedWindow) -> None:
-        before, rate = self._trial
+    def _judge(self, rate: float, starved: bool) -> None:
+        before, before_rate = self._trial
         self._trial = None
         direction = +1 if self.count > before else -1
-        kept = window.rate >= rate * (1 + GAIN) if direction > 0 else window.rate >= rate * (1 - LOSS)
+        if direction > 0:
+            kept = rate >= before_rate * (1 + GAIN)
+        else:  # fewer decoders that still keep the model fed are kept whatever the noise in the rate
+            kept = not starved or rate >= before_rate * (1 - LOSS)
         if kept:
-            self._patience[direction] = 1
+            self._patience[direction] = 2 * SETTLE
             return
-        self.count = before
+        self.count, self._seen = before, []
         self._rest[direction] = self._patience[direction]
         self._patience[direction] = min(MAX_REST, 2 * self._patience[direction])
 
@@ -432,7 +445,8 @@ class _Run:
     def _predict(self, prepared: list[_Prepared]) -> None:
         found: list[dict[str, ImageTags]] = [{} for _ in prepared]
         for key, tagger in self.taggers.items():
-            stacked = np.stack([p.inputs[key] for p in prepared])
+            inputs = [p.inputs[key] for p in prepared]
+            stacked = np.stack(inputs) if len(inputs) > 1 else inputs[0][None]  # one image: a view, no copy
             for start in range(0, len(prepared), self.limits[key]):
                 if self.stop.is_set():
                     return
