@@ -8,7 +8,7 @@ from typing import Any
 
 from .captions.audit import AUDIT_SCHEMA
 from .captions.ops import CaptionOp
-from .captions.service import TAGGER_CHOICES, TagRequest
+from .captions.service import TAG_SCHEMA, TagRequest
 from .errors import LorakitError
 from .studio import Studio
 from .taggers.models import DEFAULT_WD14, KNOWN_WD14
@@ -20,22 +20,17 @@ OPS = ("trigger", "prune", "add", "remove", "replace", "rename", "reorder", "ded
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     tag = sub.add_parser("tag", parents=[common], help="caption a project's images with WD14, CLIP or both")
     tag.add_argument("project")
-    tag.add_argument("--tagger", choices=TAGGER_CHOICES, default="wd14")
+    TAG_SCHEMA.add_arguments(tag, names=("tagger",))
     tag.add_argument("--model", default="", metavar="NAME_OR_DIR",
                      help=f"WD14 model: one of {', '.join(KNOWN_WD14)} (default {DEFAULT_WD14}), or a folder "
                           "holding model.onnx and selected_tags.csv")
-    tag.add_argument("--general-threshold", type=float, default=0.35)
-    tag.add_argument("--character-threshold", type=float, default=0.85)
-    tag.add_argument("--include-rating", action="store_true", help="write the rating tag last")
+    TAG_SCHEMA.add_arguments(tag, names=("general_threshold", "character_threshold"))
+    tag.add_argument("--include-rating", action="store_true", help=_reason("include_rating"))
     tag.add_argument("--exclude", action="append", default=[], metavar="TAG", help="never write this tag")
     tag.add_argument("--keep-underscores", action="store_true", help="write long_hair, not long hair")
-    tag.add_argument("--escape-parentheses", action="store_true", help="write \\( \\) for the webui's prompts")
-    tag.add_argument("--clip-model", default="ViT-L-14")
-    tag.add_argument("--clip-pretrained", default="openai", help="open_clip weights tag, or a checkpoint file")
-    tag.add_argument("--clip-top-k", type=int, default=1, help="terms kept per vocabulary category")
-    tag.add_argument("--batch", type=int, default=0, help="images per model call (0: what suits the device)")
-    tag.add_argument("--concept", default="", help="only this concept's images")
-    tag.add_argument("--overwrite", action="store_true", help="tag images that already have a caption too")
+    tag.add_argument("--escape-parentheses", action="store_true", help=_reason("escape_parentheses"))
+    TAG_SCHEMA.add_arguments(tag, names=("clip_model", "clip_pretrained", "clip_top_k", "batch", "concept"))
+    tag.add_argument("--overwrite", action="store_true", help=_reason("overwrite"))
 
     cap = sub.add_parser("caption", parents=[common], help="caption operations, edits, undo and redo")
     cap.add_argument("project")
@@ -57,6 +52,10 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     check = sub.add_parser("check", parents=[common], help="the caption audit")
     check.add_argument("project")
     AUDIT_SCHEMA.add_arguments(check, names=("dominant_threshold", "low_variety_threshold", "max_tokens"))
+
+
+def _reason(name: str) -> str:
+    return TAG_SCHEMA[name].reason.replace("%", "%%")
 
 
 def _scope(p: argparse.ArgumentParser, images: bool = True) -> None:

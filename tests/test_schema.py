@@ -91,3 +91,21 @@ def test_multi_gpu_flags_come_from_the_declaration_and_are_checked_by_it():
     with pytest.raises(LorakitError, match="Multi-GPU settings: main_process_port: expected an integer from 1"):
         AccelerateOptions.from_settings({"main_process_port": 0})
     assert AccelerateOptions.from_settings({"num_processes": 2}) == AccelerateOptions(num_processes=2)
+
+
+def test_tagging_defaults_are_declared_once_and_reach_the_cli():
+    from lib_lorakit.captions.service import TAG_SCHEMA, TagRequest
+    from lib_lorakit.taggers.clip import ClipOptions
+    from lib_lorakit.taggers.wd14 import WD14Options
+
+    req, wd14, clip = TagRequest(), WD14Options(), ClipOptions()
+    assert req.general_threshold == wd14.general_threshold == TAG_SCHEMA["general_threshold"].default == 0.35
+    assert req.character_threshold == wd14.character_threshold == TAG_SCHEMA["character_threshold"].default
+    assert req.clip_model == clip.model and req.clip_top_k == clip.top_k == TAG_SCHEMA["clip_top_k"].default
+    out = " ".join(_cli("tag", "--help").stdout.split())
+    assert "--general-threshold X A general tag is written when the model is at least this sure" in out
+    assert "default 0.35" in out
+    r = _cli("tag", "demo", "--batch", "300")
+    assert r.returncode == 2 and "batch: expected an integer from 0 to 256, got 300" in r.stderr
+    with pytest.raises(LorakitError, match="clip_top_k: expected an integer from 1 to 100, got 0"):
+        TagRequest.from_dict({"clip_top_k": 0})

@@ -15,8 +15,11 @@ from ..host import Host
 from ..jobs import JobState, ProgressFn, job_manager
 from ..paths import resolve_inside
 from ..project import Project, Workspace
+from ..schema import Field, Schema
 from ..taggers.base import Tagger
+from ..taggers.clip import CLIP_FIELDS
 from ..taggers.combine import combined_caption
+from ..taggers.wd14 import WD14_FIELDS
 from .audit import AuditReport, Finding, audit, ensure_categories_file
 from .ops import (
     CaptionDiff,
@@ -42,24 +45,45 @@ TAGGER_CHOICES = ("wd14", "clip", "both", "deepbooru", "webui-clip")
 FLUSH_EVERY = 32  # captions written (and added to the run's undo step) every this many images
 
 
+# The tagging settings, declared once: the request's own, then the WD14 and CLIP taggers' (their defaults and
+# reasons live with the taggers). The CLI's flags, the API's validation and the Captions panel's fields use it.
+TAG_SCHEMA = Schema(noun="tagging option", groups=(("tag", "Tagging"), ("wd14", "WD14"), ("clip", "CLIP")), fields=(
+    Field(name="tagger", type=str, default="wd14", choices=TAGGER_CHOICES, group="tag", label="Tagger",
+          reason="WD14 writes booru tags; CLIP picks terms from the vocabularies; both writes the two; deepbooru and "
+                 "webui-clip are the webui's interrogators."),
+    Field(name="model", type=str, default="", group="tag", label="WD14 model",
+          reason="A known WD14 model name, or a folder holding model.onnx and selected_tags.csv; empty: the "
+                 "default model."),
+    *WD14_FIELDS,
+    *CLIP_FIELDS,
+    Field(name="batch", type=int, default=0, minimum=0, maximum=256, group="tag", label="Batch (0: automatic)",
+          reason="Images per model call; 0 picks what suits the device (8 on a GPU, 1 on a CPU)."),
+    Field(name="overwrite", type=bool, default=False, group="tag", label="Overwrite existing captions",
+          reason="Tags images that already have a caption too (undo restores them)."),
+    Field(name="concept", type=str, default="", group="tag", label="Concept",
+          reason="Only this concept's images; empty: the whole project."),
+))
+_TAG = TAG_SCHEMA.defaults()
+
+
 @dataclass(frozen=True)
 class TagRequest:
     """What to tag a project with. The field list is the schema the CLI, the API and the tab fill in."""
 
-    tagger: str = "wd14"
-    model: str = ""  # WD14: a known model name or a folder holding model.onnx + selected_tags.csv
-    general_threshold: float = 0.35
-    character_threshold: float = 0.85
-    include_rating: bool = False
+    tagger: str = _TAG["tagger"]
+    model: str = _TAG["model"]  # WD14: a known model name or a folder holding model.onnx + selected_tags.csv
+    general_threshold: float = _TAG["general_threshold"]
+    character_threshold: float = _TAG["character_threshold"]
+    include_rating: bool = _TAG["include_rating"]
     exclude: tuple[str, ...] = ()
-    underscores_to_spaces: bool = True
-    escape_parentheses: bool = False
-    clip_model: str = "ViT-L-14"
-    clip_pretrained: str = "openai"
-    clip_top_k: int = 1
-    batch: int = 0  # 0: what suits the device (8 on a GPU; 1 on a CPU, where batching gains nothing)
-    overwrite: bool = False
-    concept: str = ""
+    underscores_to_spaces: bool = _TAG["underscores_to_spaces"]
+    escape_parentheses: bool = _TAG["escape_parentheses"]
+    clip_model: str = _TAG["clip_model"]
+    clip_pretrained: str = _TAG["clip_pretrained"]
+    clip_top_k: int = _TAG["clip_top_k"]
+    batch: int = _TAG["batch"]  # 0: what suits the device (8 on a GPU; 1 on a CPU, where batching gains nothing)
+    overwrite: bool = _TAG["overwrite"]
+    concept: str = _TAG["concept"]
     images: tuple[str, ...] = ()  # project-relative image paths; empty: every image of the concept or project
 
     @classmethod
@@ -92,15 +116,7 @@ class TagRequest:
     def validate(self) -> None:
         """The request's own fields here; the taggers' options by the taggers' own validation (one set of rules
         and messages), so a bad threshold is refused before any job starts."""
-        if self.tagger not in TAGGER_CHOICES:
-            raise LorakitError(f"tagger: expected one of {', '.join(TAGGER_CHOICES)}, got {shown(self.tagger)}")
-        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or not 0 <= self.batch <= 256:
-            raise LorakitError(f"batch: expected an integer from 0 (automatic) to 256, got {shown(self.batch)}")
-        for key in ("model", "clip_model", "clip_pretrained", "concept"):
-            if not isinstance(getattr(self, key), str):
-                raise LorakitError(f"{key}: expected a string, got {shown(getattr(self, key))}")
-        if not isinstance(self.overwrite, bool):
-            raise LorakitError(f"overwrite: expected true or false, got {shown(self.overwrite)}")
+        TAG_SCHEMA.validate({f.name: getattr(self, f.name) for f in TAG_SCHEMA.fields})
         self.wd14_options()
         self.clip_options(model=self.clip_model, pretrained=self.clip_pretrained)
 

@@ -32,6 +32,7 @@ from ..captions.tags import dedupe, split_tags
 from ..dataset.captions_io import decode_caption
 from ..errors import LorakitError, NotFound
 from ..fsutil import atomic_copy, atomic_write_bytes
+from ..schema import Field
 from .base import ImageTags, TagScore
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,18 @@ def _read_terms(path: Path) -> tuple[str, ...]:
 
 # --- options -----------------------------------------------------------------------------------------------------
 
+# declared once for the CLI, the API and the Captions panel (captions/service.py TAG_SCHEMA, `clip_` + the name)
+CLIP_FIELDS: tuple[Field, ...] = (
+    Field(name="clip_model", type=str, default="ViT-L-14", group="clip", label="CLIP model",
+          reason="An open_clip model name, or the path of an open_clip model config (<name>.json)."),
+    Field(name="clip_pretrained", type=str, default="openai", group="clip", label="CLIP weights",
+          reason="An open_clip weights tag (openai, laion2b_s32b_b82k, …) or the path of a checkpoint file."),
+    Field(name="clip_top_k", type=int, default=1, minimum=1, maximum=100, group="clip", label="Terms per category",
+          reason="Terms kept per vocabulary category, best first."),
+)
+_CLIP = {f.name: f.default for f in CLIP_FIELDS}
+
+
 @dataclass(frozen=True)
 class ClipOptions:
     """What the CLIP tagger runs and how many terms it keeps.
@@ -141,10 +154,10 @@ class ClipOptions:
     is at least `min_score`.
     """
 
-    model: str = "ViT-L-14"
-    pretrained: str = "openai"
+    model: str = _CLIP["clip_model"]
+    pretrained: str = _CLIP["clip_pretrained"]
     categories: Optional[tuple[str, ...]] = None
-    top_k: int = 1
+    top_k: int = _CLIP["clip_top_k"]
     min_score: float = 0.0
     prompt: str = DEFAULT_PROMPT
 

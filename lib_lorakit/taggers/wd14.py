@@ -21,6 +21,7 @@ from PIL import Image
 
 from ..captions.tags import escape_parentheses, tag_key
 from ..errors import LorakitError
+from ..schema import Field
 from .base import ImageTags, TagScore
 
 log = logging.getLogger(__name__)
@@ -91,16 +92,35 @@ def caption_name(raw: str, *, underscores_to_spaces: bool, escape: bool) -> str:
 
 # --- options ------------------------------------------------------------------------------------------------------
 
+# declared once for the CLI, the API and the Captions panel (captions/service.py TAG_SCHEMA)
+WD14_FIELDS: tuple[Field, ...] = (
+    Field(name="general_threshold", type=float, default=0.35, minimum=0.01, maximum=1, group="wd14",
+          label="General threshold",
+          reason="A general tag is written when the model is at least this sure; lower writes more tags."),
+    Field(name="character_threshold", type=float, default=0.85, minimum=0.01, maximum=1, group="wd14",
+          label="Character threshold",
+          reason="A character's name is written when the model is at least this sure."),
+    Field(name="include_rating", type=bool, default=False, group="wd14", label="Write the rating tag",
+          reason="Writes the most likely of general/sensitive/questionable/explicit last."),
+    Field(name="underscores_to_spaces", type=bool, default=True, group="wd14", label="Underscores to spaces",
+          reason="Writes long hair, not long_hair, as prompts are usually typed."),
+    Field(name="escape_parentheses", type=bool, default=False, group="wd14",
+          label="Escape ( ) for the webui's prompts",
+          reason="Writes \\( and \\), so the webui reads brackets in tags literally."),
+)
+_WD14 = {f.name: f.default for f in WD14_FIELDS}
+
+
 @dataclass(frozen=True)
 class WD14Options:
     """How scores become a caption. Thresholds are probabilities: a tag is kept at or above its threshold."""
 
-    general_threshold: float = 0.35
-    character_threshold: float = 0.85
-    include_rating: bool = False  # the most likely of general/sensitive/questionable/explicit, written last
+    general_threshold: float = _WD14["general_threshold"]
+    character_threshold: float = _WD14["character_threshold"]
+    include_rating: bool = _WD14["include_rating"]  # the most likely of general/…/explicit, written last
     exclude: tuple[str, ...] = ()  # tags never written, compared as captions compare tags (case, _ and \\( ignored)
-    underscores_to_spaces: bool = True
-    escape_parentheses: bool = False  # `\\(` and `\\)`, so the webui reads brackets literally
+    underscores_to_spaces: bool = _WD14["underscores_to_spaces"]
+    escape_parentheses: bool = _WD14["escape_parentheses"]  # `\\(` and `\\)`: the webui reads brackets literally
 
     def __post_init__(self) -> None:
         for key in ("general_threshold", "character_threshold"):

@@ -12,7 +12,7 @@ import gradio as gr
 from .. import next_step
 from ..captions.audit import AuditReport, Finding
 from ..captions.ops import CaptionOp, filter_records, frequency
-from ..captions.service import TagReport, TagRequest, fix_finding
+from ..captions.service import TAG_SCHEMA, TagReport, TagRequest, fix_finding
 from ..captions.tags import split_tags
 from ..dataset.index import DatasetIndex
 from ..dataset.thumbs import thumbnail
@@ -20,7 +20,7 @@ from ..errors import LorakitError
 from ..jobs import JobState
 from ..studio import Studio
 from ..taggers.models import DEFAULT_WD14
-from . import render
+from . import fields, render
 from . import render_captions as rc
 from .compat import SHOW_PROGRESS, bind, unchanged
 
@@ -48,22 +48,20 @@ class CaptionsPanel:
                                          allow_custom_value=True,
                                          label="WD14 model (a name, or a folder with model.onnx + selected_tags.csv)",
                                          elem_id="train_style_wd14_model")
-                self.clip_model = gr.Textbox("ViT-L-14", label="CLIP model", elem_id="train_style_clip_model")
-                self.clip_weights = gr.Textbox("openai", label="CLIP weights (a tag or a file)",
-                                               elem_id="train_style_clip_weights")
+                self.clip_model = _field("clip_model", "train_style_clip_model")
+                self.clip_weights = _field("clip_pretrained", "train_style_clip_weights",
+                                           label="CLIP weights (a tag or a file)")
             with gr.Row():
-                self.general = gr.Slider(0.05, 1, value=0.35, step=0.01, label="General threshold",
-                                         elem_id="train_style_general_threshold")
-                self.character = gr.Slider(0.05, 1, value=0.85, step=0.01, label="Character threshold",
-                                           elem_id="train_style_character_threshold")
+                self.general = _slider("general_threshold", "train_style_general_threshold")
+                self.character = _slider("character_threshold", "train_style_character_threshold")
                 self.exclude = gr.Textbox(label="Never write these tags (comma-separated)",
                                           elem_id="train_style_exclude")
-                self.batch = gr.Number(0, precision=0, label="Batch (0: automatic)", elem_id="train_style_tag_batch")
+                self.batch = _field("batch", "train_style_tag_batch")
             with gr.Row():
-                self.rating = gr.Checkbox(label="Rating tag", elem_id="train_style_rating")
-                self.escape = gr.Checkbox(label="Escape ( ) for the webui's prompts", elem_id="train_style_escape")
-                self.overwrite = gr.Checkbox(label="Tag images that already have captions (overwrite)",
-                                             elem_id="train_style_overwrite")
+                self.rating = _field("include_rating", "train_style_rating", label="Rating tag")
+                self.escape = _field("escape_parentheses", "train_style_escape")
+                self.overwrite = _field("overwrite", "train_style_overwrite",
+                                        label="Tag images that already have captions (overwrite)")
                 self.tag = gr.Button("Tag images", variant="primary", elem_id="train_style_tag")
                 self.cancel_tag = gr.Button("Cancel tagging", elem_id="train_style_cancel_tag", scale=0)
             with gr.Row():
@@ -315,3 +313,14 @@ class CaptionsPanel:
             raise LorakitError("Click an image in the gallery first.")
         step = self.studio.captions.edit(self._need(filters[0]), image, text or "")
         return (rc.step_html(step, "Saved"), *self._views(*filters))
+
+
+def _field(name: str, elem_id: str, *, label: str | None = None) -> gr.components.Component:
+    """A tagging setting's field, from its declaration (TAG_SCHEMA): default, type and reason."""
+    f = TAG_SCHEMA[name]
+    return fields.component(f, f.default, elem_id=elem_id, label=label)
+
+
+def _slider(name: str, elem_id: str) -> gr.Slider:
+    f = TAG_SCHEMA[name]
+    return gr.Slider(0.05, f.maximum, value=f.default, step=0.01, label=f.title, info=f.reason, elem_id=elem_id)
