@@ -31,6 +31,39 @@ class Checkpoint:
     problem: str = ""  # why `arch` is "Unknown" (a damaged header, a pickle), when it is
 
 
+@dataclass(frozen=True)
+class MemoryUse:
+    """A process's memory at one moment, in bytes; None where it cannot be measured (no CUDA, no /proc)."""
+    rss: Optional[int] = None
+    cuda_allocated: Optional[int] = None
+    cuda_reserved: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class ModelUnload:
+    """What taking the webui's model out of memory freed: measured in the webui's process before and after."""
+    webui: str  # "Forge" or "AUTOMATIC1111"
+    model: str  # the checkpoint that was loaded ("" when unknown)
+    before: MemoryUse
+    after: MemoryUse
+
+    def message(self) -> str:
+        """One line for the run log, e.g. "… RAM 6.42 GB -> 2.02 GB (4.40 GB freed); CUDA allocated …"."""
+        parts = [_change(label, getattr(self.before, key), getattr(self.after, key))
+                 for label, key in (("RAM (process RSS)", "rss"), ("CUDA allocated", "cuda_allocated"),
+                                    ("CUDA reserved", "cuda_reserved"))]
+        shown = "; ".join(p for p in parts if p) or "memory could not be measured here"
+        model = f" ({self.model})" if self.model else ""
+        return f"Train Style unloaded the {self.webui} webui's model{model} before training: {shown}."
+
+
+def _change(label: str, before: Optional[int], after: Optional[int]) -> str:
+    if before is None or after is None:
+        return ""
+    gb = 2 ** 30
+    return f"{label} {before / gb:.2f} GB -> {after / gb:.2f} GB ({(before - after) / gb:.2f} GB freed)"
+
+
 @runtime_checkable
 class Host(Protocol):
     """What the core needs from its surroundings."""
@@ -43,7 +76,7 @@ class Host(Protocol):
     def checkpoints(self) -> list[Checkpoint]: ...
     def allowed_roots(self) -> list[Path]: ...
     def folder_import_refusal(self) -> Optional[str]: ...
-    def unload_model(self) -> None: ...
+    def unload_model(self) -> Optional[ModelUnload]: ...  # what it freed; None when nothing was loaded
     def reload_model(self) -> None: ...
     def refresh_loras(self) -> None: ...
     def busy(self) -> Optional[str]: ...
@@ -201,8 +234,9 @@ class StandaloneHost:
     def folder_import_refusal(self) -> Optional[str]:
         return NETWORK_REFUSAL if self.exposed and not self.extra_roots else None
 
-    def unload_model(self) -> None:
+    def unload_model(self) -> Optional[ModelUnload]:
         """Nothing to unload: no webui model shares the GPU."""
+        return None
 
     def reload_model(self) -> None:
         """Nothing to reload."""

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from . import api, websec
 from .errors import LorakitError
-from .host import NETWORK_REFUSAL, Checkpoint, checkpoint_arch
+from .host import NETWORK_REFUSAL, Checkpoint, MemoryUse, ModelUnload, checkpoint_arch
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +58,34 @@ class WebuiHost:
         exposed = bool(getattr(shared.cmd_opts, "disable_extension_access", False))
         return NETWORK_REFUSAL if exposed and not self.extra_roots() else None
 
-    def unload_model(self) -> None:
-        from modules import sd_models
+    def unload_model(self) -> Optional[ModelUnload]:
+        """Take the webui's model out of VRAM *and* RAM (its own unload only moves it to the CPU), waiting for a
+        generation in progress to finish; returns what that freed, measured in this process."""
+        from modules import call_queue
 
-        sd_models.unload_model_weights()
+        before = memory_use()
+        with call_queue.queue_lock:
+            model = _forge_unload() if is_forge() else _a1111_unload()
+        _release_freed_memory()
+        if model is None:
+            return None
+        return ModelUnload(webui="Forge" if is_forge() else "AUTOMATIC1111", model=model, before=before,
+                           after=memory_use())
 
     def reload_model(self) -> None:
-        from modules import sd_models, shared
+        """Give the model back after training. Forge loads it by itself at the next generation; webui 1.10.1
+        would meet an empty model in its UI (token counter, infotext), so it is loaded again here."""
+        if is_forge():
+            return
+        from modules import call_queue, sd_models
 
-        if shared.sd_model is not None:
-            sd_models.send_model_to_device(shared.sd_model)
+        with call_queue.queue_lock:
+            if sd_models.model_data.sd_model is None:
+                try:
+                    sd_models.reload_model_weights()
+                except Exception:  # the webui's own loader: it reports why; the next generation tries again
+                    log.warning("Train Style: the webui could not load its model back after training",
+                                exc_info=True)
 
     def busy(self) -> Optional[str]:
         """Why training must wait: the webui is generating (its state counts jobs)."""
@@ -148,6 +166,94 @@ class WebuiHost:
         from modules import shared
 
         return [shared.interrogator.interrogate(im.convert("RGB")) for im in images]
+
+
+def is_forge() -> bool:
+    """Forge, told by what it offers (its backend's memory manager), not by a version string."""
+    return _importable("modules_forge") and _importable("backend.memory_management")
+
+
+def memory_use() -> MemoryUse:
+    """This process's resident memory and, where CUDA is present, what torch holds on the GPU."""
+    import torch
+
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    return MemoryUse(rss=_rss(), cuda_allocated=torch.cuda.memory_allocated() if cuda else None,
+                     cuda_reserved=torch.cuda.memory_reserved() if cuda else None)
+
+
+def _rss() -> Optional[int]:
+    """Resident set size in bytes: /proc on Linux, else psutil where the webui has it (both webuis pin it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.Process().memory_info().rss)
+
+
+def _forge_unload() -> Optional[str]:
+    """Forge's `unload_model_weights` only moves models to their offload device: drop the model itself, so the
+    next generation loads it from disk (a changed hash tells Forge to)."""
+    from backend import memory_management
+    from modules import sd_models
+
+    data = sd_models.model_data
+    loaded = not isinstance(data.sd_model, sd_models.FakeInitialModel)
+    name = _checkpoint_title(data.sd_model) if loaded else None
+    data.set_sd_model(sd_models.FakeInitialModel())
+    data.forge_hash = ""
+    memory_management.unload_all_models()
+    return name
+
+
+def _a1111_unload() -> Optional[str]:
+    """webui 1.10.1's `unload_model_weights` only moves the model to the CPU: move its weights to the meta device
+    (as the webui does before loading another model) and forget it; `reload_model` loads it again."""
+    from modules import sd_hijack, sd_models
+
+    data = sd_models.model_data
+    current = data.sd_model
+    if current is not None:
+        sd_hijack.model_hijack.undo_hijack(current)
+    kept = [m for m in data.loaded_sd_models if m is not current]  # other checkpoints kept (sd_checkpoints_limit)
+    for model in [m for m in [current, *kept] if m is not None]:
+        sd_models.send_model_to_trash(model)
+    data.sd_model = None
+    data.loaded_sd_models.clear()
+    return _checkpoint_title(current) if current is not None else None
+
+
+def _checkpoint_title(model: Any) -> str:
+    info = getattr(model, "sd_checkpoint_info", None)
+    return str(getattr(info, "title", "") or getattr(info, "name", "") or "")
+
+
+def _release_freed_memory() -> None:
+    """Collect the dropped model, empty the CUDA cache, and hand freed heap pages back to the system."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if is_forge():
+        from backend import memory_management
+
+        memory_management.soft_empty_cache(force=True)
+    elif torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass  # not glibc
 
 
 _host: Optional[WebuiHost] = None

@@ -190,11 +190,16 @@ class TrainQueue:
         busy = getattr(self.host, "busy", lambda: None)()
         if busy:
             raise LorakitError(f"Training waits: {busy}")
+        runs = Runs(Workspace(self.host.projects_home()).open(entry.project))
         if self.unload_model and not (read_json(self.file, default={}) or {}).get("model_unloaded"):
-            self.host.unload_model()
+            freed = self.host.unload_model()
             self._save(self.entries(), model_unloaded=True)
+            if freed is not None:  # said in the webui's console and at the top of the run's train.log
+                log.info("%s", freed.message())
+                with open(runs.dir(entry.run) / "train.log", "a", encoding="utf-8") as run_log:  # a log: appended
+                    run_log.write(freed.message() + "\n")
         log.info("Train Style: starting run %s of %s", entry.run, entry.project)
-        snap = Runs(Workspace(self.host.projects_home()).open(entry.project)).start(entry.run)
+        snap = runs.start(entry.run)
         started = (read_json(self.file, default={}) or {}).get("started", [])
         self._save(self.entries(), started=[*started, entry.to_dict()])
         return snap
