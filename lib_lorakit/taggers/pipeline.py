@@ -401,7 +401,7 @@ class _Run:
         between batches, measure and resize the decoder pool."""
         pending: list[_Prepared] = []
         exited = 0
-        window = _Window(self.decoders.target)
+        window = _Window()
         self.counts.append(self.decoders.target)
         while not self.stop.is_set():
             waited = time.perf_counter()
@@ -440,7 +440,7 @@ class _Run:
         if count != self.decoders.target and not self.exhausted:
             self.decoders.resize(count)
         self.counts.append(self.decoders.target)
-        return _Window(self.decoders.target)
+        return _Window()
 
     def _predict(self, prepared: list[_Prepared]) -> None:
         found: list[dict[str, ImageTags]] = [{} for _ in prepared]
@@ -512,8 +512,7 @@ class _Run:
 class _Window:
     """One measurement window as the model thread accumulates it."""
 
-    def __init__(self, decoders: int):
-        self.decoders = decoders
+    def __init__(self) -> None:
         self.started = time.perf_counter()
         self.images = 0
         self.waiting = 0.0
