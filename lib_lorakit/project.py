@@ -24,6 +24,7 @@ from .errors import AlreadyExists, InvalidName, LorakitError, NotFound
 from .fsutil import process_lock, readable_name
 from .images import DEFAULT_MAX_PIXELS, PIL_HARD_LIMIT
 from .paths import check_name
+from .schema import Field, Schema
 from .tomlio import read_toml, write_toml
 
 PROJECT_FILE = "project.toml"
@@ -38,6 +39,28 @@ LOCK_FILE = "lock"  # in .lorakit/: held while a process changes the project's l
 LOCK_TIMEOUT_S = 600.0
 
 
+# The project's settings besides its name, creation time and trigger words, declared once: project.toml's
+# validation, `project set KEY=VALUE` and the defaults below come from it.
+PROJECT_SCHEMA = Schema(noun="project setting", groups=(("project", "Project"),), fields=(
+    Field(name="base_model", type=str, default="", group="project", label="Base model",
+          reason="The checkpoint this project trains on by default (a name or a path); empty: choose at training."),
+    Field(name="notes", type=str, default="", group="project", label="Notes", reason="Free text for you."),
+    Field(name="resolution", type=int, default=512, minimum=64, maximum=4096, group="project", label="Resolution",
+          reason="The training size the dataset is prepared and checked for: 512 for SD1, 1024 for SDXL."),
+    Field(name="caption_extension", type=str, default=".txt", choices=(".txt", ".caption"), group="project",
+          label="Caption extension", reason="The file next to each image that holds its caption."),
+    Field(name="max_image_pixels", type=int, default=DEFAULT_MAX_PIXELS, minimum=1, maximum=PIL_HARD_LIMIT,
+          group="project", label="Largest image (pixels)",
+          reason="Images with more pixels are refused at import (a decompression bomb guard)."),
+    Field(name="near_duplicate_distance", type=int, default=6, minimum=0, maximum=32, group="project",
+          label="Near-duplicate distance",
+          reason="Images whose perceptual hashes differ in at most this many bits count as near duplicates."),
+    Field(name="background", type=str, default="#ffffff", group="project", label="Background colour",
+          reason="The colour transparent images are flattened onto, like '#ffffff'."),
+))
+_PROJECT = PROJECT_SCHEMA.defaults()
+
+
 @dataclass(frozen=True)
 class ProjectSettings:
     """What `project.toml` holds. The field list is the schema: `from_dict` validates against it."""
@@ -45,13 +68,13 @@ class ProjectSettings:
     name: str
     created: str = ""
     trigger_words: tuple[str, ...] = ()
-    base_model: str = ""
-    notes: str = ""
-    resolution: int = 512
-    caption_extension: str = ".txt"
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
-    near_duplicate_distance: int = 6
-    background: str = "#ffffff"
+    base_model: str = _PROJECT["base_model"]
+    notes: str = _PROJECT["notes"]
+    resolution: int = _PROJECT["resolution"]
+    caption_extension: str = _PROJECT["caption_extension"]
+    max_image_pixels: int = _PROJECT["max_image_pixels"]
+    near_duplicate_distance: int = _PROJECT["near_duplicate_distance"]
+    background: str = _PROJECT["background"]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProjectSettings:
@@ -79,13 +102,8 @@ class ProjectSettings:
             if len(w) > MAX_TRIGGER_CHARS:
                 raise LorakitError(f"trigger_words[{i}]: {len(w):,} characters long; the limit is "
                                    f"{MAX_TRIGGER_CHARS} (a trigger is a word or a short phrase)")
-        for key in ("base_model", "notes", "created"):
-            _expect(getattr(self, key), str, key, "a string")
-        _int_in(self.resolution, 64, 4096, "resolution")
-        _int_in(self.max_image_pixels, 1, PIL_HARD_LIMIT, "max_image_pixels")
-        _int_in(self.near_duplicate_distance, 0, 32, "near_duplicate_distance")
-        if self.caption_extension not in (".txt", ".caption"):
-            raise LorakitError(f"caption_extension: expected '.txt' or '.caption', got {self.caption_extension!r}")
+        _expect(self.created, str, "created", "a string")
+        PROJECT_SCHEMA.validate({f.name: getattr(self, f.name) for f in PROJECT_SCHEMA.fields})
         if not re.fullmatch(r"#[0-9a-fA-F]{6}", str(self.background)):
             raise LorakitError(f"background: expected a colour like '#ffffff', got {self.background!r}")
 
@@ -103,15 +121,9 @@ class ProjectSettings:
         if not sep or key not in defaults or key in ("name", "created"):
             editable = ", ".join(k for k in defaults if k not in ("name", "created"))
             raise LorakitError(f"{text!r}: expected KEY=VALUE with KEY one of {editable}")
-        default = defaults[key]
-        if isinstance(default, tuple):
-            return key, tuple(w.strip() for w in raw.split(",") if w.strip())
-        if isinstance(default, int):
-            try:
-                return key, int(raw.replace("_", ""))
-            except ValueError:
-                raise LorakitError(f"{key}: expected an integer, got {raw!r}") from None
-        return key, raw
+        if key in PROJECT_SCHEMA:
+            return key, PROJECT_SCHEMA[key].parse(raw)
+        return key, tuple(w.strip() for w in raw.split(",") if w.strip())  # trigger_words
 
     @property
     def background_rgb(self) -> tuple[int, int, int]:
@@ -123,12 +135,6 @@ def _expect(value: Any, kind: type, path: str, wanted: str) -> Any:
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
         raise LorakitError(f"{path}: expected {wanted}, got {value!r}")
     return value
-
-
-def _int_in(value: Any, lo: int, hi: int, path: str) -> None:
-    _expect(value, int, path, f"an integer from {lo} to {hi}")
-    if not lo <= value <= hi:
-        raise LorakitError(f"{path}: expected an integer from {lo} to {hi}, got {value}")
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,7 @@ class Field:
         elif self.type is bool:
             text = "true or false"
         elif self.type is str:
-            text = "a text"
+            text = "a string"
         else:
             noun = "an integer" if self.type is int else "a number"
             text = noun + range_words(self.minimum, self.maximum)

@@ -93,7 +93,7 @@ def test_update_settings_persists_and_validates(project):
     ("resolution", True, "resolution: expected an integer"),
     ("max_image_pixels", 0, "max_image_pixels: expected an integer from 1 to"),
     ("near_duplicate_distance", 33, "near_duplicate_distance: expected an integer from 0 to 32, got 33"),
-    ("caption_extension", "txt", "caption_extension: expected '.txt' or '.caption', got 'txt'"),
+    ("caption_extension", "txt", "caption_extension: expected one of .txt, .caption, got 'txt'"),
     ("background", "white", "background: expected a colour like '#ffffff', got 'white'"),
     ("trigger_words", "sks", "trigger_words: expected a list of strings, got 'sks'"),
     ("trigger_words", ["sks", 3], "trigger_words[1]: expected a string, got 3"),

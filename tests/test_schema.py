@@ -109,3 +109,14 @@ def test_tagging_defaults_are_declared_once_and_reach_the_cli():
     assert r.returncode == 2 and "batch: expected an integer from 0 to 256, got 300" in r.stderr
     with pytest.raises(LorakitError, match="clip_top_k: expected an integer from 1 to 100, got 0"):
         TagRequest.from_dict({"clip_top_k": 0})
+
+
+def test_project_settings_are_declared_once(tmp_path):
+    from lib_lorakit.project import PROJECT_SCHEMA, ProjectSettings
+
+    assert ProjectSettings(name="p").resolution == PROJECT_SCHEMA["resolution"].default == 512
+    assert ProjectSettings.parse_assignment("near_duplicate_distance=9") == ("near_duplicate_distance", 9)
+    with pytest.raises(LorakitError, match="near_duplicate_distance: expected an integer from 0 to 32, got 'x'"):
+        ProjectSettings.parse_assignment("near_duplicate_distance=x")
+    with pytest.raises(LorakitError, match="resolution: expected an integer from 64 to 4096, got 32"):
+        ProjectSettings.from_dict({"name": "p", "resolution": 32})
