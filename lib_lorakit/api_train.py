@@ -14,7 +14,7 @@ from .train.bundle import export_run, import_bundle
 from .train.config import SampleSettings
 from .train.differential import DifferentialRequest
 from .train.distributed import ACCELERATE_SCHEMA, AccelerateOptions
-from .train.options import parse_set, validate
+from .train.options import SCHEMA, InvalidOption, parse_set
 from .train.queue import TrainQueue
 from .train.runner import Runs
 from .train.service import TrainingService, TrainRequest, default_trainer
@@ -72,7 +72,22 @@ def add_routes(r: APIRouter, studio: Studio, guard) -> None:
         return TrainingService(host, trainer=default_trainer(host), local_user=False)
 
     def parsed(values: dict[str, Any]) -> dict[str, Any]:
-        return validate({k: (parse_set([f"{k}={v}"])[k] if isinstance(v, str) else v) for k, v in values.items()})
+        """The overrides typed (text as `--set` types it) and checked; all problems at once, each naming
+        `overrides.<option>`."""
+        problems: list[str] = []
+        typed: dict[str, Any] = {}
+        for k, v in values.items():
+            try:
+                typed[k] = next(iter(parse_set([f"{k}={v}"]).values())) if isinstance(v, str) else v
+            except InvalidOption as e:
+                problems += [SCHEMA.at("overrides", p) for p in e.problems]
+        try:
+            checked = SCHEMA.validate(typed, path="overrides")
+        except InvalidOption as e:
+            problems += e.problems
+        if problems:
+            raise InvalidOption(problems)
+        return checked
 
     def request(name: str, body: TrainBody) -> TrainRequest:
         overrides = parsed(body.overrides)

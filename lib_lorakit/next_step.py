@@ -181,7 +181,7 @@ def train_next(status: Optional[ProjectStatus], latest: Optional[RunSnapshot] = 
     if propose_repeats(status):
         return NextStep(f"{_epoch(status)} per epoch",
                         f"the step guide wants {EPOCH_IMAGES_TARGET[0]}–{EPOCH_IMAGES_TARGET[1]}: press Use "
-                        "proposed repeats in the Dataset tab, or set max_train_epochs in the overrides.")
+                        "proposed repeats in the Dataset tab, or raise max train epochs in the Train tab's Basics.")
     if latest is not None and latest.state == "succeeded":
         return NextStep(f"Run {latest.id} succeeded", "press Register to put its LoRAs in the webui's Lora "
                                                       "folder, or train again with other settings.", done=True)

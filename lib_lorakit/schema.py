@@ -236,10 +236,10 @@ class Schema:
             out = {**self.defaults(), **out}
             problems = self.combine(out) if self.combine else []
         if problems:
-            raise InvalidSettings([self._at(path, p) for p in problems])
+            raise InvalidSettings([self.at(path, p) for p in problems])
         return {name: out[name] for name in self.by_name if name in out}
 
-    def _at(self, path: str, problem: str) -> str:
+    def at(self, path: str, problem: str) -> str:
         """`problem` placed under `path`: `audit.max_tokens: …` for a field's problem, `audit: …` for others."""
         if not path:
             return problem

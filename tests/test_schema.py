@@ -120,3 +120,18 @@ def test_project_settings_are_declared_once(tmp_path):
         ProjectSettings.parse_assignment("near_duplicate_distance=x")
     with pytest.raises(LorakitError, match="resolution: expected an integer from 64 to 4096, got 32"):
         ProjectSettings.from_dict({"name": "p", "resolution": 32})
+
+
+def test_api_train_plan_names_each_bad_override_by_its_path(tmp_path):
+    host = StandaloneHost(home=tmp_path / "home", lora=tmp_path / "lora", models=tmp_path / "models")
+    app = FastAPI()
+    api.mount(app, host)
+    client = TestClient(app)
+    assert client.post("/train-style/v1/projects", json={"name": "demo"}).status_code == 201
+    body = {"preset": "style-sd15-lora", "base_model": "x.safetensors",
+            "overrides": {"learning_rate": "fast", "network_dim": 0, "epoch": "3"}}
+    r = client.post("/train-style/v1/projects/demo/train/plan", json=body)
+    assert r.status_code == 400
+    assert "overrides.learning_rate: expected a number from 0 to 10, got 'fast'" in r.text
+    assert "overrides.network_dim: expected an integer from 1 to 1024, got 0" in r.text
+    assert "epoch" not in r.text  # an old name given as text is typed as its option, not refused
