@@ -43,11 +43,22 @@ def test_fields_show_the_preset_with_reasons_and_sources(app, page):  # noqa: F8
     assert "Step size for everything" in label_of(page, "learning_rate")  # the option's one-line reason
     assert "seeds/003" in label_of(page, "learning_rate")  # and the preset's reason for its value
     assert "· default" in label_of(page, "seed")
+    # the other groups open on a click: a choice is a dropdown, a value that may be none a text box
+    page.locator("#train_style_group_network").get_by_text("Network", exact=True).first.click()
+    page.locator("#train_style_opt_algo input").wait_for(timeout=10_000)
+    assert field_input(page, "algo").input_value() == "loha"
+    assert page.locator("#train_style_opt_conv_dim textarea, #train_style_opt_conv_dim input").first.input_value() \
+        == "4"
     # changing the preset fills the fields again
     pick(page, "train_style_preset", "style-sd15-lora")
     page.wait_for_function("() => document.querySelector('#train_style_opt_network_dim input').value === '16'",
                            timeout=20_000)
     assert float(field_input(page, "learning_rate").input_value()) == pytest.approx(1e-4)
+    assert field_input(page, "algo").input_value() == "none"  # LoRA is no LyCORIS algorithm
+    assert page.locator("#train_style_opt_conv_dim textarea, #train_style_opt_conv_dim input").first.input_value() \
+        == ""
+    if os.environ.get("TRAIN_STYLE_SCREENSHOT_FIELDS"):
+        page.screenshot(path=os.environ["TRAIN_STYLE_SCREENSHOT_FIELDS"] + ".network.png", full_page=True)
 
 
 def test_learning_rate_and_dim_set_in_fields_reach_the_plan_and_toml_as_user(app, page):  # noqa: F811

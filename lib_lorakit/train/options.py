@@ -282,6 +282,7 @@ FORM_GROUPS: tuple[tuple[str, str], ...] = (
     ("basics", "Basics"), ("network", "Network"), ("optimizer", "Optimizer and schedule"),
     ("dataset", "Dataset and buckets"), ("saving", "Saving and samples"), ("advanced", "Advanced"),
 )
+# the basics, in the order the panel shows them
 BASICS = ("learning_rate", "network_dim", "network_alpha", "max_train_epochs", "train_batch_size", "resolution")
 _FORM_GROUP = {"network": "network", "optimizer": "optimizer", "training": "advanced", "dataset": "dataset",
                "saving": "saving", "sampling": "saving", "performance": "advanced"}
@@ -290,6 +291,13 @@ _FORM_GROUP = {"network": "network", "optimizer": "optimizer", "training": "adva
 def form_group(option: Option) -> str:
     """The Train panel's group of an option: the basics first, then the declaration's group folded into six."""
     return "basics" if option.name in BASICS else _FORM_GROUP.get(option.group, "advanced")
+
+
+def form_groups() -> list[tuple[str, str, tuple[Option, ...]]]:
+    """(group, title, its options) for the Train panel: the six groups in order, the basics in BASICS order."""
+    groups = SCHEMA.grouped(form_group)
+    return [(k, t, tuple(sorted(fs, key=lambda o: BASICS.index(o.name))) if k == "basics" else fs)
+            for k, t, fs in groups]
 
 
 SCHEMA = Schema(noun="option", fields=OPTIONS, aliases=ALIASES, combine=combination_problems, groups=FORM_GROUPS,

@@ -33,7 +33,7 @@ from .compat import QUIET, bind, unchanged, uploaded
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int, str], None]
 SETUP_KIND = "trainer-setup"
-FIELDS = tuple(f for _, _, group in _options.SCHEMA.grouped(_options.form_group) for f in group)  # panel order
+FIELDS = tuple(f for _, _, group in _options.form_groups() for f in group)  # panel order
 FIELDS_PER_ROW = 3
 GUIDE_WORDS = ("seeds/", "docs", "guide")  # a preset reason that cites one of these comes from a guide
 
@@ -139,12 +139,13 @@ class TrainPanel:
                 "matters and where its value comes from (preset, guide, default); a field you change is marked ✎ "
                 "and overrides the preset. Changing the preset fills them again.</p>")
         self.fields: list[gr.components.Component] = []
-        for key, title, group in _options.SCHEMA.grouped(_options.form_group):
+        for key, title, group in _options.form_groups():
             with gr.Accordion(title, open=key == "basics", elem_id=f"train_style_group_{key}"):
                 for start in range(0, len(group), FIELDS_PER_ROW):
                     with gr.Row():
                         for f in group[start:start + FIELDS_PER_ROW]:
-                            self.fields.append(fields.component(f, f.default, elem_id=f"train_style_opt_{f.name}"))
+                            self.fields.append(fields.component(f, f.default, elem_id=f"train_style_opt_{f.name}",
+                                                               label=_title(f), info=f"{f.name}: {f.reason}"))
 
     # --- events -----------------------------------------------------------------------------------------------------
     def register(self) -> None:
@@ -266,11 +267,11 @@ class TrainPanel:
         try:
             value = fields.read(f, raw)
         except _options.InvalidOption as e:
-            return gr.update(label=f"⚠ {f.title} · not valid: {'; '.join(e.problems)}")
+            return gr.update(label=f"⚠ {_title(f)} · not valid: {'; '.join(e.problems)}")
         if fields.same(value, settings.values[f.name]):
             return gr.update(label=_label(f, p))
         was = fields.shown(f, settings.values[f.name])
-        return gr.update(label=f"✎ {f.title} · yours (preset: {'none' if was in ('', None) else was})")
+        return gr.update(label=f"✎ {_title(f)} · yours (preset: {'none' if was in ('', None) else was})")
 
     def _check(self, name: Optional[str], *values: Any) -> str:
         req = self._request(name, *values)
@@ -417,14 +418,19 @@ def _origin(f: Any, p: _presets.Preset) -> str:
 
 
 def _label(f: Any, p: _presets.Preset) -> str:
-    return f"{f.title} · {_origin(f, p)}"
+    return f"{_title(f)} · {_origin(f, p)}"
+
+
+def _title(f: Any) -> str:
+    return f.title[:1].upper() + f.title[1:]
 
 
 def _info(f: Any, p: _presets.Preset) -> str:
-    """The option's reason, then the preset's reason for its value."""
+    """The option's sd-scripts name and reason, then the preset's reason for its value."""
+    why = f"{f.name}: {f.reason}"
     if f.name not in p.values:
-        return f.reason
-    return f"{f.reason} — {p.label}: {p.values[f.name].reason}"
+        return why
+    return f"{why} — {p.label}: {p.values[f.name].reason}"
 
 
 def setup_work(studio: Studio, torch_version: str, index_url: Optional[str]) -> Callable[..., dict]:
