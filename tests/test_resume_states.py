@@ -159,6 +159,20 @@ def test_the_log_reader_follows_saves_in_the_recorded_run():
     assert seen[-2:] == [("saving checkpoint", "model"), ("model saved.", None)]
 
 
+def test_a_run_resumed_past_an_epoch_counts_from_where_it_resumed():
+    """sd-scripts v0.10.1 restarts its global step after skipped epochs (resumed at step 4 of 6 with 3 batches an
+    epoch: its bar runs 0/5, 1/5, 2/5 and training ends with the epochs); the run is at 6 of 6 nonetheless."""
+    reader = LogReader()
+    for line in ("  num batches per epoch / 1epochのバッチ数: 3", "skipping 4 steps / 4ステップをスキップします",
+                 "skipping epoch 1 because initial_step (multiplied) is 4",
+                 "steps:   0%|          | 0/5 [00:00<?, ?it/s]",
+                 "steps:  20%|##        | 1/5 [00:02<00:08,  2.00s/it, avr_loss=0.5]",
+                 "steps:  40%|####      | 2/5 [00:04<00:06,  2.00s/it, avr_loss=0.4]"):
+        reader.feed_line(line)
+    assert (reader.progress.step, reader.progress.total) == (6, 6)
+    assert [s for s, _ in reader.losses] == [5, 6]
+
+
 # --- the supervisor: a stop during a save, on real processes ------------------------------------------------------
 def start_saving_run(project, save_seconds: float):
     runs = Runs(project)

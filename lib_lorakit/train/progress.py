@@ -18,8 +18,10 @@ _EPOCH = re.compile(r"^\s*epoch (\d+)/(\d+)\s*$")
 _SAVED = re.compile(r"saving checkpoint: (.+\.safetensors)")
 _SAMPLE = re.compile(r"generating sample images at step[^:]*:\s*(\d+)")
 _POSTFIX = re.compile(r"(\w+)=([-+0-9.eE]+)")
-# A resumed run's bar counts only the steps left; when whole epochs are skipped, sd-scripts takes them off the
-# count again and its bar restarts from the epoch boundary.
+# A resumed run's bar counts only the steps left ("skipping N steps": it resumed at step N). When whole epochs are
+# skipped, sd-scripts v0.10.1 (train_network.py) takes their batches off that count and restarts its global step
+# from the rest, so its bar's total is max_train_steps minus the rest, and the bar stops when the epochs run out,
+# short of that total: the step reached is N plus the bar's count, the total is the bar's plus the rest.
 _SKIPPING = re.compile(r"^\s*skipping (\d+) steps")
 _SKIPPING_EPOCH = re.compile(r"^\s*skipping epoch \d+ because initial_step")
 _BATCHES = re.compile(r"num batches per epoch[^:]*:\s*(\d+)")
@@ -72,7 +74,8 @@ class LogReader:
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, avr_loss) once per step
     saved: list[str] = field(default_factory=list)
     samples_at: list[int] = field(default_factory=list)
-    skipped_steps: int = 0
+    skipped_steps: int = 0  # where a resumed run began ("skipping N steps")
+    bar_offset: int = 0  # what sd-scripts' bar leaves out of its total (N less the batches of skipped epochs)
     batches_per_epoch: int = 0
     saving: Optional[Save] = None  # the save sd-scripts is writing now, as far as its output tells
     tail: list[str] = field(default_factory=list)
@@ -112,9 +115,9 @@ class LogReader:
         elif m := _SAMPLE.search(line):
             self.samples_at.append(int(m.group(1)))
         elif m := _SKIPPING.match(line):
-            self.skipped_steps = int(m.group(1))
+            self.skipped_steps = self.bar_offset = int(m.group(1))
         elif _SKIPPING_EPOCH.match(line):
-            self.skipped_steps = max(0, self.skipped_steps - self.batches_per_epoch)
+            self.bar_offset = max(0, self.bar_offset - self.batches_per_epoch)
         elif m := _BATCHES.search(line):
             self.batches_per_epoch = int(m.group(1))
 
@@ -129,8 +132,8 @@ class LogReader:
             self.saving = None
 
     def _on_steps(self, m: re.Match) -> None:
-        step = int(m.group("step")) + self.skipped_steps
-        total = int(m.group("total")) + self.skipped_steps
+        total = int(m.group("total")) + self.bar_offset
+        step = min(int(m.group("step")) + self.skipped_steps, total)
         post = dict(_POSTFIX.findall(m.group("post")))
         loss = float(post["avr_loss"]) if "avr_loss" in post else self.progress.loss
         self.progress = replace(self.progress, step=step, total=total, loss=loss,

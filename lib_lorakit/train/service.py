@@ -296,12 +296,6 @@ def _processes(req: TrainRequest) -> int:
     return 1 if req.accelerate.problems() else req.accelerate.total_processes
 
 
-def latest_state(run_dir: Path) -> Optional[Path]:
-    """The newest complete `<name>-step<N>-state` / `<name>-state` folder sd-scripts left (see states.py)."""
-    chosen = choose_state(run_dir).state
-    return chosen.path if chosen else None
-
-
 def no_state_message(run_id: str, choice: StateChoice) -> str:
     if not choice.skipped:
         return (f"Run {run_id} saved no training state to resume from (save_state was off, or it stopped before "

@@ -18,7 +18,6 @@ import json
 import os
 import struct
 import zipfile
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -87,12 +86,6 @@ def choose_state(run_dir: Path) -> StateChoice:
     chosen = next((c for c in order if c.complete), None)
     skipped = tuple(c for c in order if not c.complete and (chosen is None or c.step >= chosen.step))
     return StateChoice(state=chosen, skipped=skipped)
-
-
-def complete_states(run_dir: Path) -> list[StateCheck]:
-    """The run's complete states, newest first: the only ones a front end may offer."""
-    checks = [check_state(p) for p in state_folders(run_dir)]
-    return sorted((c for c in checks if c.complete), key=lambda c: c.step, reverse=True)
 
 
 # --- one file each -------------------------------------------------------------------------------------------------
@@ -191,6 +184,3 @@ def _mtime_ns(path: Path) -> int:
 def _short(e: BaseException) -> str:
     return str(e).splitlines()[0][:120] if str(e) else type(e).__name__
 
-
-def newest_step(checks: Iterable[StateCheck]) -> int:
-    return max((c.step for c in checks), default=0)
