@@ -21,10 +21,8 @@ import hashlib
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +31,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_tagger import child_env, make_photo  # noqa: E402
+from bench_tagger import child_env, make_photo, timed_run  # noqa: E402
 
 from lib_lorakit.dataset.index import DatasetIndex  # noqa: E402
 from lib_lorakit.images import hamming, open_training_image, perceptual_hash  # noqa: E402
@@ -70,25 +68,20 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "lib_lorakit", *args]
 
 
-def run_naive(script: Path, images: Path, out: Path, env: dict[str, str]) -> float:
+def run_naive(script: Path, images: Path, out: Path, env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of the script."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    started = time.perf_counter()
-    subprocess.run([sys.executable, str(script), str(images), str(out)], check=True, env=env)
-    return time.perf_counter() - started
+    wall, cpu, _ = timed_run([sys.executable, str(script), str(images), str(out)], env=env)
+    return wall, cpu
 
 
-def run_ours(home: Path, images: Path, env: dict[str, str]) -> float:
+def run_ours(home: Path, images: Path, env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of the import into a new project (made before the clock starts)."""
     shutil.rmtree(home, ignore_errors=True)
-    subprocess.run(cli("--home", str(home), "project", "new", "bench"), check=True, capture_output=True, cwd=ROOT,
-                   env=env)
-    started = time.perf_counter()
-    done = subprocess.run(cli("--home", str(home), "import", "bench", str(images)), capture_output=True, text=True,
-                          cwd=ROOT, env=env)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"import failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return seconds
+    timed_run(cli("--home", str(home), "project", "new", "bench"), cwd=ROOT, env=env)
+    wall, cpu, _ = timed_run(cli("--home", str(home), "import", "bench", str(images)), cwd=ROOT, env=env)
+    return wall, cpu
 
 
 def reduced_phash(path: Path) -> int:
@@ -143,22 +136,24 @@ def main() -> None:
     size = sum(p.stat().st_size for p in sources) / 1e6
     print(f"{len(sources)} JPEGs of 1024×768 ({size:.0f} MB); {os.cpu_count()} cores; load average "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    times: dict[str, list[float]] = {"naive": [], "ours": []}
+    runs: dict[str, list[tuple[float, float]]] = {"naive": [], "ours": []}
     with tempfile.TemporaryDirectory(dir=args.cache) as tmp_name:
         tmp = Path(tmp_name)
         script = tmp / "naive_import.py"
         script.write_text(NAIVE)
         env = child_env(args.cache)
         for _ in range(args.repeat):  # interleaved, so that a change in the machine's load hits both alike
-            times["naive"].append(run_naive(script, images, tmp / "naive", env))
-            times["ours"].append(run_ours(tmp / "home", images, env))
+            runs["naive"].append(run_naive(script, images, tmp / "naive", env))
+            runs["ours"].append(run_ours(tmp / "home", images, env))
         problems, note = check(tmp / "home", sources)
     n = len(sources)
     labels = {"naive": "(a) copy + sha256 + decode, one process", "ours": "(b) python -m lib_lorakit import"}
+    times = {key: [wall for wall, _ in value] for key, value in runs.items()}
     for key, label in labels.items():
         best, median = min(times[key]), statistics.median(times[key])
         print(f"  {label:<42} best {best:6.2f} s ({n / best:5.0f} img/s)  median {median:6.2f} s "
-              f"({n / median:5.0f} img/s)  runs {' '.join(f'{t:.2f}' for t in times[key])}")
+              f"({n / median:5.0f} img/s)  runs {' '.join(f'{t:.2f}' for t in times[key])}  "
+              f"CPU {statistics.median(cpu for _, cpu in runs[key]):.1f} s")
     print(f"  ratio (a ÷ b): best {min(times['naive']) / min(times['ours']):.2f}×, median "
           f"{statistics.median(times['naive']) / statistics.median(times['ours']):.2f}×  (target ≥ 1×); load "
           f"average now {' '.join(f'{x:.1f}' for x in os.getloadavg())}")

@@ -270,7 +270,7 @@ def child_env(cache: Path) -> dict[str, str]:
     return {**env, "PYTHONPYCACHEPREFIX": str(cache / "pycache")}
 
 
-def _timed(cmd: list[str], **kwargs) -> tuple[float, float, subprocess.CompletedProcess]:
+def timed_run(cmd: list[str], **kwargs) -> tuple[float, float, subprocess.CompletedProcess]:
     """(wall seconds, CPU seconds of the child, the finished process)."""
     before = os.times()
     t = time.perf_counter()
@@ -291,7 +291,7 @@ def end_to_end(args) -> bool:
         tmp = Path(tmp_name)
         home = tmp / "home"
         for step in (["project", "new", "bench"], ["import", "bench", str(images)]):
-            _timed([*cli, "--home", str(home), *step], cwd=ROOT, env=env)
+            timed_run([*cli, "--home", str(home), *step], cwd=ROOT, env=env)
         dataset = home / "bench" / "dataset" / "1_bench"
         script, out = tmp / "naive_tagger.py", tmp / "naive"
         script.write_text(NAIVE_TAGGER)
@@ -302,11 +302,11 @@ def end_to_end(args) -> bool:
         for _ in range(args.e2e_repeat):  # interleaved: a change in the machine's load hits both alike
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir()
-            wall, cpu, _ = _timed([sys.executable, str(script), str(model), str(dataset), str(out)], env=env)
+            wall, cpu, _ = timed_run([sys.executable, str(script), str(model), str(dataset), str(out)], env=env)
             runs["naive"].append((wall, cpu))
             for caption in dataset.glob("*.txt"):
                 caption.unlink()
-            wall, cpu, done = _timed([*cli, "--home", str(home), "tag", "bench", "--model", str(model)], cwd=ROOT,
+            wall, cpu, done = timed_run([*cli, "--home", str(home), "tag", "bench", "--model", str(model)], cwd=ROOT,
                                      env=env)
             runs["ours"].append((wall, cpu))
             trace = next((line for line in done.stderr.splitlines() if "decoders" in line), trace)
