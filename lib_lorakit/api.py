@@ -91,6 +91,12 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
         return _guard(lambda: read_lora_info(
             resolve_inside(path, [*host.allowed_roots(), host.lora_dir()])).to_dict())
 
+    @r.get("/settings")
+    def settings_() -> dict:
+        """Every declared setting by schema (name, type, default, range or choices, reason, group, label): what a
+        client needs to build a form, and what the routes check."""
+        return settings_catalog()
+
     @r.get("/doctor")
     def doctor_() -> dict:
         """The whole set-up checked (as `python -m lib_lorakit doctor --json`); one check runs at a time."""
@@ -120,6 +126,19 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
     api_train.add_routes(r, studio, _guard)
     api_captions.add_routes(r, studio, _guard)
     return r
+
+
+def settings_catalog() -> dict:
+    from .captions.audit import AUDIT_SCHEMA
+    from .captions.service import TAG_SCHEMA
+    from .project import PROJECT_SCHEMA
+    from .train.distributed import ACCELERATE_SCHEMA
+    from .train.options import SCHEMA as TRAINING
+
+    schemas = {"training": TRAINING, "tagging": TAG_SCHEMA, "audit": AUDIT_SCHEMA, "multi_gpu": ACCELERATE_SCHEMA,
+               "project": PROJECT_SCHEMA}
+    return {key: {"noun": s.noun, "groups": [{"key": k, "title": t} for k, t in s.groups], "fields": s.describe()}
+            for key, s in schemas.items()}
 
 
 def mount(app: FastAPI, host: Host, authorize: Optional[Callable[[Request], None]] = None,

@@ -135,3 +135,17 @@ def test_api_train_plan_names_each_bad_override_by_its_path(tmp_path):
     assert "overrides.learning_rate: expected a number from 0 to 10, got 'fast'" in r.text
     assert "overrides.network_dim: expected an integer from 1 to 1024, got 0" in r.text
     assert "epoch" not in r.text  # an old name given as text is typed as its option, not refused
+
+
+def test_api_lists_every_declared_setting_for_forms(tmp_path):
+    host = StandaloneHost(home=tmp_path / "home", lora=tmp_path / "lora", models=tmp_path / "models")
+    app = FastAPI()
+    api.mount(app, host)
+    data = TestClient(app).get("/train-style/v1/settings").json()
+    training = {f["name"]: f for f in data["training"]["fields"]}
+    assert training["learning_rate"]["reason"].startswith("Step size")
+    assert training["network_dim"]["minimum"] == 1 and training["network_dim"]["type"] == "int"
+    assert [g["title"] for g in data["training"]["groups"]][:2] == ["Basics", "Network"]
+    audit = {f["name"]: f["default"] for f in data["audit"]["fields"]}
+    assert audit["dominant_threshold"] == 0.6 and audit["max_tokens"] == 75
+    assert {"tagging", "multi_gpu", "project"} <= set(data)
