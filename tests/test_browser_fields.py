@@ -99,3 +99,19 @@ def test_learning_rate_and_dim_set_in_fields_reach_the_plan_and_toml_as_user(app
     page.locator("#train_style_run").wait_for(timeout=20_000)
     page.wait_for_function("() => ['succeeded', 'failed'].includes("
                            "document.querySelector('#train_style_run')?.dataset.state)", timeout=60_000)
+
+
+def test_audit_thresholds_are_fields_whose_values_reach_the_audit(app, page):  # noqa: F811
+    page.locator("#train_style_tabs button", has_text="Captions").first.click()
+    page.click("#train_style_check_captions")
+    audit = html_of(page, "train_style_audit")
+    audit.locator(".ts-finding, p, li").first.wait_for(timeout=20_000)
+    assert audit.locator('.ts-finding[data-code="OVERLONG_CAPTION"]').count() == 0  # 75 tokens: all fit
+    page.locator("#train_style_audit_thresholds").get_by_text("Audit thresholds").first.click()
+    box = page.locator("#train_style_audit_max_tokens input")
+    box.wait_for(timeout=10_000)
+    assert box.input_value() == "75"  # the declared default
+    assert "longer captions are cut" in page.locator("#train_style_audit_max_tokens").inner_text()  # its reason
+    box.fill("2")
+    page.click("#train_style_check_captions")
+    audit.locator('.ts-finding[data-code="OVERLONG_CAPTION"]').first.wait_for(timeout=20_000)

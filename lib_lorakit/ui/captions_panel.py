@@ -10,7 +10,7 @@ from typing import Any
 import gradio as gr
 
 from .. import next_step
-from ..captions.audit import AuditReport, Finding
+from ..captions.audit import AUDIT_SCHEMA, AuditReport, Finding
 from ..captions.ops import CaptionOp, filter_records, frequency
 from ..captions.service import TAG_SCHEMA, TagReport, TagRequest, fix_finding
 from ..captions.tags import split_tags
@@ -103,6 +103,10 @@ class CaptionsPanel:
             self.finding = gr.Dropdown([], label="Finding", elem_id="train_style_finding")
             self.show_finding = gr.Button("Show its images", elem_id="train_style_show_finding")
             self.fix_finding = gr.Button("Apply its fix", elem_id="train_style_fix_finding")
+        with gr.Accordion("Audit thresholds", open=False, elem_id="train_style_audit_thresholds"):
+            with gr.Row():
+                self.thresholds = [fields.component(f, f.default, elem_id=f"train_style_audit_{f.name}",
+                                                    label=f.title) for f in AUDIT_SHOWN]
         self.audit = gr.HTML(elem_id="train_style_audit")
         self.audit_state = gr.State({})
         with gr.Row():
@@ -140,10 +144,11 @@ class CaptionsPanel:
         on(self.apply.click, self._apply, [*filters, *op_in], [self.outcome] + views)
         on(self.undo.click, functools.partial(self._move, "undo"), filters, [self.outcome] + views)
         on(self.redo.click, functools.partial(self._move, "redo"), filters, [self.outcome] + views)
-        on(self.check.click, self._check, [self.project], [self.audit, self.finding, self.audit_state])
+        on(self.check.click, self._check, [self.project, *self.thresholds], [self.audit, self.finding,
+                                                                             self.audit_state])
         on(self.show_finding.click, self._show_finding, [self.project, self.finding, self.audit_state],
            [self.gallery, self.paths])
-        on(self.fix_finding.click, self._fix, [*filters, self.finding, self.audit_state, *tag_in],
+        on(self.fix_finding.click, self._fix, [*filters, self.finding, self.audit_state, *tag_in, *self.thresholds],
            [self.outcome, self.job] + views + [self.audit, self.finding, self.audit_state])
         self.gallery.select(self._pick, [self.project, self.paths], [self.image, self.caption], queue=False,
                             show_progress=SHOW_PROGRESS)
@@ -271,8 +276,10 @@ class CaptionsPanel:
         step = (self.studio.captions.undo if which == "undo" else self.studio.captions.redo)(name)
         return (rc.step_html(step, "Undone" if which == "undo" else "Redone"), *self._views(*filters))
 
-    def _check(self, name: str) -> tuple:
-        report = self.studio.captions.audit(self._need(name))
+    def _check(self, name: str, *thresholds: Any) -> tuple:
+        """The audit with the thresholds' fields (AUDIT_SHOWN, in order; none given: the declared defaults)."""
+        chosen = fields.read_all(AUDIT_SHOWN, thresholds) if thresholds else {}
+        report = self.studio.captions.audit(self._need(name), **chosen)
         labels = [rc.finding_label(i, f.code, f.detail) for i, f in enumerate(report.findings)]
         return (rc.audit_html(report), gr.update(choices=labels, value=labels[0] if labels else None),
                 report.to_dict())
@@ -289,7 +296,8 @@ class CaptionsPanel:
         return self._gallery(name, finding.images, texts)
 
     def _fix(self, *args: Any) -> tuple:
-        filters, (label, state), tag_in = tuple(args[:5]), args[5:7], args[7:]
+        shown = len(AUDIT_SHOWN)
+        filters, (label, state), tag_in, thresholds = tuple(args[:5]), args[5:7], args[7:-shown], args[-shown:]
         name = self._need(filters[0])
         done = fix_finding(self.studio.captions, name, self._finding(label, state), self._request(*tag_in))
         job_box = gr.update()
@@ -298,7 +306,7 @@ class CaptionsPanel:
                 done, "train_style_tag_job")
         else:
             outcome = rc.step_html(done)
-        return (outcome, job_box, *self._views(*filters), *self._check(name))
+        return (outcome, job_box, *self._views(*filters), *self._check(name, *thresholds))
 
     def _pick(self, name: str, paths: list, evt: gr.SelectData) -> tuple[str, str]:
         index = evt.index if isinstance(evt.index, int) else evt.index[0]
@@ -313,6 +321,9 @@ class CaptionsPanel:
             raise LorakitError("Click an image in the gallery first.")
         step = self.studio.captions.edit(self._need(filters[0]), image, text or "")
         return (rc.step_html(step, "Saved"), *self._views(*filters))
+
+
+AUDIT_SHOWN = tuple(AUDIT_SCHEMA[n] for n in ("dominant_threshold", "low_variety_threshold", "max_tokens"))
 
 
 def _field(name: str, elem_id: str, *, label: str | None = None) -> gr.components.Component:
