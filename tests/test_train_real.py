@@ -8,7 +8,7 @@ Needs the trainer environment and a random-weight SD1.5 model:
 
 Skipped with the reason when either is absent (as in CI). What it checks: a LoRA is trained from a project's
 images and captions, step files and samples appear, metadata carries our captions' tags, registration writes
-the cards; a stopped run resumes from its saved state.
+the cards; a stopped run resumes from its saved state, also when the stop came during a state save.
 """
 
 from __future__ import annotations
@@ -116,6 +116,41 @@ def test_stop_then_resume_from_the_saved_state(service, project):
     log = (final.dir / "train.log").read_text(errors="replace")
     assert "resume training from local state" in log and "skipping" in log  # continued, not restarted
     assert final.progress["step"] >= 3
+
+
+def test_a_stop_during_a_state_save_resumes_to_completion(service, project):
+    """The issue's case (issue 9, item 4): Stop lands while sd-scripts saves at step 4 of 6 (save_every_n_steps=2,
+    save_state). The stop waits for the save, so the step-4 state is complete, and Resume continues from it to the
+    end. (Without the wait, SIGTERM cut optimizer.bin and Resume died with "PytorchStreamReader failed".)"""
+    from lib_lorakit.train.states import check_state
+
+    over = {"max_train_steps": 6, "sample_every_n_steps": None}
+    snap = service.create_run(project, request(**over))
+    queue, runs = TrainQueue(service.host), Runs(project)
+    log, started = snap.dir / "train.log", time.monotonic()
+    saving = re.compile(r"saving checkpoint: \S*demo-step00000004\.safetensors")
+    while time.monotonic() - started < 900:
+        queue.tick()
+        text = log.read_text(errors="replace") if log.is_file() else ""
+        if m := saving.search(text):
+            runs.stop(snap.id)  # at once: the save has just begun…
+            assert "Random states saved in" not in text[m.end():]  # …and had not ended
+            break
+        time.sleep(0.01)
+    stopped = runs.wait(snap.id, timeout=300)
+    assert stopped.state == "stopped", (stopped.error, stopped.log_tail[-15:])
+    assert "The stop waited for sd-scripts to finish saving" in stopped.error, stopped.error
+    state = snap.dir / "demo-step00000004-state"
+    assert check_state(state).complete, check_state(state)
+    resumed = service.resume(project, snap.id)
+    assert resumed.meta["resumed_from"] == "demo-step00000004-state"
+    final = run_queue(service, project, snap.id)
+    assert final.state == "succeeded", (final.error, final.log_tail[-15:])
+    assert "demo.safetensors" in final.files
+    text = log.read_text(errors="replace")
+    assert f"resume training from local state: {state}" in text and "PytorchStreamReader" not in text
+    assert final.progress["step"] == final.progress["total"] == 6
+    print(f"stop during a save and resume: {time.monotonic() - started:.0f} s")
 
 
 def test_differential_two_stages_with_base_weights(service, workspace):
