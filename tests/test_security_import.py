@@ -148,7 +148,7 @@ def test_caption_files_that_are_links_special_or_huge_are_not_read(project, tmp_
     for stem in ("linked", "environ", "inner"):
         assert "is a symbolic link" in notes[stem] and "imported without it" in notes[stem]
     assert "not a regular file" in notes["fifo"]
-    assert f"the limit is {MAX_CAPTION_FILE_BYTES:,}" in notes["huge"]
+    assert f"({MAX_CAPTION_FILE_BYTES:,} bytes)" in notes["huge"] and "imported without it" in notes["huge"]
     assert f"{MAX_CAPTION_CHARS + 1:,} characters long" in notes["long"] and "imported without it" in notes["long"]
     written = everything_written(project.root)
     assert SECRET not in written and b"PATH=" not in written and b"a caption inside" not in written

@@ -15,6 +15,7 @@ import stat
 from dataclasses import dataclass
 
 from ..errors import LorakitError
+from ..fsutil import readable_name
 
 MAX_CAPTION_CHARS = 10_000  # 225 CLIP tokens are ~1,000 characters; ten times that is certainly not a caption
 MAX_CAPTION_FILE_BYTES = 4 * MAX_CAPTION_CHARS + 4  # UTF-16/UTF-8 of MAX_CAPTION_CHARS characters, plus a BOM
@@ -81,7 +82,7 @@ def read_caption_bytes(path: str | os.PathLike[str]) -> bytes | None:
     CaptionRefused with what the user can do about it. Whether the folder holding `path` is where it should be is
     the caller's check.
     """
-    name = os.path.basename(os.fspath(path))
+    name = readable_name(os.path.basename(os.fspath(path)))
     nofollow = getattr(os, "O_NOFOLLOW", 0)
     try:
         if not nofollow and os.path.islink(path):  # no O_NOFOLLOW (Windows): ask first
@@ -98,12 +99,18 @@ def read_caption_bytes(path: str | os.PathLike[str]) -> bytes | None:
         info = os.fstat(f.fileno())
         if not stat.S_ISREG(info.st_mode):
             raise CaptionRefused(f"{name} is not a regular file; a caption is a small text file.")
-        data = f.read(MAX_CAPTION_FILE_BYTES + 1) if info.st_size <= MAX_CAPTION_FILE_BYTES else b""
-    size = max(info.st_size, len(data))
-    if size > MAX_CAPTION_FILE_BYTES:  # also a file that grew while it was read
-        raise CaptionRefused(f"{name} is {size:,} bytes; a caption holds at most {MAX_CAPTION_CHARS:,} characters "
-                             f"({MAX_CAPTION_FILE_BYTES:,} bytes): shorten it.")
-    return data
+        if info.st_size > MAX_CAPTION_FILE_BYTES:
+            raise CaptionRefused(f"{name} is {info.st_size:,} bytes; a caption holds at most "
+                                 f"{MAX_CAPTION_CHARS:,} characters ({MAX_CAPTION_FILE_BYTES:,} bytes): shorten it.")
+        # only as many bytes as its size says: files like /proc's say 0, and a file growing meanwhile stops there
+        chunks, left = [], info.st_size
+        while left > 0:
+            chunk = f.read(left)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    return b"".join(chunks)
 
 
 def read_caption_text(path: str | os.PathLike[str]) -> DecodedCaption | None:
@@ -112,5 +119,5 @@ def read_caption_text(path: str | os.PathLike[str]) -> DecodedCaption | None:
     if data is None:
         return None
     decoded = decode_caption(data)
-    check_caption_length(decoded.text, what=os.path.basename(os.fspath(path)))
+    check_caption_length(decoded.text, what=readable_name(os.path.basename(os.fspath(path))))
     return decoded

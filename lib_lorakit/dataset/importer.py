@@ -60,7 +60,7 @@ from ..images import (
 )
 from ..paths import resolve_inside, safe_file_stem
 from ..project import KIND_FOLDERS, ConceptKind, Project
-from .captions_io import MAX_CAPTION_FILE_BYTES, CaptionTooLong, check_caption_length, decode_caption
+from .captions_io import CaptionRefused, CaptionTooLong, read_caption_text
 from .duplicates import DuplicateGroup, find_duplicates
 from .index import DatasetIndex, IndexEntry, compact_json, file_sha256
 
@@ -237,7 +237,7 @@ def _walk_entry(folder: Path, name: str, shown: str, caption_names: set[str], ro
 
 
 def _caption_names(folder: Path, names: Sequence[str] | None = None) -> set[str]:
-    """The names in `folder` that caption files have (they are read later, by `read_caption_file`'s rules)."""
+    """The names in `folder` that caption files have (read later by `read_caption_bytes`' rules)."""
     if names is None:
         try:
             names = os.listdir(folder)
@@ -516,50 +516,21 @@ def _read_caption(source: ImportSource, report: ImportReport) -> Optional[str]:
         names = ", ".join(readable_name(c.name) for c in source.captions)
         report.warnings.append(Verdict(source.display, f"both {names} exist: {shown} was used"))
     try:
-        data = read_caption_file(chosen)
-    except (OSError, LorakitError) as e:
-        why = str(e) if isinstance(e, LorakitError) else _caption_os_reason(e)
-        report.warnings.append(Verdict(source.display, f"caption {shown} was not read: {why}; the image was "
-                                                       "imported without it"))
-        return None
-    caption = decode_caption(data)
-    try:
-        check_caption_length(caption.text, what=f"caption {shown}")
+        caption = read_caption_text(chosen)
     except CaptionTooLong as e:
         report.warnings.append(Verdict(source.display, f"{e} The image was imported without it."))
+        return None
+    except CaptionRefused as e:
+        report.warnings.append(Verdict(source.display, f"caption {e} The image was imported without it."))
+        return None
+    if caption is None:
+        report.warnings.append(Verdict(source.display, f"caption {shown} disappeared before it was read; the image "
+                                                       "was imported without it"))
         return None
     if caption.fallback:
         report.warnings.append(Verdict(source.display, f"caption {shown} is not UTF-8: decoded as "
                                                        f"{caption.encoding} and saved as UTF-8; check accents"))
     return caption.text
-
-
-def read_caption_file(path: Path) -> bytes:
-    """The bytes of a caption file: a regular file (not through a symbolic link), at most MAX_CAPTION_FILE_BYTES;
-    only as many bytes as its size says are read (files like /proc's say 0)."""
-    fd = os.open(path, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise LorakitError("it is not a regular file")
-        if st.st_size > MAX_CAPTION_FILE_BYTES:
-            raise LorakitError(f"it is {st.st_size:,} bytes long; the limit is {MAX_CAPTION_FILE_BYTES:,}")
-        chunks, left = [], st.st_size
-        while left > 0:
-            chunk = os.read(fd, left)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def _caption_os_reason(e: OSError) -> str:
-    if e.errno == errno.ELOOP:  # O_NOFOLLOW met a link
-        return "it is a symbolic link, and captions are read only from regular files"
-    return _os_reason(e)
 
 
 class _Batch:
