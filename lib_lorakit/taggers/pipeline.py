@@ -189,8 +189,9 @@ class DecoderSizing:
             kept = rate >= before_rate * (1 + GAIN)
         else:  # fewer decoders that still keep the model fed are kept whatever the noise in the rate
             kept = not starved or rate >= before_rate * (1 - LOSS)
-        if kept:
+        if kept:  # and going straight back is what was just found worse: that waits too
             self._patience[direction] = 2 * SETTLE
+            self._rest[-direction] = max(self._rest[-direction], self._patience[-direction])
             return
         self.count, self._seen = before, []
         self._rest[direction] = self._patience[direction]
