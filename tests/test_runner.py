@@ -120,3 +120,22 @@ def test_reattach_from_another_process_sees_live_progress(project):
     total = expected_progress().progress.total
     midway = {step for state, step in seen if state == "running" and step and step < total}
     assert midway, seen  # progress was visible while it ran, not only at the end
+
+
+def test_a_supervisor_that_died_before_sd_scripts_spoke_shows_its_own_log(tmp_path):
+    import json
+    import subprocess
+
+    from lib_lorakit.train.runner import _reconcile
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "train.log").write_text("Train Style unloaded the webui's model before training: RAM 6 GB -> 1 GB\n")
+    (run_dir / "supervisor.log").write_text("Traceback (most recent call last):\nOSError: no space left on device\n")
+    data = {"state": "starting", "supervisor_pid": gone.pid}
+    (run_dir / "run.json").write_text(json.dumps(data))
+    seen = _reconcile(run_dir, data)
+    assert seen["state"] == "interrupted"
+    assert "OSError: no space left on device" in seen["log_tail"] and seen["log_tail"][0].startswith("Train Style")

@@ -304,7 +304,9 @@ def _reconcile(run_dir: Path, data: dict) -> dict:
     if data.get("state") in ("starting", "running") and pid and not pid_alive(pid):
         data = _record(run_dir) or data  # it may have just written its verdict
         if data.get("state") in ("starting", "running"):
-            tail = _log_tail(run_dir / "train.log") or _log_tail(run_dir / "supervisor.log")
+            tail = _log_tail(run_dir / "train.log")
+            if len(tail) <= 1:  # nothing from sd-scripts yet (the queue's unload note may stand first): say why
+                tail += _log_tail(run_dir / "supervisor.log")
             data.update(state="interrupted", finished=_now(), log_tail=tail,
                         error="The training process ended while nobody was watching (the computer or the "
                               "webui stopped?). Files saved before that are kept; Resume continues from the "
