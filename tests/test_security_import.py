@@ -332,8 +332,12 @@ def test_written_files_get_0666_minus_the_umask(tmp_path, umask):
     files = [p for p in project.root.rglob("*") if p.is_file()] + [tmp_path / "plain.bin"]
     kinds = {p.parent.name for p in files}
     assert {"originals", "1_demo", ".lorakit", "demo"} <= kinds  # originals, copies + captions, records, toml
+    # a training copy kept byte for byte is a hard link to its original, made read-only (0444 minus the umask) so
+    # that an editor saving in place cannot write into the original; everything else is 0666 minus the umask
+    linked = {p for p in files if p.stat().st_nlink > 1}
+    assert {p.parent.name for p in linked} == {"originals", "1_demo"}
     assert {p.relative_to(tmp_path).as_posix(): oct(p.stat().st_mode & 0o777) for p in files} == {
-        p.relative_to(tmp_path).as_posix(): oct(0o666 & ~umask) for p in files}
+        p.relative_to(tmp_path).as_posix(): oct((0o444 if p in linked else 0o666) & ~umask) for p in files}
 
 
 @pytest.mark.parametrize("repeats", [0, -1, 1.5, "2", True])

@@ -474,13 +474,19 @@ def _stage(batch: _Batch, source: ImportSource, report: ImportReport) -> Optiona
 def link_or_copy(src: Path, dst: Path) -> None:
     """Make the new name `dst` the same file as `src`: a hard link (made at once, and refused if `dst` exists), or
     a copy where the file system has none (another device, FAT, some network shares). Whoever changes either later
-    must replace it (write elsewhere, rename over it), never write into it: fsutil's atomic writers all do."""
+    must replace it (write elsewhere, rename over it), never write into it: fsutil's atomic writers all do.
+
+    A linked file is made read-only: an image editor that saves in place into the training copy would otherwise
+    write into the original. (Not on Windows, where a read-only file cannot be renamed over.)"""
     try:
         os.link(src, dst)
     except OSError as e:
         if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES):
             raise
         atomic_copy(src, dst)
+        return
+    if os.name != "nt":
+        os.chmod(dst, stat.S_IMODE(os.stat(dst).st_mode) & ~0o222)
 
 
 def _copy_in(staging: str, path: Path) -> tuple[str, str]:
