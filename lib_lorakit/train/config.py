@@ -144,10 +144,10 @@ def without_trigger(prompt: str, trigger_words: Sequence[str]) -> str:
 
 def build_sample_prompts(prompts: Sequence[str], trigger_words: Sequence[str], *, negative: str = "",
                          width: int, height: int, seed: int, cfg: float = 7.5, steps: int = 50,
-                         without_trigger: bool = True) -> tuple[SamplePrompt, ...]:
+                         without_trigger: bool = True, lead_tags: Sequence[str] = ()) -> tuple[SamplePrompt, ...]:
     """Each prompt with the trigger words, then (when there are triggers) without them, same seed. A prompt that
     already names a trigger word gets it once, and its twin has it taken out; a twin left empty (the prompt was
-    only the trigger) is not drawn."""
+    only the trigger) is not drawn. `lead_tags` (a preset's, e.g. Pony's score tags) go first in both, once."""
     out: list[SamplePrompt] = []
     for prompt in prompts:
         variants = [(with_trigger(prompt, trigger_words), True)]
@@ -155,6 +155,7 @@ def build_sample_prompts(prompts: Sequence[str], trigger_words: Sequence[str], *
         if without_trigger and trigger_words and bare.strip():
             variants.append((bare, False))
         for text, triggered in variants:
+            text = with_trigger(text, lead_tags)
             line = sample_prompt_line(text, negative=negative, width=width, height=height, seed=seed, cfg=cfg,
                                       steps=steps)
             out.append(SamplePrompt(index=len(out), prompt=text, with_trigger=triggered, line=line))
@@ -288,7 +289,8 @@ def build_run_files(project: Project, settings: ResolvedSettings | Mapping[str, 
     _check_images(project, chosen)
     # 3. sample prompts, when sampling is on
     run_dir = Path(run_dir).resolve()
-    prompts = _samples(project, chosen, values, samples or SampleSettings()) if sampling_on(values) else ()
+    lead = settings.sample_tags if isinstance(settings, ResolvedSettings) else ()
+    prompts = _samples(project, chosen, values, samples or SampleSettings(), lead) if sampling_on(values) else ()
     name = output_name or project.name
     # 4. the two TOMLs
     dataset = build_dataset_config(chosen, values, caption_extension=ps.caption_extension,
@@ -339,12 +341,12 @@ def _check_images(project: Project, concepts: Sequence[Concept]) -> None:
 
 
 def _samples(project: Project, concepts: Sequence[Concept], values: Mapping[str, Any],
-             spec: SampleSettings) -> tuple[SamplePrompt, ...]:
+             spec: SampleSettings, lead_tags: Sequence[str] = ()) -> tuple[SamplePrompt, ...]:
     prompts = spec.prompts or tuple(c.name for c in concepts if c.kind == "dataset")
     return build_sample_prompts(
         prompts, project.settings.trigger_words, negative=spec.negative, width=spec.width or values["resolution"],
         height=spec.height or values["resolution"], seed=values["seed"] if spec.seed is None else spec.seed,
-        cfg=spec.cfg, steps=spec.steps, without_trigger=spec.without_trigger)
+        cfg=spec.cfg, steps=spec.steps, without_trigger=spec.without_trigger, lead_tags=lead_tags)
 
 
 def write_run_files(files: RunFiles, run_dir: Path) -> RunPaths:

@@ -1,8 +1,9 @@
 """Presets: named sets of training options, each value with the reason or source it came from.
 
-Built-in presets cover style and character × SD1 and SDXL (Pony is SDXL) × LoRA, LoCon and LoHa, named
-`<task>-<sd15|sdxl>-<lora|locon|loha>`. Their values come from the practitioners' guides in the project's seeds
-(`seeds/003` is the LyCORIS experiments report), sd-scripts' own documentation and the users' rules of thumb.
+Built-in presets cover style and character × SD1, SDXL and Pony Diffusion V6 XL (an SDXL model: base "SDXL",
+slug "pony") × LoRA, LoCon and LoHa, named `<task>-<sd15|sdxl|pony>-<lora|locon|loha>`. Their values come from
+the practitioners' guides in the project's seeds (`seeds/003` is the LyCORIS experiments report, `seeds/001` a guide
+made with Pony), sd-scripts' own documentation and the users' rules of thumb.
 User presets are TOML files in a folder the caller names; they are validated through `options` and may not take
 a built-in's name. `resolve()` layers defaults < preset < overrides into a complete, validated mapping that says
 where every value came from.
@@ -57,6 +58,7 @@ class Preset:
     values: Mapping[str, PresetValue]
     builtin: bool = True
     path: Path | None = field(default=None, compare=False)
+    sample_tags: PresetValue | None = None  # tags every sample prompt starts with (Pony's score tags), and why
 
     @property
     def label(self) -> str:
@@ -92,6 +94,7 @@ class ResolvedSettings:
     task: str
     values: Mapping[str, Any]
     sources: Mapping[str, str]
+    sample_tags: tuple[str, ...] = ()  # the preset's sample-prompt tags (config.py puts them first in each prompt)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.values)
@@ -189,22 +192,41 @@ _SUMMARIES = {
 }
 
 
-def _build(task: str, base: str, network: str) -> Preset:
-    parts = {**_COMMON, **_BASE_PARTS[base], **_NETWORK_PARTS[network], **_TASK_PARTS[task]}
+# Pony Diffusion V6 XL: an SDXL fine-tune (same trainer, sizes and files) whose conventions differ in prompting.
+S001 = "seeds/001 (a guide made with Pony Diffusion V6 XL)"
+PONY_SCORE_TAGS: tuple[str, ...] = ("score_9", "score_8_up", "score_7_up")
+_PONY_PART: dict[str, tuple[Any, str]] = {
+    "clip_skip": (None, "Pony's model card convention is clip skip 2; sd-scripts' SDXL training already reads the "
+                        "penultimate layer of both text encoders (= clip skip 2) and ignores clip_skip (it warns), "
+                        "so set clip skip 2 in the webui when generating"),
+    "sample_sampler": ("euler_a", f"{S001}: its Pony images were made in AUTOMATIC1111 with Euler a, the guide's "
+                                  "one scheduler for a consistent style"),
+}
+_PONY_SAMPLE_TAGS = PresetValue(value=PONY_SCORE_TAGS, reason=(
+    "Pony's model card convention: prompts start with the score tags score_9, score_8_up, score_7_up; they go into "
+    "the sample prompts, not into the captions (the dataset stays as tagged)"))
+_PONY_SUMMARY = (" Pony Diffusion V6 XL: samples start with its score tags; train on Pony itself (seeds/001: "
+                 "most LoRAs made for the SD series fail on Pony).")
+
+
+def _build(task: str, base: str, network: str, *, pony: bool = False) -> Preset:
+    parts = {**_COMMON, **_BASE_PARTS[base], **_NETWORK_PARTS[network], **_TASK_PARTS[task],
+             **(_PONY_PART if pony else {})}
     if parts.get("network_train_unet_only", (False,))[0]:
         parts["text_encoder_lr"] = (None, "the text encoders are not trained (network_train_unet_only)")
     elif parts["text_encoder_lr"][0] == "half":
         parts["text_encoder_lr"] = (parts["learning_rate"][0] / 2, parts["text_encoder_lr"][1])
     values = {name: PresetValue(value=v, reason=r) for name, (v, r) in parts.items()}
     opts.validate({n: v.value for n, v in values.items()})
-    name = f"{task}-{_BASE_SLUG[base]}-{network.lower()}"
-    summary = _SUMMARIES[(task, network)] + (" SDXL and Pony." if base == "SDXL" else " SD1.5 models.")
-    return Preset(name=name, task=task, base=base, network=network, summary=summary,
-                  values=MappingProxyType(values))
+    name = f"{task}-{'pony' if pony else _BASE_SLUG[base]}-{network.lower()}"
+    tail = _PONY_SUMMARY if pony else " SDXL and Pony." if base == "SDXL" else " SD1.5 models."
+    return Preset(name=name, task=task, base=base, network=network, summary=_SUMMARIES[(task, network)] + tail,
+                  values=MappingProxyType(values), sample_tags=_PONY_SAMPLE_TAGS if pony else None)
 
 
 BUILTIN: Mapping[str, Preset] = MappingProxyType({
-    p.name: p for p in (_build(t, b, n) for t in TASKS for b in BASES for n in NETWORKS)
+    p.name: p for p in (*(_build(t, b, n) for t in TASKS for b in BASES for n in NETWORKS),
+                        *(_build(t, "SDXL", n, pony=True) for t in TASKS for n in NETWORKS))
 })
 
 
@@ -245,7 +267,8 @@ def resolve(preset: str | Preset, overrides: Mapping[str, Any] | None = None, *,
     _apply_layer(values, sources, {n: (v, override_source) for n, v in user.items()})
     checked = opts.validate(values, complete=True)
     return ResolvedSettings(preset=p.name, base=p.base, network=p.network, task=p.task,
-                            values=MappingProxyType(checked), sources=MappingProxyType(sources))
+                            values=MappingProxyType(checked), sources=MappingProxyType(sources),
+                            sample_tags=tuple(p.sample_tags.value) if p.sample_tags else ())
 
 
 def _apply_layer(values: dict[str, Any], sources: dict[str, str], layer: Mapping[str, tuple[Any, str]]) -> None:
