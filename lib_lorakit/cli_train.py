@@ -11,23 +11,19 @@ from typing import Any
 
 from .errors import LorakitError
 from .studio import Studio
-from .train import differential
-from .train import presets as _presets
-from .train.bundle import export_run, import_bundle
-from .train.config import SampleSettings
-from .train.differential import DifferentialRequest
-from .train.distributed import ACCELERATE_SCHEMA, AccelerateOptions
-from .train.environment import TrainerEnvironment, setup_trainer
-from .train.options import parse_set, split_set
-from .train.queue import TrainQueue
-from .train.runner import Runs
-from .train.service import TrainingService, TrainRequest, default_trainer
+from .train.distributed import ACCELERATE_SCHEMA
+from .train.door import TrainingDoor
+from .train.environment import setup_trainer
+from .train.options import parse_set
+from .train.runner import RunSnapshot
+from .train.service import set_items
 
 DEFAULT_TORCH = "2.13.0"
 BASE_MODEL_HELP = "the checkpoint to train on (.safetensors; a .ckpt is unpickled, so only from a source you trust)"
 Result = tuple[int, Any, str]
 SET_HELP = ("override a preset option, or pass any other sd-scripts argument (e.g. tokenizer_cache_dir=DIR), "
             "checked by sd-scripts' own parser before the run; repeat a NAME for a list")
+WITHOUT_TRIGGER_HELP = "also sample each prompt without the trigger words (default: yes)"
 
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -48,6 +44,8 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     t.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help=SET_HELP)
     t.add_argument("--output-name")
     t.add_argument("--sample", action="append", default=[], metavar="PROMPT", help="a sample prompt (repeatable)")
+    t.add_argument("--without-trigger", action=argparse.BooleanOptionalAction, default=None,
+                   help=WITHOUT_TRIGGER_HELP)
     t.add_argument("--accept-missing-captions", action="store_true")
     t.add_argument("--dry-run", action="store_true", help="write the TOMLs and print the command; start nothing")
     t.add_argument("--wait", action="store_true", help="stay until the run ends, showing progress")
@@ -65,6 +63,8 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
                    help="override for stage 1 only")
     d.add_argument("--output-name", help="stage 2's LoRA name (stage 1's is NAME-base)")
     d.add_argument("--sample", action="append", default=[], metavar="PROMPT", help="a sample prompt (repeatable)")
+    d.add_argument("--without-trigger", action=argparse.BooleanOptionalAction, default=None,
+                   help=WITHOUT_TRIGGER_HELP)
     d.add_argument("--accept-missing-captions", action="store_true")
     d.add_argument("--dry-run", action="store_true", help="write both runs' TOMLs and print the commands")
     d.add_argument("--wait", action="store_true", help="stay until both runs end, showing progress")
@@ -95,18 +95,23 @@ def add_accelerate_args(p: argparse.ArgumentParser) -> None:
     ACCELERATE_SCHEMA.add_arguments(p.add_argument_group("multi-GPU / multi-node (accelerate launch)"))
 
 
-def accelerate_options(args: argparse.Namespace) -> AccelerateOptions:
-    return AccelerateOptions.from_settings(ACCELERATE_SCHEMA.from_namespace(args, complete=False))
-
-
-def trainer_env(studio: Studio, args: argparse.Namespace) -> TrainerEnvironment:
-    return default_trainer(studio.host, getattr(args, "trainer_python", None))
-
-
-def service(studio: Studio, args: argparse.Namespace) -> TrainingService:
+def door(studio: Studio, args: argparse.Namespace) -> TrainingDoor:
     # the command line runs with its user's own rights: any model file, a pickle with a warning (model_path)
-    return TrainingService(studio.host, trainer=trainer_env(studio, args),
-                           tokenizer_cache_dir=getattr(args, "tokenizer_cache_dir", None), local_user=True)
+    return studio.training(local_user=True, trainer_python=getattr(args, "trainer_python", None),
+                           tokenizer_cache_dir=getattr(args, "tokenizer_cache_dir", None), start="now")
+
+
+def request_data(args: argparse.Namespace) -> dict[str, Any]:
+    """The training request as plain data (TrainRequest.from_dict), from the command line."""
+    overrides, extra = set_items(args.set)
+    data: dict[str, Any] = {"preset": args.preset, "base_model": args.base_model, "overrides": overrides,
+                            "extra_args": extra, "output_name": args.output_name, "samples": list(args.sample),
+                            "accept_missing_captions": args.accept_missing_captions, "dry_run": args.dry_run}
+    if args.without_trigger is not None:
+        data["without_trigger"] = args.without_trigger
+    data.update({f.name: getattr(args, f.name) for f in ACCELERATE_SCHEMA.fields
+                 if getattr(args, f.name, None) is not None})
+    return data
 
 
 def handle(studio: Studio, args: argparse.Namespace) -> Result:
@@ -116,48 +121,39 @@ def handle(studio: Studio, args: argparse.Namespace) -> Result:
 
 
 def _presets_cmd(studio: Studio, args: argparse.Namespace) -> Result:
-    folder = studio.host.projects_home() / "presets"
+    training = door(studio, args)
     if args.action == "show":
-        resolved = _presets.resolve(args.name or "", user_dir=folder)
+        resolved = training.preset_settings(args.name or "")
         rows = resolved.explain()
         return 0, {"preset": resolved.preset, "settings": rows}, "\n".join(
             f"{r['name']:<28} {r['value']!s:<14} {r['source']}" for r in rows)
     if args.action == "save":
         if not args.name or not args.source:
             raise LorakitError("presets save NAME --from PRESET [--set option=value]...")
-        resolved = _presets.resolve(args.source, parse_set(args.set), user_dir=folder, override_source="--set")
-        path = _presets.save_resolved(folder, args.name, resolved, summary=args.summary)
+        path = training.save_preset(args.name, source=args.source, overrides=parse_set(args.set),
+                                    summary=args.summary, override_source="--set")
         return 0, {"saved": str(path)}, f"Saved preset {args.name} in {path}"
-    return _list_presets(studio, args)
-
-
-def _queue(studio: Studio, args: argparse.Namespace) -> Result:
-    queue = TrainQueue(studio.host)
-    if args.action in ("up", "down"):
-        if not (args.project and args.run):
-            raise LorakitError("queue up|down PROJECT RUN")
-        queue.move(args.project, args.run, -1 if args.action == "up" else 1)
-    rows = queue.listing()
-    text = "\n".join(f"{i + 1}. {r['project']} {r['run']} ({r['state']})" for i, r in enumerate(rows))
-    return 0, {"queue": rows}, text or "The training queue is empty."
-
-
-def _list_presets(studio: Studio, args: argparse.Namespace) -> Result:
-    rows = [p.to_dict() for p in _presets.presets(studio.host.projects_home() / "presets")]
+    rows = [p.to_dict() for p in training.presets()]
     text = "\n".join(f"{r['name']:<24} {r['base']:<5} {r['network']:<5} {r['task']}" for r in rows)
     return 0, {"presets": rows}, text
 
 
+def _queue(studio: Studio, args: argparse.Namespace) -> Result:
+    training = door(studio, args)
+    if args.action in ("up", "down"):
+        if not (args.project and args.run):
+            raise LorakitError("queue up|down PROJECT RUN")
+        rows = training.queue_move(args.project, args.run, -1 if args.action == "up" else 1)
+    else:
+        rows = training.queue_listing()
+    text = "\n".join(f"{i + 1}. {r['project']} {r['run']} ({r['state']})" for i, r in enumerate(rows))
+    return 0, {"queue": rows}, text or "The training queue is empty."
+
+
 def _train(studio: Studio, args: argparse.Namespace) -> Result:
-    project = studio.project(args.project)
-    svc = service(studio, args)
-    overrides, extra = split_set(args.set)
-    req = TrainRequest(project=args.project, preset=args.preset, base_model=args.base_model,
-                       overrides=overrides, extra_args=extra, output_name=args.output_name,
-                       samples=SampleSettings(prompts=tuple(args.sample)) if args.sample else None,
-                       accept_missing_captions=args.accept_missing_captions, dry_run=args.dry_run,
-                       accelerate=accelerate_options(args))
-    plan = svc.plan(project, req)
+    training = door(studio, args)
+    made = training.train(args.project, request_data(args))
+    plan, snap = made.plan, made.snapshot
     for f in plan.findings:
         print(f"{f.severity}: {f.message}" + (f" Fix: {f.fix}" if f.fix else ""), file=sys.stderr)
     s = plan.steps
@@ -165,64 +161,57 @@ def _train(studio: Studio, args: argparse.Namespace) -> Result:
           f"{s.batch_size} → {s.total_steps} steps ({s.steps_per_image:.0f} per image)", file=sys.stderr)
     for w in s.warnings:
         print(f"{w.level}: {w.message}", file=sys.stderr)
-    snap = svc.create_run(project, req, queue=not args.dry_run)
-    argv = Runs(project).launch(snap.id)["argv"]
-    data = {"run": snap.id, "dir": str(snap.dir), "argv": argv, "plan": plan.to_dict()}
+    data = {"run": snap.id, "dir": str(snap.dir), "argv": made.argv, "plan": plan.to_dict()}
     if args.dry_run:
-        Runs(project).mark(snap.id, "draft")
-        return 0, data, "Dry run: wrote " + str(snap.dir) + "\n" + " ".join(argv)
+        return 0, data, "Dry run: wrote " + str(snap.dir) + "\n" + " ".join(made.argv)
     if not args.wait:
-        TrainQueue(studio.host).tick()
         return 0, data, f"Queued run {snap.id}; follow it with `run status {args.project} {snap.id}`."
-    final = _follow(studio, project, snap.id)
+    final = _follow(training, args.project, snap.id)
     data["final"] = final.to_dict()
     return (0 if final.state == "succeeded" else 1), data, _describe(final)
 
 
 def _train_differential(studio: Studio, args: argparse.Namespace) -> Result:
-    project = studio.project(args.project)
-    svc = service(studio, args)
-    overrides, extra = split_set(args.set)
-    req = DifferentialRequest(project=args.project, preset=args.preset, base_model=args.base_model,
-                              target_concepts=(args.target_concepts,), stage1_concepts=(args.stage1_concepts,),
-                              overrides=overrides, extra_args=extra, stage1_overrides=parse_set(args.stage1_set),
-                              output_name=args.output_name,
-                              samples=SampleSettings(prompts=tuple(args.sample)) if args.sample else None,
-                              accept_missing_captions=args.accept_missing_captions, dry_run=args.dry_run,
-                              accelerate=accelerate_options(args))
-    plans = differential.plan(svc, project, req)
-    for stage, plan in enumerate(plans, 1):
+    training = door(studio, args)
+    data = request_data(args)
+    data.update(target_concepts=[args.target_concepts], stage1_concepts=[args.stage1_concepts],
+                stage1_overrides=_stage1_overrides(args.stage1_set))
+    made = training.train_differential(args.project, data)
+    for stage, plan in enumerate(made.plans, 1):
         s = plan.steps
         print(f"stage {stage}: {s.train_images} images, {s.epochs} epochs, batch {s.batch_size} → {s.total_steps} "
               "steps", file=sys.stderr)
         for f in plan.findings:
             print(f"stage {stage} {f.severity}: {f.message}" + (f" Fix: {f.fix}" if f.fix else ""), file=sys.stderr)
-    made = differential.create(svc, project, req, queue=not args.dry_run)
-    runs = Runs(project)
-    data: dict[str, Any] = {"stage1": made.stage1.id, "stage2": made.stage2.id,
-                            "dirs": [str(made.stage1.dir), str(made.stage2.dir)],
-                            "argv": [runs.launch(made.stage1.id)["argv"], runs.launch(made.stage2.id)["argv"]],
-                            "plans": [p.to_dict() for p in plans]}
+    one, two = made.runs.stage1, made.runs.stage2
+    out: dict[str, Any] = {"stage1": one.id, "stage2": two.id, "dirs": [str(one.dir), str(two.dir)],
+                           "argv": list(made.argv), "plans": [p.to_dict() for p in made.plans]}
     if args.dry_run:
-        for snap in (made.stage1, made.stage2):
-            runs.mark(snap.id, "draft")
-        return 0, data, (f"Dry run: wrote {made.stage1.dir} and {made.stage2.dir}\n"
-                         + "\n".join(" ".join(a) for a in data["argv"]))
+        return 0, out, (f"Dry run: wrote {one.dir} and {two.dir}\n" + "\n".join(" ".join(a) for a in made.argv))
     if not args.wait:
-        TrainQueue(studio.host).tick()
-        return 0, data, (f"Queued stage 1 {made.stage1.id} and stage 2 {made.stage2.id} (starts when stage 1 has "
-                         f"succeeded); follow them with `runs {args.project}`.")
-    finals = [_follow(studio, project, made.stage1.id), _follow(studio, project, made.stage2.id)]
-    data["final"] = [f.to_dict() for f in finals]
+        return 0, out, (f"Queued stage 1 {one.id} and stage 2 {two.id} (starts when stage 1 has succeeded); follow "
+                        f"them with `runs {args.project}`.")
+    finals = [_follow(training, args.project, one.id), _follow(training, args.project, two.id)]
+    out["final"] = [f.to_dict() for f in finals]
     ok = all(f.state == "succeeded" for f in finals)
-    return (0 if ok else 1), data, "\n".join(_describe(f) for f in finals)
+    return (0 if ok else 1), out, "\n".join(_describe(f) for f in finals)
 
 
-def _follow(studio: Studio, project: Any, run_id: str):
-    queue, runs = TrainQueue(studio.host), Runs(project)
+def _stage1_overrides(items: list[str]) -> dict[str, str]:
+    """`--stage1-set OPTION=VALUE` as text by option (only declared options; from_dict types and checks them)."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise LorakitError(f"--stage1-set {item!r}: expected OPTION=VALUE, e.g. max_train_epochs=10")
+        out[name.strip()] = text.strip()
+    return out
+
+
+def _follow(training: TrainingDoor, project: str, run_id: str) -> RunSnapshot:
     while True:
-        queue.tick()
-        snap = runs.get(run_id)
+        training.tick()
+        snap = training.run(project, run_id)
         p = snap.progress
         print(f"\r{snap.state}: step {p.get('step', 0)}/{p.get('total', '?')} loss {p.get('loss')} "
               f"eta {p.get('eta_s')} s   ", end="", file=sys.stderr, flush=True)
@@ -252,39 +241,39 @@ def _describe(snap: Any) -> str:
 
 
 def _runs(studio: Studio, args: argparse.Namespace) -> Result:
-    snaps = Runs(studio.project(args.project)).list()
+    snaps = door(studio, args).runs(args.project)
     text = "\n".join(f"{s.id}  {s.state:<11} step {s.progress.get('step', 0)}/{s.progress.get('total', '?')}"
                      for s in snaps) or "No runs yet."
     return 0, {"runs": [s.to_dict() for s in snaps]}, text
 
 
 def _run(studio: Studio, args: argparse.Namespace) -> Result:
-    project = studio.project(args.project)
-    runs = Runs(project)
+    training = door(studio, args)
     if args.action == "stop":
-        TrainQueue(studio.host).stop(args.project, args.run)
-        snap = runs.wait(args.run, timeout=60)
+        training.stop(args.project, args.run)
+        snap = training.wait(args.project, args.run, timeout=60)
     elif args.action == "resume":
-        service(studio, args).resume(project, args.run)
-        snap = _follow(studio, project, args.run) if args.wait else runs.get(args.run)
+        snap = training.resume(args.project, args.run)
+        snap = _follow(training, args.project, args.run) if args.wait else snap
     elif args.action == "export":
-        path = export_run(project, args.run, out=args.out, include_model=args.include_model)
+        path = training.export(args.project, args.run, out=args.out, include_model=args.include_model)
         return 0, {"bundle": str(path)}, f"Wrote {path}\n(unzip it on the training machine and read README.md)"
     elif args.action == "import":
-        snap = import_bundle(project, Path(args.run))
+        snap = training.import_bundle(args.project, Path(args.run))
         return 0, snap.to_dict(), _describe(snap) + f"\nRegister it with `register {args.project} {snap.id}`."
     else:
-        snap = runs.get(args.run)
+        snap = training.run(args.project, args.run)
     return 0, snap.to_dict(), _describe(snap)
 
 
 def _register(studio: Studio, args: argparse.Namespace) -> Result:
-    done = service(studio, args).register(studio.project(args.project), args.run)
+    done = door(studio, args).register(args.project, args.run)
     return 0, {"registered": [d.to_dict() for d in done]}, "\n".join(f"registered {d.lora}" for d in done)
 
 
 def _trainer(studio: Studio, args: argparse.Namespace) -> Result:
-    env = trainer_env(studio, args)
+    training = door(studio, args)
+    env = training.trainer
     if args.action == "setup":
         if getattr(args, "trainer_python", None):
             raise LorakitError("--trainer-python names an existing environment; setup makes our own.")
@@ -292,7 +281,7 @@ def _trainer(studio: Studio, args: argparse.Namespace) -> Result:
                                torch_index_url=args.torch_index_url, log=lambda line: print(line, file=sys.stderr))
         return 0, {"ran": report.ran, "skipped": report.skipped, "warnings": report.warnings}, \
             f"Trainer ready in {env.venv_dir} ({len(report.ran)} steps ran, {len(report.skipped)} already done)."
-    rep = service(studio, args).trainer_report(refresh=True)  # probes again, and keeps the answer for `train`
+    rep = training.trainer_report(refresh=True)  # probes again, and keeps the answer for `train`
     lines = [f"python {rep.python_version} torch {rep.torch_version} cuda {rep.cuda_available} "
              f"{rep.device_name or ''} vram {rep.vram_free_mb}/{rep.vram_total_mb} MB",
              f"sd-scripts {rep.sd_scripts_commit} (pinned {rep.sd_scripts_pinned}), lycoris {rep.lycoris_version}, "

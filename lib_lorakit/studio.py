@@ -20,6 +20,7 @@ from .host import Host
 from .jobs import JobManager, JobState, ProgressFn, job_manager
 from .paths import resolve_inside
 from .project import ConceptKind, Project, ProjectSettings, Workspace
+from .train.door import Start, TrainingDoor
 
 MAX_SERVER_PATHS = 10_000  # files or folders in one import (a folder counts once, whatever it holds)
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
@@ -36,6 +37,13 @@ class Studio:
     @property
     def captions(self) -> CaptionService:
         return CaptionService(self.host)
+
+    def training(self, *, local_user: bool = False, trainer_python: Optional[str] = None,
+                 tokenizer_cache_dir: Optional[Path] = None, start: Start = "later") -> TrainingDoor:
+        """Training, presets and results for one caller: `local_user=True` only for the machine's own user (the
+        CLI), who may train from any model file; the tab and the API leave it False (train.model_path)."""
+        return TrainingDoor(self.host, local_user=local_user, trainer_python=trainer_python,
+                            tokenizer_cache_dir=tokenizer_cache_dir, start=start)
 
     @property
     def jobs(self) -> JobManager:

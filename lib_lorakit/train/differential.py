@@ -21,11 +21,12 @@ from typing import Any, Optional
 from ..errors import LorakitError
 from ..paths import check_name
 from ..project import Project
+from ..schema import InvalidSettings
 from .config import SampleSettings
 from .distributed import AccelerateOptions
 from .queue import TrainQueue
 from .runner import Runs, RunSnapshot
-from .service import TrainingService, TrainPlan, TrainRequest
+from .service import TrainingService, TrainPlan, TrainRequest, read_overrides, read_request
 
 PLACEHOLDER_RUN = "(stage 1)"  # depends_on while planning, before stage 1 has a run id
 
@@ -45,6 +46,34 @@ class DifferentialRequest:
     dry_run: bool = False
     accelerate: AccelerateOptions = field(default_factory=AccelerateOptions)  # both stages, multi-GPU / multi-node
     extra_args: Mapping[str, Any] = field(default_factory=dict)  # both stages, extra sd-scripts arguments
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, project: str) -> DifferentialRequest:
+        """The request from plain data: a training request's fields (service.REQUEST_KEYS) and `target_concepts`,
+        `stage1_concepts` (lists of names, or "A,B"), `stage1_overrides`; all problems at once, each naming its
+        field."""
+        values, problems = read_request(data, more_keys=DIFFERENTIAL_KEYS)
+        if isinstance(data, Mapping):
+            values["target_concepts"] = _concept_list(data.get("target_concepts"), "target_concepts", problems)
+            values["stage1_concepts"] = _concept_list(data.get("stage1_concepts"), "stage1_concepts", problems)
+            values["stage1_overrides"] = read_overrides(data.get("stage1_overrides"), "stage1_overrides", problems)
+        if problems:
+            raise InvalidSettings(problems)
+        return cls(project=project, **values)
+
+
+DIFFERENTIAL_KEYS = ("target_concepts", "stage1_concepts", "stage1_overrides")
+
+
+def _concept_list(value: Any, key: str, problems: list[str]) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        problems.append(f"{key}: expected a list of concept names, got {value!r}")
+        return ()
+    return _names(value)
 
 
 @dataclass(frozen=True)

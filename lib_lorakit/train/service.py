@@ -6,9 +6,10 @@ the queue, and holds no state of its own.
 
 from __future__ import annotations
 
+import difflib
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -20,13 +21,15 @@ from ..host import ArchReading, Host, read_checkpoint_arch
 from ..paths import check_name
 from ..project import Project
 from ..results.registry import Registered, register_files
+from ..schema import InvalidSettings
 from ..tomlio import read_toml, write_toml
 from . import extra_args as _extra
 from . import presets as _presets
 from .config import RunFiles, SampleSettings, build_run_files, script_for, select_concepts, write_run_files
-from .distributed import AccelerateOptions, accelerate_argv
+from .distributed import ACCELERATE_SCHEMA, AccelerateOptions, accelerate_argv
 from .environment import DoctorReport, ProbeCache, TrainerEnvironment, doctor
 from .model_path import confine_model_path
+from .options import SCHEMA as OPTIONS_SCHEMA
 from .queue import TrainQueue
 from .runner import Runs, RunSnapshot, RunSpec
 from .states import StateChoice, choose_state
@@ -67,6 +70,158 @@ class TrainRequest:
     # sd-scripts arguments beyond the declared options, by sd-scripts' name (extra_args.py): text from the CLI and
     # the tab, JSON values from the API
     extra_args: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, project: str) -> TrainRequest:
+        """The request from plain data (the CLI's arguments, the API's JSON body, the panel's fields), every field
+        checked: all problems at once as InvalidSettings, each naming its field (`overrides.network_dim: …`);
+        an unknown key is refused by name. Keys: REQUEST_KEYS."""
+        values, problems = read_request(data)
+        if problems:
+            raise InvalidSettings(problems)
+        return cls(project=project, **values)
+
+
+# the keys of a training request as plain data; the multi-GPU settings sit at the top level, by their names
+REQUEST_KEYS = ("preset", "base_model", "overrides", "extra_args", "output_name", "samples", "without_trigger",
+                "accept_missing_captions", "dry_run", *(f.name for f in ACCELERATE_SCHEMA.fields))
+
+
+def read_request(data: Any, *, more_keys: Sequence[str] = ()) -> tuple[dict[str, Any], list[str]]:
+    """The fields of REQUEST_KEYS as TrainRequest's keyword arguments, and every problem found (each naming its
+    field); keys outside REQUEST_KEYS and `more_keys` (read by the caller) are problems too."""
+    if not isinstance(data, Mapping):
+        return {}, [f"request: expected an object of fields, got {type(data).__name__}"]
+    known = (*REQUEST_KEYS, *more_keys)
+    problems = [_unknown_key(k, known) for k in data if k not in known]
+    out: dict[str, Any] = {}
+    for key in ("preset", "base_model"):
+        value = data.get(key)
+        if not isinstance(value, str) or not value.strip():
+            problems.append(f"{key}: required, a non-empty string (got {value!r})")
+        out[key] = value.strip() if isinstance(value, str) else ""
+    out["output_name"] = _output_name(data.get("output_name"), problems)
+    out["overrides"] = read_overrides(data.get("overrides"), "overrides", problems)
+    out["extra_args"] = _extra_args(data.get("extra_args"), problems)
+    flags = {k: _flag(data, k, default, problems) for k, default in (("without_trigger", True),
+                                                                     ("accept_missing_captions", False),
+                                                                     ("dry_run", False))}
+    prompts = _prompts(data.get("samples"), problems)
+    out["samples"] = SampleSettings(prompts=prompts, without_trigger=flags["without_trigger"])
+    out["accept_missing_captions"], out["dry_run"] = flags["accept_missing_captions"], flags["dry_run"]
+    out["accelerate"] = _accelerate(data, problems)
+    return out, problems
+
+
+def set_items(items: Iterable[str]) -> tuple[dict[str, str], dict[str, Any]]:
+    """`NAME=VALUE` items (the CLI's `--set`, the panel's text box) as plain data: (the declared options as text,
+    for `overrides`; every other NAME as an sd-scripts argument for `extra_args`, a NAME given twice collecting a
+    list). The text is typed and checked by the request's `from_dict`."""
+    overrides: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    problems: list[str] = []
+    for item in items:
+        name, sep, text = str(item).partition("=")
+        name, text = name.strip(), text.strip()
+        if not sep or not name:
+            problems.append(f"{item!r}: expected NAME=VALUE, e.g. max_train_epochs=10")
+        elif name in OPTIONS_SCHEMA or name in OPTIONS_SCHEMA.aliases:
+            overrides[name] = text
+        elif name in extra:
+            extra[name] = [*(extra[name] if isinstance(extra[name], list) else [extra[name]]), text]
+        else:
+            extra[name] = text
+    if problems:
+        raise InvalidSettings(problems)
+    return overrides, extra
+
+
+def _unknown_key(key: Any, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(key), known, n=2, cutoff=0.6)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    return f"{key}: not a field of a training request{hint}"
+
+
+def _output_name(value: Any, problems: list[str]) -> Optional[str]:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        problems.append(f"output_name: expected a string, got {value!r}")
+        return None
+    try:
+        return check_name(value.strip(), what="output name")
+    except LorakitError as e:
+        problems.append(f"output_name: {e}")
+        return None
+
+
+def read_overrides(values: Any, path: str, problems: list[str]) -> dict[str, Any]:
+    """Training options by name, checked by the declaration (train.options.SCHEMA); a value given as text is
+    typed as `--set` types it. Problems name `<path>.<option>`."""
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping):
+        problems.append(f"{path}: expected an object of option: value, got {type(values).__name__}")
+        return {}
+    typed: dict[str, Any] = {}
+    found: list[str] = []
+    for name, value in values.items():
+        try:
+            typed.update(OPTIONS_SCHEMA.parse_set([f"{name}={value}"]) if isinstance(value, str) else {name: value})
+        except InvalidSettings as e:
+            found += [OPTIONS_SCHEMA.at(path, p) for p in e.problems]
+    try:
+        checked = OPTIONS_SCHEMA.validate(typed, path=path)
+    except InvalidSettings as e:
+        found += [p for p in e.problems if p not in found]
+        checked = {}
+    problems += found
+    return checked
+
+
+def _extra_args(values: Any, problems: list[str]) -> dict[str, Any]:
+    """sd-scripts arguments by name: text, numbers, true/false or a list of them (their own parser checks them)."""
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping) or not all(isinstance(k, str) and k.strip() for k in values):
+        problems.append("extra_args: expected an object of NAME: value")
+        return {}
+    scalar = (str, int, float, bool)
+    for name, value in values.items():
+        if not (isinstance(value, scalar) or isinstance(value, list) and all(isinstance(v, scalar) for v in value)):
+            problems.append(f"extra_args.{name}: expected text, a number, true/false or a list of them, got {value!r}")
+    return dict(values)
+
+
+def _flag(data: Mapping[str, Any], key: str, default: bool, problems: list[str]) -> bool:
+    value = data.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        problems.append(f"{key}: expected true or false, got {value!r}")
+        return default
+    return value
+
+
+def _prompts(values: Any, problems: list[str]) -> tuple[str, ...]:
+    if values is None:
+        return ()
+    if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) for v in values):
+        problems.append(f"samples: expected a list of prompts (strings), got {values!r}")
+        return ()
+    return tuple(v.strip() for v in values if v.strip())
+
+
+def _accelerate(data: Mapping[str, Any], problems: list[str]) -> AccelerateOptions:
+    """The multi-GPU settings, each checked by ACCELERATE_SCHEMA, then together (GPU ids against processes, …)."""
+    given = {f.name: data[f.name] for f in ACCELERATE_SCHEMA.fields if data.get(f.name) is not None}
+    try:
+        options = AccelerateOptions(**ACCELERATE_SCHEMA.from_dict(given))
+    except InvalidSettings as e:
+        problems += e.problems
+        return AccelerateOptions()
+    problems += options.problems()
+    return options
 
 
 @dataclass(frozen=True)
