@@ -139,11 +139,14 @@ class TrainingDoor:
     # --- the queue --------------------------------------------------------------------------------------------------
     @property
     def queue(self) -> TrainQueue:
-        return ensure_worker(self.host).queue if self.start == "worker" else TrainQueue(self.host)
+        return TrainQueue(self.host)  # its order lives in a file: any instance sees and changes the same queue
 
     def tick(self) -> Optional[RunSnapshot]:
-        """Start the next queued run if none is running, as `start` says (the worker also looks every few seconds)."""
-        return None if self.start == "later" else self.queue.tick()
+        """Start the next queued run if none is running, as `start` says (the worker also looks every few seconds);
+        "worker" ticks the worker's own queue, whose lock keeps one start at a time."""
+        if self.start == "later":
+            return None
+        return (ensure_worker(self.host).queue if self.start == "worker" else self.queue).tick()
 
     def queue_listing(self) -> list[dict]:
         return self.queue.listing()

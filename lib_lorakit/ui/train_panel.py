@@ -16,16 +16,13 @@ from .. import next_step
 from ..cli_train import DEFAULT_TORCH
 from ..errors import LorakitError
 from ..studio import Studio
-from ..train import differential
 from ..train import options as _options
 from ..train import presets as _presets
-from ..train.bundle import export_run, import_bundle
-from ..train.config import SampleSettings
-from ..train.distributed import ACCELERATE_SCHEMA, AccelerateOptions
+from ..train.distributed import ACCELERATE_SCHEMA
+from ..train.door import TrainingDoor
 from ..train.environment import ProbeCache, cached_report, setup_trainer
-from ..train.queue import TrainQueue, ensure_worker
-from ..train.runner import Runs, RunSnapshot
-from ..train.service import REPO_ROOT, TrainingService, TrainRequest, default_trainer
+from ..train.runner import RunSnapshot
+from ..train.service import REPO_ROOT, TrainRequest, default_trainer, set_items
 from . import fields
 from . import render_train as render
 from .compat import QUIET, bind, unchanged, uploaded
@@ -192,12 +189,13 @@ class TrainPanel:
         blocks.load(self._lists, [self.preset, self.base], [self.preset, self.base, self.trainer_status], queue=False)
 
     # --- handlers: read values → one core call → updates ------------------------------------------------------------
-    def _service(self) -> TrainingService:
-        # whoever reaches the page is not trusted as the machine's user: only listed or confined .safetensors models
-        return TrainingService(self.studio.host, trainer=default_trainer(self.studio.host), local_user=False)
+    def _door(self) -> TrainingDoor:
+        # whoever reaches the page is not trusted as the machine's user: only listed or confined .safetensors models;
+        # a queued run starts through this process's queue worker (its lock keeps one start at a time)
+        return self.studio.training(local_user=False, start="worker")
 
     def _preset_names(self) -> list[str]:
-        return [p.name for p in _presets.presets(self.studio.host.projects_home() / "presets")]
+        return [p.name for p in self._door().presets()]
 
     def _checkpoints(self) -> dict[str, str]:
         """Dropdown label (`name (arch)`) → path."""
@@ -217,10 +215,15 @@ class TrainPanel:
         words = ", ".join(project.settings.trigger_words) or "none"
         return render.heading_html(name, words, next_step.train_next(next_step.project_status(project), latest))
 
-    def _request(self, name: Optional[str], preset: Optional[str], base: Optional[str], base_path: str,
-                 overrides: str, output_name: str, prompts: str, without_trigger: bool,
-                 accept_missing: bool, *field_values: Any) -> TrainRequest:
-        """The request from the panel's values; `field_values`: the multi-GPU fields, then the options' fields."""
+    def _request(self, name: Optional[str], *values: Any) -> TrainRequest:
+        """The request the panel's values make (see _request_data)."""
+        return TrainRequest.from_dict(self._request_data(name, *values), project=name or "")
+
+    def _request_data(self, name: Optional[str], preset: Optional[str], base: Optional[str], base_path: str,
+                      overrides: str, output_name: str, prompts: str, without_trigger: bool,
+                      accept_missing: bool, *field_values: Any) -> dict[str, Any]:
+        """The request as plain data (TrainRequest.from_dict) from the panel's values; `field_values`: the
+        multi-GPU fields, then the options' fields."""
         if not name:
             raise LorakitError("Choose or create a project first (above the panels).")
         if not preset:
@@ -229,20 +232,18 @@ class TrainPanel:
         if not model:
             raise LorakitError("Choose a base model or type its path.")
         lines = [ln.strip() for ln in (overrides or "").splitlines() if ln.strip() and not ln.strip().startswith("#")]
-        sample_prompts = tuple(p.strip() for p in (prompts or "").splitlines() if p.strip())
-        typed, extra = _options.split_set(lines)  # a name that is not an option: an extra sd-scripts argument
+        typed, extra = set_items(lines)  # a name that is not an option: an extra sd-scripts argument
         gpu_count = len(ACCELERATE_SCHEMA.fields)
         gpu = fields.read_all(ACCELERATE_SCHEMA.fields, field_values[:gpu_count]) if field_values else {}
-        overrides = {**self._field_overrides(preset, field_values[gpu_count:]), **typed}  # the text box wins
-        return TrainRequest(project=name, preset=preset, base_model=model, overrides=overrides, extra_args=extra,
-                            output_name=(output_name or "").strip() or None,
-                            samples=SampleSettings(prompts=sample_prompts, without_trigger=bool(without_trigger)),
-                            accept_missing_captions=bool(accept_missing),
-                            accelerate=AccelerateOptions.from_settings(gpu))
+        return {"preset": preset, "base_model": model,
+                "overrides": {**self._field_overrides(preset, field_values[gpu_count:]), **typed},  # the text wins
+                "extra_args": extra, "output_name": (output_name or "").strip() or None,
+                "samples": [p.strip() for p in (prompts or "").splitlines() if p.strip()],
+                "without_trigger": bool(without_trigger), "accept_missing_captions": bool(accept_missing), **gpu}
 
     # --- the settings fields -----------------------------------------------------------------------------------------
     def _preset_settings(self, preset: str) -> tuple[_presets.Preset, _presets.ResolvedSettings]:
-        p = _presets.get_preset(preset, self.studio.host.projects_home() / "presets")
+        p = self._door().preset(preset)
         return p, _presets.resolve(p)
 
     def _field_overrides(self, preset: str, values: tuple[Any, ...]) -> dict[str, Any]:
@@ -274,15 +275,12 @@ class TrainPanel:
         return gr.update(label=f"✎ {_title(f)} · yours (preset: {'none' if was in ('', None) else was})")
 
     def _check(self, name: Optional[str], *values: Any) -> str:
-        req = self._request(name, *values)
-        plan = self._service().plan(self.studio.project(name), req)
+        plan = self._door().plan(name or "", self._request_data(name, *values))
         return render.plan_html(plan, {o["name"]: o["reason"] for o in _options.describe()})
 
     def _train(self, name: Optional[str], *values: Any) -> tuple:
-        req = self._request(name, *values)
-        snap = self._service().create_run(self.studio.project(name), req)
-        ensure_worker(self.studio.host).queue.tick()  # the worker's queue: its lock keeps one start at a time
-        return self._run_views(name, snap.id)
+        made = self._door().train(name or "", self._request_data(name, *values))
+        return self._run_views(name, made.snapshot.id)
 
     def _concept_choices(self, name: Optional[str], *chosen: Optional[list[str]]) -> tuple[Any, ...]:
         """The project's concepts for both lists, keeping what is still chosen (↻ after adding concepts)."""
@@ -292,13 +290,9 @@ class TrainPanel:
 
     def _train_differential(self, stage1: Optional[list[str]], targets: Optional[list[str]], name: Optional[str],
                             *values: Any) -> tuple:
-        req = self._request(name, *values)
-        made = differential.create(self._service(), self.studio.project(name), differential.DifferentialRequest(
-            project=req.project, preset=req.preset, base_model=req.base_model, target_concepts=tuple(targets or ()),
-            stage1_concepts=tuple(stage1 or ()), overrides=req.overrides, output_name=req.output_name,
-            samples=req.samples, accept_missing_captions=req.accept_missing_captions, accelerate=req.accelerate,
-            extra_args=req.extra_args))
-        ensure_worker(self.studio.host).queue.tick()
+        data = {**self._request_data(name, *values), "target_concepts": list(targets or ()),
+                "stage1_concepts": list(stage1 or ())}
+        made = self._door().train_differential(name or "", data).runs
         return (render.differential_html(made.stage1, made.stage2), *self._run_views(name, made.stage1.id))
 
     def _project_changed(self, name: Optional[str]) -> tuple:
@@ -318,7 +312,7 @@ class TrainPanel:
         """The runs dropdown (`run_id` chosen, else the newest), the run box, the samples, the queue, the heading
         with the next step, and the change stamp they were drawn at."""
         stamp = next_step.change_stamp(self.studio.project(name)) if name else ""
-        snaps = Runs(self.studio.project(name)).list() if name else []
+        snaps = self._door().runs(name) if name else []
         chosen = next((s for s in snaps if s.id == run_id), snaps[0] if snaps else None)
         choices = render.run_choices(snaps)
         value = render.run_choices([chosen])[0] if chosen else None
@@ -326,12 +320,12 @@ class TrainPanel:
                 self._queue_html(), self._heading(name, snaps[0] if snaps else None), stamp)
 
     def _queue_html(self) -> str:
-        rows = TrainQueue(self.studio.host).listing()
+        rows = self._door().queue_listing()
         return render.queue_html([(r["project"], r["run"], r["state"]) for r in rows])
 
     def _move(self, offset: int, name: Optional[str], choice: Optional[str]) -> tuple:
         run_id = self._need_run(name, choice)
-        TrainQueue(self.studio.host).move(name, run_id, offset)
+        self._door().queue_move(name or "", run_id, offset)
         return self._run_views(name, run_id)
 
     def _save_preset(self, preset_name: str, name: Optional[str], *values: Any) -> tuple[Any, str]:
@@ -339,15 +333,14 @@ class TrainPanel:
         if req.extra_args:
             raise LorakitError(f"A preset holds Train Style options only, not the sd-scripts arguments "
                                f"{', '.join(req.extra_args)}: take them out of the overrides to save the preset.")
-        folder = self.studio.host.projects_home() / "presets"
-        settings = _presets.resolve(req.preset, req.overrides, user_dir=folder, override_source="tab overrides")
-        path = _presets.save_resolved(folder, (preset_name or "").strip(), settings)
+        path = self._door().save_preset((preset_name or "").strip(), source=req.preset, overrides=req.overrides,
+                                         override_source="tab overrides")
         names = self._preset_names()
         return gr.update(choices=names, value=path.stem), render.note_html(f"Saved preset {path.stem} ({path}).")
 
     def _snapshot(self, name: Optional[str], choice: Optional[str]) -> Optional[RunSnapshot]:
         run_id = render.run_id_of(choice)
-        return Runs(self.studio.project(name)).get(run_id) if name and run_id else None
+        return self._door().run(name, run_id) if name and run_id else None
 
     def _need_run(self, name: Optional[str], choice: Optional[str]) -> str:
         if not name or not render.run_id_of(choice):
@@ -366,29 +359,28 @@ class TrainPanel:
 
     def _stop(self, name: Optional[str], choice: Optional[str]) -> tuple:
         run_id = self._need_run(name, choice)
-        TrainQueue(self.studio.host).stop(name, run_id)
+        self._door().stop(name or "", run_id)
         return self._run_views(name, run_id)
 
     def _resume(self, name: Optional[str], choice: Optional[str]) -> tuple:
         run_id = self._need_run(name, choice)
-        self._service().resume(self.studio.project(name), run_id)
-        ensure_worker(self.studio.host).queue.tick()
+        self._door().resume(name or "", run_id)
         return self._run_views(name, run_id)
 
     def _export(self, name: Optional[str], choice: Optional[str], include_model: bool) -> str:
         run_id = self._need_run(name, choice)
-        return str(export_run(self.studio.project(name), run_id, include_model=bool(include_model)))
+        return str(self._door().export(name or "", run_id, include_model=bool(include_model)))
 
     def _import_bundle(self, name: Optional[str], upload: Any) -> tuple:
         files = uploaded([upload] if upload and not isinstance(upload, list) else upload)
         if not name or not files:
             raise LorakitError("Choose a project, then drop a trained bundle (.zip) on the box.")
-        snap = import_bundle(self.studio.project(name), files[0][0])
+        snap = self._door().import_bundle(name, files[0][0], uploaded=True)
         return self._run_views(name, snap.id)
 
     def _register(self, name: Optional[str], choice: Optional[str]) -> str:
         run_id = self._need_run(name, choice)
-        return render.registered_html(self._service().register(self.studio.project(name), run_id))
+        return render.registered_html(self._door().register(name or "", run_id))
 
     def _setup(self, torch_version: str, index_url: str) -> str:
         if os.environ.get("TRAIN_STYLE_TRAINER_PYTHON"):
@@ -399,7 +391,7 @@ class TrainPanel:
                                                             work=work))
 
     def _doctor(self) -> str:
-        return render.doctor_html(self._service().trainer_report(refresh=True))
+        return render.doctor_html(self._door().trainer_report(refresh=True))
 
     def _trainer_status(self) -> str:
         env = default_trainer(self.studio.host)
