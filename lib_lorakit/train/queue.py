@@ -18,6 +18,7 @@ from ..errors import LorakitError, NotFound
 from ..fsutil import atomic_write_json, read_json
 from ..host import Host
 from ..project import Workspace
+from .registration import register_run
 from .runner import Runs, RunSnapshot
 
 log = logging.getLogger(__name__)
@@ -248,9 +249,6 @@ def register_finished(host: Host) -> Callable[[QueueEntry, RunSnapshot], None]:
     def register(entry: QueueEntry, snap: RunSnapshot) -> None:
         if not snap.files:
             return
-        from .service import TrainingService, default_trainer
-
-        project = Workspace(host.projects_home()).open(entry.project)
-        TrainingService(host, trainer=default_trainer(host)).register(project, entry.run)
+        register_run(host, Workspace(host.projects_home()).open(entry.project), entry.run)
         log.info("Train Style: registered %d LoRA file(s) of run %s", len(snap.files), entry.run)
     return register

@@ -20,7 +20,7 @@ from ..fsutil import atomic_write_json, read_json
 from ..host import ArchReading, Host, read_checkpoint_arch
 from ..paths import check_name
 from ..project import Project
-from ..results.registry import Registered, register_files
+from ..results.registry import Registered
 from ..schema import InvalidSettings
 from ..tomlio import read_toml, write_toml
 from . import extra_args as _extra
@@ -31,6 +31,7 @@ from .environment import DoctorReport, ProbeCache, TrainerEnvironment, doctor
 from .model_path import confine_model_path
 from .options import SCHEMA as OPTIONS_SCHEMA
 from .queue import TrainQueue
+from .registration import register_run
 from .runner import Runs, RunSnapshot, RunSpec
 from .states import StateChoice, choose_state
 from .steps import StepPlan, plan_project
@@ -421,17 +422,7 @@ class TrainingService:
 
     # 4. registration of what a run saved
     def register(self, project: Project, run_id: str, *, weight: float = 0.8) -> list[Registered]:
-        snap = Runs(project).get(run_id)
-        files = [snap.dir / f for f in snap.files]
-        if not files:
-            raise LorakitError(f"Run {run_id} has saved no LoRA yet.")
-        preview = snap.dir / snap.samples[-1] if snap.samples else None
-        steps = snap.progress.get("total") or "?"
-        images = snap.meta.get("steps", {}).get("train_images", "?")
-        description = f"Train Style run {run_id}: preset {snap.meta.get('preset')}, {steps} steps, {images} images"
-        return register_files(files, lora_dir=Path(self.host.lora_dir()), project=project.name,
-                              trigger_words=snap.meta.get("trigger_words", []), description=description,
-                              preview=preview, weight=weight, host=self.host)
+        return register_run(self.host, project, run_id, weight=weight)
 
 
 def default_trainer(host: Host, python: Optional[str] = None) -> TrainerEnvironment:
