@@ -77,7 +77,7 @@ class TrainingDoor:
         project = self._project(name)
         req = TrainRequest.from_dict(data, project=name)
         plan = self.service.plan(project, req)
-        snap = self.service.create_run(project, req, queue=not req.dry_run)
+        snap = self.service.create_run(project, req, queue=not req.dry_run, plan=plan)
         runs = Runs(project)
         if req.dry_run:
             runs.mark(snap.id, "draft")

@@ -343,8 +343,10 @@ class TrainingService:
         return allowed.path, found if allowed.warning else []
 
     # 2. a run folder with its TOMLs and launch description, queued
-    def create_run(self, project: Project, req: TrainRequest, *, queue: bool = True) -> RunSnapshot:
-        plan = self.plan(project, req)
+    def create_run(self, project: Project, req: TrainRequest, *, queue: bool = True,
+                   plan: Optional[TrainPlan] = None) -> RunSnapshot:
+        """`plan`: this request's plan when the caller has just made it (else it is made here)."""
+        plan = plan or self.plan(project, req)
         if plan.blocked:
             errors = [f for f in plan.findings if f.severity == "error"]
             raise LorakitError("Cannot train yet:\n" + "\n".join(
