@@ -74,7 +74,8 @@ def handle(studio: Studio, args: argparse.Namespace) -> Result:
 
 
 def _tag(studio: Studio, args: argparse.Namespace) -> Result:
-    from .cli import _progress_printer, say
+    from .cli_output import progress_printer as _progress_printer
+    from .cli_output import say
 
     req = TagRequest.from_dict({
         "tagger": args.tagger, "model": args.model, "general_threshold": args.general_threshold,

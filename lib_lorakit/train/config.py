@@ -26,7 +26,7 @@ from ..project import Concept, Project
 from ..tomlio import write_toml
 from . import options as opts
 from .presets import ResolvedSettings
-from .steps import count_images
+from .steps import count_images, select_concepts  # noqa: F401 (select_concepts: part of this module's API)
 
 DATASET_FILE = "dataset.toml"
 ARGS_FILE = "args.toml"
@@ -308,23 +308,6 @@ def build_run_files(project: Project, settings: ResolvedSettings | Mapping[str, 
     text = "".join(p.line + "\n" for p in prompts) if prompts else None
     return RunFiles(dataset=dataset, args=args, sample_prompts=text, output_name=name, script=SCRIPTS[family],
                     samples=prompts)
-
-
-def select_concepts(project: Project, names: Sequence[str] | None = None) -> list[Concept]:
-    """The project's concepts a run trains: all when `names` is None, else the dataset concepts named (by name,
-    `art`, or folder, `10_art`), in the project's order. Regularisation sets are kept either way: the filter
-    chooses what is learnt, not what it is regularised against."""
-    concepts = project.concepts()
-    if names is None:
-        return concepts
-    wanted = [str(n).strip() for n in names if str(n).strip()]
-    train = [c for c in concepts if c.kind == "dataset"]
-    unknown = [n for n in wanted if not any(n in (c.name, c.folder_name) for c in train)]
-    if unknown or not wanted:
-        have = ", ".join(c.name for c in train) or "none yet"
-        what = f"no concept named {', '.join(map(repr, unknown))}" if unknown else "no concept chosen"
-        raise LorakitError(f"Project {project.name!r} has {what} (have: {have}).")
-    return [c for c in concepts if c.kind == "reg" or c.name in wanted or c.folder_name in wanted]
 
 
 def _values(settings: ResolvedSettings | Mapping[str, Any]) -> Mapping[str, Any]:

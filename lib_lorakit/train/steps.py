@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from ..errors import LorakitError
-from ..project import Project
+from ..project import Concept, Project
 
 # what sd-scripts globs in a subset folder (library/train_util.py IMAGE_EXTENSIONS, without the optional avif)
 SD_SCRIPTS_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
@@ -239,8 +239,7 @@ def count_images(folder: Path) -> int:
 
 def project_counts(project: Project, concepts: Optional[Sequence[str]] = None) -> list[ConceptCount]:
     """Every concept and regularisation set of `project` (only the named concepts when `concepts` is given; see
-    `config.select_concepts`), counted, in the order the dataset TOML lists them."""
-    from .config import select_concepts
+    `select_concepts`), counted, in the order the dataset TOML lists them."""
 
     return [ConceptCount(images=count_images(c.folder), repeats=c.repeats, is_reg=c.kind == "reg", name=c.name)
             for c in select_concepts(project, concepts)]
@@ -253,3 +252,20 @@ def plan_project(project: Project, settings: Mapping[str, Any], *, num_processes
                       max_train_steps=settings["max_train_steps"], batch_size=settings["train_batch_size"],
                       gradient_accumulation_steps=settings["gradient_accumulation_steps"],
                       num_processes=num_processes)
+
+
+def select_concepts(project: Project, names: Sequence[str] | None = None) -> list[Concept]:
+    """The project's concepts a run trains: all when `names` is None, else the dataset concepts named (by name,
+    `art`, or folder, `10_art`), in the project's order. Regularisation sets are kept either way: the filter
+    chooses what is learnt, not what it is regularised against."""
+    concepts = project.concepts()
+    if names is None:
+        return concepts
+    wanted = [str(n).strip() for n in names if str(n).strip()]
+    train = [c for c in concepts if c.kind == "dataset"]
+    unknown = [n for n in wanted if not any(n in (c.name, c.folder_name) for c in train)]
+    if unknown or not wanted:
+        have = ", ".join(c.name for c in train) or "none yet"
+        what = f"no concept named {', '.join(map(repr, unknown))}" if unknown else "no concept chosen"
+        raise LorakitError(f"Project {project.name!r} has {what} (have: {have}).")
+    return [c for c in concepts if c.kind == "reg" or c.name in wanted or c.folder_name in wanted]
