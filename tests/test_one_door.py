@@ -80,6 +80,8 @@ def run_files(run_dir: Path) -> dict[str, str]:
 def fronts(tmp_path, monkeypatch):
     """(home, model, API client, panel) on one projects home, with the fake trainer as the trainer."""
     monkeypatch.setenv("TRAIN_STYLE_TRAINER_PYTHON", str(build_fake_trainer(tmp_path / "trainer", delay=0.5)))
+    # the fake trainer's stand-in sd-scripts folder: no submodule checkout needed (CI has none)
+    monkeypatch.setenv("TRAIN_STYLE_SD_SCRIPTS", str(tmp_path / "trainer" / "sd-scripts"))
     home = tmp_path / "home"
     model = make_project(home, tmp_path)  # the model lies in tmp_path/models: the Host's models folder
     host = StandaloneHost(home=home, lora=tmp_path / "lora", models=tmp_path / "models")
