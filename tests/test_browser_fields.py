@@ -37,6 +37,8 @@ def test_fields_show_the_preset_with_reasons_and_sources(app, page):  # noqa: F8
     html_of(page, "train_style_train_heading").get_by_text("zkstyle").wait_for(timeout=20_000)
     pick(page, "train_style_preset", "style-sd15-loha")
     # LoHa's rate is 2e-4 from seeds/003 (a guide); its dim 8 too; the seed is the declaration's default
+    page.wait_for_function("() => document.querySelector('#train_style_opt_network_dim input').value === '8'",
+                           timeout=20_000)  # the fields refilled (LoRA's rate is "· guide" too: no label to wait on)
     wait_label(page, "learning_rate", "· guide")
     assert float(field_input(page, "learning_rate").input_value()) == pytest.approx(2e-4)
     assert field_input(page, "network_dim").input_value() == "8"
