@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from awkward import Awkward, build_awkward_folder
+from PIL import Image
 
 from lib_lorakit.project import Project, Workspace
 
@@ -20,6 +21,18 @@ def workspace(tmp_path: Path) -> Workspace:
 def project(workspace: Workspace) -> Project:
     """A fresh project with default settings."""
     return workspace.create("demo")
+
+
+@pytest.fixture
+def squares_project(workspace: Workspace) -> Project:
+    """A project with the trigger word zkstyle and three captioned 64 px images: what the real trainings learn."""
+    project = workspace.create("demo", trigger_words=("zkstyle",))
+    concept = project.add_concept("demo", 1)
+    for name, colour, caption in (("red", (220, 30, 30), "red square"), ("green", (30, 200, 30), "green circle"),
+                                  ("blue", (30, 30, 220), "blue triangle")):
+        Image.new("RGB", (64, 64), colour).save(concept.folder / f"{name}.png")
+        (concept.folder / f"{name}.txt").write_text(f"zkstyle, {caption}")
+    return project
 
 
 @pytest.fixture

@@ -54,14 +54,8 @@ def service(workspace):
 
 
 @pytest.fixture
-def project(workspace):
-    project = workspace.create("demo", trigger_words=("zkstyle",))
-    concept = project.add_concept("demo", 1)
-    for name, colour, caption in (("red", (220, 30, 30), "red square"), ("green", (30, 200, 30), "green circle"),
-                                  ("blue", (30, 30, 220), "blue triangle")):
-        Image.new("RGB", (64, 64), colour).save(concept.folder / f"{name}.png")
-        (concept.folder / f"{name}.txt").write_text(f"zkstyle, {caption}")
-    return project
+def project(squares_project):
+    return squares_project
 
 
 def run_queue(service, project, run_id: str, stop_at_step: int | None = None, timeout: float = 900):
