@@ -13,7 +13,7 @@ from typing import Any, Optional
 import gradio as gr
 
 from .. import next_step
-from ..cli_train import DEFAULT_TORCH
+from ..cli.train import DEFAULT_TORCH
 from ..errors import LorakitError
 from ..studio import Studio
 from ..train import options as _options

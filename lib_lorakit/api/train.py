@@ -6,9 +6,9 @@ from typing import Any, Optional
 
 from fastapi import APIRouter, Body
 
-from .studio import Studio
-from .train.door import TrainingDoor
-from .websec import StrictBody
+from ..studio import Studio
+from ..train.door import TrainingDoor
+from ..websec import StrictBody
 
 
 class ExportBody(StrictBody):

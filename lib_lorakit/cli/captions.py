@@ -6,12 +6,12 @@ import argparse
 import sys
 from typing import Any
 
-from .captions.audit import AUDIT_SCHEMA
-from .captions.ops import CaptionOp
-from .captions.service import TAG_SCHEMA, TagRequest
-from .errors import LorakitError
-from .studio import Studio
-from .taggers.models import DEFAULT_WD14, KNOWN_WD14
+from ..captions.audit import AUDIT_SCHEMA
+from ..captions.ops import CaptionOp
+from ..captions.service import TAG_SCHEMA, TagRequest
+from ..errors import LorakitError
+from ..studio import Studio
+from ..taggers.models import DEFAULT_WD14, KNOWN_WD14
 
 Result = tuple[int, Any, str]
 OPS = ("trigger", "prune", "add", "remove", "replace", "rename", "reorder", "dedupe")
@@ -74,8 +74,8 @@ def handle(studio: Studio, args: argparse.Namespace) -> Result:
 
 
 def _tag(studio: Studio, args: argparse.Namespace) -> Result:
-    from .cli_output import progress_printer as _progress_printer
-    from .cli_output import say
+    from .output import progress_printer as _progress_printer
+    from .output import say
 
     req = TagRequest.from_dict({
         "tagger": args.tagger, "model": args.model, "general_threshold": args.general_threshold,

@@ -12,10 +12,10 @@ from typing import Any, Optional
 from fastapi import APIRouter, Body, HTTPException, Query
 from pydantic import StrictStr
 
-from .captions.ops import CaptionOp
-from .captions.service import TagRequest
-from .studio import Studio
-from .websec import StrictBody
+from ..captions.ops import CaptionOp
+from ..captions.service import TagRequest
+from ..studio import Studio
+from ..websec import StrictBody
 
 
 class CaptionEdit(StrictBody):

@@ -14,12 +14,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .cli_output import progress_printer as _progress_printer
-from .cli_output import say, terminal_safe
-from .errors import LorakitError
-from .host import StandaloneHost
-from .project import ProjectSettings
-from .studio import Studio
+from ..errors import LorakitError
+from ..host import StandaloneHost
+from ..project import ProjectSettings
+from ..studio import Studio
+from .output import progress_printer as _progress_printer
+from .output import say, terminal_safe
 
 log = logging.getLogger("lib_lorakit")
 
@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     doc.add_argument("--trainer-python", help="check this trainer python instead of the configured one")
     doc.add_argument("--tokenizer-cache-dir", type=Path, help="the tokenizer folder a run would get")
 
-    from . import cli_captions, cli_train
+    from . import captions as cli_captions
+    from . import train as cli_train
 
     cli_train.add_parsers(sub, common)
     cli_captions.add_parsers(sub, common)
@@ -115,7 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _ui(args)
         host = StandaloneHost.from_options(home=args.home, lora_dir=args.lora_dir, models_dir=args.models_dir,
                                            allow_roots=[os.path.abspath(os.sep)], config=args.config)
-        from . import cli_captions, cli_train
+        from . import captions as cli_captions
+        from . import train as cli_train
 
         handler: Callable[[Studio, argparse.Namespace], tuple[int, Any, str]] = {
             "project": _project, "import": _import, "report": _report, "concept": _concept,
@@ -136,14 +138,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from . import websec
+    from .. import websec
 
     credentials = websec.gather_credentials(auth=args.auth, auth_file=args.auth_file)
     os.environ.pop(websec.AUTH_ENV, None)  # read once; the trainer and other children need not inherit it
     refusal = websec.exposure_refusal(args.host, credentials)
     if refusal:  # before gradio is imported: a refusal is instant
         raise LorakitError(refusal)
-    from .ui.app import serve  # gradio is imported only for the app
+    from ..ui.app import serve  # gradio is imported only for the app
 
     host = StandaloneHost.from_options(home=args.home, lora_dir=args.lora_dir, models_dir=args.models_dir,
                                        allow_roots=args.allow_root, config=args.config,
@@ -185,7 +187,7 @@ def _import(studio: Studio, args: argparse.Namespace) -> tuple[int, Any, str]:
 
 
 def _lora_info(studio: Studio, args: argparse.Namespace) -> tuple[int, Any, str]:
-    from .results.lora_info import read_lora_info
+    from ..results.lora_info import read_lora_info
 
     info = read_lora_info(args.file)
     lines = [f"{info.path.name}: {info.network} dim {info.dim} alpha {info.alpha}, base {info.base_model or '?'}, "
@@ -200,7 +202,7 @@ def _lora_info(studio: Studio, args: argparse.Namespace) -> tuple[int, Any, str]
 
 
 def _doctor(studio: Studio, args: argparse.Namespace) -> tuple[int, Any, str]:
-    from .doctor import run_doctor
+    from ..doctor import run_doctor
 
     report = run_doctor(studio.host, trainer_python=args.trainer_python,
                         tokenizer_cache_dir=args.tokenizer_cache_dir, config_file=args.config)

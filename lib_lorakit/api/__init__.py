@@ -13,11 +13,11 @@ from typing import Optional
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 
-from . import websec
-from .errors import LorakitError
-from .host import Host
-from .studio import Studio
-from .websec import StrictBody, WebPolicy
+from .. import websec
+from ..errors import LorakitError
+from ..host import Host
+from ..studio import Studio
+from ..websec import StrictBody, WebPolicy
 
 PREFIX = websec.API_PREFIX
 _doctor_lock = threading.Lock()  # the check starts the trainer's python: not twice at once
@@ -85,8 +85,8 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
 
     @r.get("/lora-info")
     def lora_info(path: str) -> dict:
-        from .paths import resolve_inside
-        from .results.lora_info import read_lora_info
+        from ..paths import resolve_inside
+        from ..results.lora_info import read_lora_info
 
         return _guard(lambda: read_lora_info(
             resolve_inside(path, [*host.allowed_roots(), host.lora_dir()])).to_dict())
@@ -100,7 +100,7 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
     @r.get("/doctor")
     def doctor_() -> dict:
         """The whole set-up checked (as `python -m lib_lorakit doctor --json`); one check runs at a time."""
-        from .doctor import run_doctor
+        from ..doctor import run_doctor
 
         if not _doctor_lock.acquire(blocking=False):
             raise HTTPException(409, "A set-up check is already running; ask again when it has finished.")
@@ -121,7 +121,8 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
     def cancel(job_id: str) -> dict:
         return _guard(lambda: studio.jobs.cancel(job_id).to_dict())
 
-    from . import api_captions, api_train
+    from . import captions as api_captions
+    from . import train as api_train
 
     api_train.add_routes(r, studio, _guard)
     api_captions.add_routes(r, studio, _guard)
@@ -129,11 +130,11 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
 
 
 def settings_catalog() -> dict:
-    from .captions.audit import AUDIT_SCHEMA
-    from .captions.service import TAG_SCHEMA
-    from .project import PROJECT_SCHEMA
-    from .train.distributed import ACCELERATE_SCHEMA
-    from .train.options import SCHEMA as TRAINING
+    from ..captions.audit import AUDIT_SCHEMA
+    from ..captions.service import TAG_SCHEMA
+    from ..project import PROJECT_SCHEMA
+    from ..train.distributed import ACCELERATE_SCHEMA
+    from ..train.options import SCHEMA as TRAINING
 
     schemas = {"training": TRAINING, "tagging": TAG_SCHEMA, "audit": AUDIT_SCHEMA, "multi_gpu": ACCELERATE_SCHEMA,
                "project": PROJECT_SCHEMA}

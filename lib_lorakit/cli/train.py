@@ -9,14 +9,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .errors import LorakitError
-from .studio import Studio
-from .train.distributed import ACCELERATE_SCHEMA
-from .train.door import TrainingDoor
-from .train.environment import setup_trainer
-from .train.options import parse_set
-from .train.runner import RunSnapshot
-from .train.service import set_items
+from ..errors import LorakitError
+from ..studio import Studio
+from ..train.distributed import ACCELERATE_SCHEMA
+from ..train.door import TrainingDoor
+from ..train.environment import setup_trainer
+from ..train.options import parse_set
+from ..train.runner import RunSnapshot
+from ..train.service import set_items
 
 DEFAULT_TORCH = "2.13.0"
 BASE_MODEL_HELP = "the checkpoint to train on (.safetensors; a .ckpt is unpickled, so only from a source you trust)"
