@@ -22,17 +22,14 @@
         if (button) button.click();
     }
 
+    // the words and the bar's width come from the server (lib_lorakit/display.py): shown as they are
     function renderJob(box, job) {
         box.dataset.state = job.state;
+        const shown = job.display || {};
         const fill = box.querySelector(".ts-fill");
         const text = box.querySelector(".ts-job-text");
-        const pct = ACTIVE.includes(job.state) ? (job.total ? Math.round((100 * job.done) / job.total) : 0) : 100;
-        if (fill) fill.style.width = pct + "%";
-        if (text) {
-            let t = job.title + ": " + job.state;
-            if (ACTIVE.includes(job.state) && job.total) t += " — " + job.done + "/" + job.total + " " + job.message;
-            text.textContent = t;  // a failure's reason: the panel's redraw shows it, once
-        }
+        if (fill) fill.style.width = (shown.percent || 0) + "%";
+        if (text) text.textContent = shown.text || "";  // a failure's reason: the panel's redraw shows it, once
     }
 
     async function pollJob(boxSelector, refreshSelector) {
@@ -46,24 +43,6 @@
         if (!ACTIVE.includes(job.state)) click(refreshSelector);
     }
 
-    function duration(s) {
-        s = Math.floor(s);
-        const two = (n) => String(n).padStart(2, "0");
-        if (s >= 3600) return Math.floor(s / 3600) + ":" + two(Math.floor((s % 3600) / 60)) + ":" + two(s % 60);
-        return Math.floor(s / 60) + ":" + two(s % 60);
-    }
-
-    // the same line as render_train.progress_text
-    function runText(run) {
-        const p = run.progress || {};
-        const parts = [run.state];
-        if (p.total) parts.push("step " + (p.step || 0) + "/" + p.total);
-        if (p.epochs) parts.push("epoch " + (p.epoch || 0) + "/" + p.epochs);
-        if (p.loss !== null && p.loss !== undefined) parts.push("loss " + Number(p.loss).toFixed(4));
-        if (RUN_ACTIVE.includes(run.state) && p.eta_s !== null && p.eta_s !== undefined) parts.push("ETA " + duration(p.eta_s));
-        return parts.join(" · ");
-    }
-
     async function pollRun() {
         const box = root().querySelector("#train_style_run");
         const id = box && box.dataset.runId;
@@ -72,14 +51,14 @@
                               encodeURIComponent(id));
         if (!r.ok) return;
         const run = await r.json();
-        const p = run.progress || {};
+        const shown = run.display || {};
         box.dataset.state = run.state;
         const fill = box.querySelector(".ts-fill");
         const state = box.querySelector(".ts-run-state");
         const text = box.querySelector(".ts-run-text");
-        if (fill) fill.style.width = (run.state === "succeeded" ? 100 : p.total ? Math.round((100 * (p.step || 0)) / p.total) : 0) + "%";
-        if (state) state.textContent = run.state;
-        if (text) text.textContent = runText(run);
+        if (fill) fill.style.width = (shown.percent || 0) + "%";
+        if (state) state.textContent = shown.state || "";
+        if (text) text.textContent = shown.text || "";
         if (!RUN_ACTIVE.includes(run.state)) click("#train_style_train_refresh");
     }
 

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from .display import job_display
 from .errors import LorakitError, NotFound
 from .fsutil import atomic_write_json, pid_alive, read_json
 
@@ -56,7 +57,8 @@ class JobState:
         return self.done / self.total if self.total else 0.0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The job as JSON, with the words the page shows (`display`, made by lib_lorakit/display.py)."""
+        return {**asdict(self), "display": job_display(self).to_dict()}
 
 
 def _now() -> str:
@@ -116,7 +118,7 @@ class JobManager:
             self._write(job)
 
     def _write(self, job: JobState) -> None:
-        atomic_write_json(self.folder / f"{job.id}.json", job.to_dict())
+        atomic_write_json(self.folder / f"{job.id}.json", asdict(job))  # the fields only: display is derived
 
     def get(self, job_id: str) -> JobState:
         if not _JOB_ID.fullmatch(job_id):

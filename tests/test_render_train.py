@@ -40,7 +40,7 @@ def test_run_box_escapes_and_draws_the_loss(tmp_path):
     for raw in ("<script>", "<batch>", "<img src=x>", 'data-project="p<b>"'):
         assert raw not in html
     assert "&lt;script&gt;" in html and 'data-state="failed"' in html and 'style="width:50%"' in html
-    assert "step 2/4 · epoch 1/2 · loss 0.5000" in html
+    assert "Failed · epoch 1 of 2 · step 2/4 · 50 % · loss 0.5000" in html
     assert html.count("<polyline") == 1
     assert render.loss_svg([[1, 0.5]]) == ""
 

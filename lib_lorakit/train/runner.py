@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..display import Display, run_display
 from ..errors import LorakitError, NotFound
 from ..fsutil import atomic_write_json, atomic_write_text, pid_alive, read_json
 from ..project import Project
@@ -67,7 +68,13 @@ class RunSnapshot:
     def to_dict(self) -> dict:
         return {"id": self.id, "project": self.project, "dir": str(self.dir), "state": self.state,
                 "progress": self.progress, "files": self.files, "samples": self.samples, "error": self.error,
-                "advice": self.advice, "log_tail": self.log_tail, "meta": self.meta, "notice": self.notice}
+                "advice": self.advice, "log_tail": self.log_tail, "meta": self.meta, "notice": self.notice,
+                "display": self.display.to_dict()}
+
+    @property
+    def display(self) -> Display:
+        """The words the page shows for this run (state, steps, time left, the line under the bar)."""
+        return run_display(self.state, self.progress)
 
 
 def new_run_id(label: str) -> str:

@@ -7,6 +7,7 @@ from html import escape
 
 from ..dataset.balance import RepeatChange
 from ..dataset.report import DatasetReport
+from ..display import job_display
 from ..jobs import JobState
 from ..next_step import NextStep
 from ..results.lora_info import LoraInfo
@@ -69,10 +70,8 @@ def job_html(job: JobState | None, element_id: str = "train_style_job", *, with_
     panel shows a failure's reason beside it already (said once, not twice)."""
     if job is None:
         return f'<div id="{element_id}" class="ts-job" data-state="none"></div>'
-    pct = int(round(100 * job.fraction)) if job.active else 100
-    text = f"{job.title}: {job.state}"
-    if job.active and job.total:
-        text += f" — {job.done}/{job.total} {job.message}"
+    shown = job_display(job)  # the same words the jobs JSON carries for the page script
+    pct, text = shown.percent, shown.text
     if job.error and with_error:
         text += f" — {job.error}"
     return (f'<div id="{element_id}" class="ts-job" data-job-id="{escape(job.id)}" '

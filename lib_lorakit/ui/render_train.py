@@ -32,13 +32,6 @@ def _cell(value: object) -> str:
     return "–" if value is None or value == "" else escape(str(value))
 
 
-def _duration(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "–"
-    s = int(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-
-
 def heading_html(project: str, trigger_words: str, step: NextStep) -> str:
     """The project trained (chosen above the panels), its trigger words and what to do next."""
     head = (f'<p class="ts-heading">Training project <b>{escape(project)}</b> (trigger words: '
@@ -94,33 +87,17 @@ def settings_html(plan: TrainPlan, reasons: Mapping[str, str]) -> str:
 
 
 # --- one run --------------------------------------------------------------------------------------------------------
-def progress_text(snap: RunSnapshot) -> str:
-    """The line under the bar; javascript/train_style.js writes the same line while it polls."""
-    p = snap.progress or {}
-    parts = [snap.state]
-    if p.get("total"):
-        parts.append(f"step {p.get('step', 0)}/{p['total']}")
-    if p.get("epochs"):
-        parts.append(f"epoch {p.get('epoch', 0)}/{p['epochs']}")
-    if p.get("loss") is not None:
-        parts.append(f"loss {p['loss']:.4f}")
-    if snap.active and p.get("eta_s") is not None:
-        parts.append(f"ETA {_duration(p['eta_s'])}")
-    return " · ".join(parts)
-
-
 def run_html(snap: Optional[RunSnapshot]) -> str:
     """The run box: state, progress bar, numbers, what went wrong and the loss curve."""
     if snap is None:
         return f'<div id="{RUN_BOX_ID}" class="ts-run" data-state="none"><p class="ts-empty">No run chosen.</p></div>'
-    p = snap.progress or {}
-    pct = 100 if snap.state == "succeeded" else round(100 * p.get("step", 0) / p["total"]) if p.get("total") else 0
+    shown = snap.display  # the same words the runs JSON carries for the page script
     parts = [f'<div id="{RUN_BOX_ID}" class="ts-run" data-project="{_attr(snap.project)}" '
              f'data-run-id="{_attr(snap.id)}" data-state="{_attr(snap.state)}">',
-             f'<div class="ts-run-head"><b>{escape(snap.id)}</b> <span class="ts-run-state">{escape(snap.state)}'
+             f'<div class="ts-run-head"><b>{escape(snap.id)}</b> <span class="ts-run-state">{escape(shown.state)}'
              f'</span> <span class="ts-run-meta">{escape(_meta_line(snap.meta))}</span></div>',
-             f'<div class="ts-bar"><div class="ts-fill" style="width:{pct}%"></div></div>',
-             f'<p class="ts-run-text">{escape(progress_text(snap))}</p>']
+             f'<div class="ts-bar"><div class="ts-fill" style="width:{shown.percent}%"></div></div>',
+             f'<p class="ts-run-text">{escape(shown.text)}</p>']
     if snap.meta.get("depends_on") and snap.state == "queued":
         parts.append(f'<p class="ts-note ts-waits">Starts when run {escape(str(snap.meta["depends_on"]))} has '
                      "succeeded (stage 1 of a two-stage training).</p>")
