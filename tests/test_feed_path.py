@@ -58,7 +58,7 @@ def drive(sizing: DecoderSizing, machine: Machine, windows: int) -> list[int]:
 def test_a_cheap_model_gets_decoders_up_to_the_decode_limit():
     # a fast GPU on 8 cores: each decoder adds 100 img/s until the cores run out; the model could take 5,000
     machine = Machine(lambda n: 100 * min(n, 8) - 5 * max(0, n - 8), model_limit=5000)
-    sizing = DecoderSizing(2, most=32)
+    sizing = DecoderSizing(2, most=32, cores=8)
     counts = drive(sizing, machine, 300)
     assert 8 in counts[:25] and counts[-1] == 8, counts[:25]  # one more per measurement (two windows)
     settled = counts[100:]
@@ -75,7 +75,7 @@ def test_an_expensive_model_is_left_with_one_decoder():
 def test_decoders_that_take_the_models_cores_are_removed():
     # on 4 cores a model that needs them: one decoder starves it, two feed it, more keep it busy but slow it down
     machine = Machine(lambda n: {1: 60}.get(n, 100 - 20 * (n - 2)), waiting=lambda n: 0.4 if n == 1 else 0.0)
-    sizing = DecoderSizing(4, most=8)
+    sizing = DecoderSizing(4, most=8, cores=4)
     counts = drive(sizing, machine, 200)
     assert counts[:7] == [4, 4, 3, 3, 3, 2, 2] and counts[-1] == 2
     assert sum(c == 2 for c in counts[40:]) >= 0.9 * 160
@@ -84,22 +84,31 @@ def test_decoders_that_take_the_models_cores_are_removed():
 def test_the_count_follows_a_machine_whose_load_changes():
     busy = Machine(lambda n: 50 * min(n, 2), model_limit=1000)  # other work holds all but two cores
     free = Machine(lambda n: 50 * min(n, 6), model_limit=1000)  # ... and then lets go
-    sizing = DecoderSizing(2, most=16)
+    sizing = DecoderSizing(2, most=16, cores=8)
     drive(sizing, busy, 60)
     assert sizing.count in (2, 3)
     counts = drive(sizing, free, 150)
     assert counts[-1] == 6
 
 
+def test_a_starved_model_on_two_cores_keeps_its_two_decoders():
+    # this machine's case: 2 cores, a cheap model; a third decoder gains nothing, one alone halves the rate
+    machine = Machine(lambda n: 60 * min(n, 2) - 2 * max(0, n - 2), model_limit=2000)
+    sizing = DecoderSizing(2, most=4, cores=2)
+    counts = drive(sizing, machine, 200)
+    assert 1 not in counts, "one decoder cannot feed a waiting model faster than two on two cores"
+    assert sum(c == 2 for c in counts) >= 0.9 * len(counts), counts[:40]
+
+
 def test_the_first_window_is_not_a_measurement_and_two_make_one():
-    sizing = DecoderSizing(3, most=8)
+    sizing = DecoderSizing(3, most=8, cores=2)
     assert sizing.observe(FeedWindow(seconds=1, images=0, waiting=1)) == 3  # queues filling: nothing learned
     assert sizing.observe(FeedWindow(seconds=1, images=90, waiting=0.5)) == 3  # one window is not enough
     assert sizing.observe(FeedWindow(seconds=1, images=110, waiting=0.5)) == 4  # starved: one more is tried
     assert sizing.observe(FeedWindow(seconds=1, images=150, waiting=0.3)) == 4  # a lucky window decides nothing
     assert sizing.observe(FeedWindow(seconds=1, images=55, waiting=0.3)) == 3  # 102.5 against 100: not worth it
     assert sizing.observe(FeedWindow(seconds=1, images=100, waiting=0.5)) == 3
-    assert sizing.observe(FeedWindow(seconds=1, images=100, waiting=0.5)) == 2  # 4 rests: fewer is tried
+    assert sizing.observe(FeedWindow(seconds=1, images=100, waiting=0.5)) == 2  # 4 rests; 3 on 2 cores: fewer
     with pytest.raises(ValueError):
         DecoderSizing(2, most=1, least=2)
 

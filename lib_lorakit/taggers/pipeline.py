@@ -138,17 +138,20 @@ class DecoderSizing:
 
     A measurement is the mean of `SETTLE` windows at one count (one window alone is too noisy on a busy machine).
     While the model waits for images (more than `STARVED` of the time) it tries more decoders, and keeps them if
-    the throughput rises by `GAIN`; otherwise (the model is the limit, or more decoders did not pay) it tries
+    the throughput rises by `GAIN`; fewer are tried while it waits only when there are more decoders than cores
+    (fewer decoders cannot feed a waiting model faster unless they were fighting over cores, and each such try
+    costs a measurement at a lower rate); otherwise (the model is the limit, or more decoders did not pay) it tries
     fewer, and keeps that if the model is still fed or the throughput falls by less than `LOSS`, since idle
     decoders only take cores, cache and memory from the model. A change that did not pay is undone and not tried
     again for 4, 8, 16 … `MAX_REST` windows, so the count follows a machine whose load changes without costing
     much when it does not. The first window (queues filling, the model warming up) is not a measurement.
     """
 
-    def __init__(self, start: int, *, most: int, least: int = 1):
+    def __init__(self, start: int, *, most: int, least: int = 1, cores: int | None = None):
         if not 1 <= least <= most:
             raise ValueError(f"expected 1 <= least <= most, got least={least!r}, most={most!r}")
         self.least, self.most = least, most
+        self.cores = cores or _cpu_count()
         self.count = min(most, max(least, start))
         self._seen: list[FeedWindow] = []  # windows at the current count, not yet used up
         self._trial: tuple[int, float] | None = None  # (count before the change being judged, its rate)
@@ -174,12 +177,17 @@ class DecoderSizing:
         if self._trial is not None:
             self._judge(rate, starved)
             return self.count
-        for direction in ((+1, -1) if starved else (-1,)):
+        for direction in self._directions(starved):
             target = self.count + direction * max(1, self.count // 4)
             if self.least <= target <= self.most and not self._rest[direction]:
                 self._trial, self.count, self._seen = (self.count, rate), target, []
                 break
         return self.count
+
+    def _directions(self, starved: bool) -> tuple[int, ...]:
+        if not starved:
+            return (-1,)
+        return (+1, -1) if self.count > self.cores else (+1,)
 
     def _judge(self, rate: float, starved: bool) -> None:
         before, before_rate = self._trial
