@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .captions.service import CaptionService
 from .dataset.balance import RepeatChange, plan_balance
@@ -20,7 +20,9 @@ from .host import Host
 from .jobs import JobManager, JobState, ProgressFn, job_manager
 from .paths import resolve_inside
 from .project import ConceptKind, Project, ProjectSettings, Workspace
-from .train.door import Start, TrainingDoor
+
+if TYPE_CHECKING:  # training is imported when a caller asks for it: the tagging and import commands start faster
+    from .train.door import Start, TrainingDoor
 
 MAX_SERVER_PATHS = 10_000  # files or folders in one import (a folder counts once, whatever it holds)
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
@@ -42,6 +44,8 @@ class Studio:
                  tokenizer_cache_dir: Optional[Path] = None, start: Start = "later") -> TrainingDoor:
         """Training, presets and results for one caller: `local_user=True` only for the machine's own user (the
         CLI), who may train from any model file; the tab and the API leave it False (train.model_path)."""
+        from .train.door import TrainingDoor
+
         return TrainingDoor(self.host, local_user=local_user, trainer_python=trainer_python,
                             tokenizer_cache_dir=tokenizer_cache_dir, start=start)
 
