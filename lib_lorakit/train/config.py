@@ -13,13 +13,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
+from ..crop.derive import masked_concepts
 from ..errors import LorakitError
 from ..fsutil import atomic_write_text
 from ..project import Concept, Project
@@ -167,8 +168,14 @@ _without_trigger = without_trigger  # build_sample_prompts' flag has the same na
 
 # --- the two TOMLs -----------------------------------------------------------------------------------------------
 def build_dataset_config(concepts: Sequence[Concept], settings: Mapping[str, Any], *, caption_extension: str,
-                         trigger_words: Sequence[str]) -> dict[str, Any]:
-    """`[general]` from the dataset options, one dataset, one subset per concept folder (reg sets `is_reg`)."""
+                         trigger_words: Sequence[str], masked: Collection[tuple[str, str]] = ()) -> dict[str, Any]:
+    """`[general]` from the dataset options, one dataset, one subset per concept folder (reg sets `is_reg`).
+
+    `masked`: (kind, concept name) of the concepts holding letterboxed images (crop/derive.py): their subsets get
+    `alpha_mask = true`, so sd-scripts loads them as RGBA and leaves the padding (alpha 0) out of the loss. That is
+    all masked training needs in v0.10.1: the loss is masked whenever a batch carries alpha masks
+    (train_network.py), an image without alpha gets a full mask, and latent caching keeps the masks;
+    `--masked_loss` is for ControlNet-style mask images (`conditioning_data_dir`) and is not set."""
     general = {o.toml_key: settings[o.name] for o in opts.options_where("dataset") if settings[o.name] is not None}
     general["caption_extension"] = caption_extension
     subsets = []
@@ -179,6 +186,8 @@ def build_dataset_config(concepts: Sequence[Concept], settings: Mapping[str, Any
         subsets.append({"image_dir": str(Path(c.folder).resolve()), "is_reg": c.kind == "reg",
                         "num_repeats": c.repeats, "class_tokens": c.name, "caption_extension": caption_extension,
                         "keep_tokens": keep})
+        if (c.kind, c.name) in masked:
+            subsets[-1]["alpha_mask"] = True
     return {"general": general, "datasets": [{"subsets": subsets}]}
 
 
@@ -294,7 +303,7 @@ def build_run_files(project: Project, settings: ResolvedSettings | Mapping[str, 
     name = output_name or project.name
     # 4. the two TOMLs
     dataset = build_dataset_config(chosen, values, caption_extension=ps.caption_extension,
-                                   trigger_words=ps.trigger_words)
+                                   trigger_words=ps.trigger_words, masked=masked_concepts(project))
     comment = f"Train Style preset {settings.preset}" if isinstance(settings, ResolvedSettings) else None
     if base_weights:  # sd-scripts keeps no record of base weights in the LoRA; the comment (ss_training_comment) does
         merged = ", ".join(f"{Path(p).name} x{float(m):g}" for p, m in base_weights)
