@@ -93,7 +93,7 @@ class ChainDetector:
                 boxes = detector.detect(image)
             except Exception as e:  # a detector's failure on one image must not stop the others: say why
                 log.warning("detector %s failed: %s", detector.name, e, exc_info=True)
-                notes.append(f"{detector.name} failed on this image ({type(e).__name__}: {_first_line(e)})")
+                notes.append(f"{detector.name} failed on this image: {_why(e)}")
                 continue
             if boxes:
                 return Detection(boxes=tuple(boxes), detector=detector.name, notes=tuple(notes))
@@ -133,8 +133,14 @@ def detect_image(detector: Detector, source: Union[Path, Image.Image]) -> Detect
         return Detection(boxes=tuple(detector.detect(image)), detector=name)
     except Exception as e:  # any detector's failure on one image becomes that image's reason
         log.warning("detector %s failed: %s", name, e, exc_info=True)
-        return Detection(detector=name, reason=f"the detector {name} could not analyse it "
-                                               f"({type(e).__name__}: {_first_line(e)})")
+        return Detection(detector=name, reason=f"the detector {name} could not analyse it: {_why(e)}")
+
+
+def _why(e: BaseException) -> str:
+    """An error for a user: our own messages whole (they say what to do), others by type and first line."""
+    from ..errors import LorakitError
+
+    return str(e) if isinstance(e, LorakitError) else f"{type(e).__name__}: {_first_line(e)}"
 
 
 def _first_line(e: BaseException) -> str:

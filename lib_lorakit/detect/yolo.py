@@ -187,7 +187,8 @@ class YoloDetector:
         if output.ndim != 3 or output.shape[0] != 1:
             raise LorakitError(f"{self.path} is not a YOLOv8-format detector: its output is shaped "
                                f"{list(output.shape)}, expected [1, 4 + classes, anchors]")
-        kinds = self.kinds or [self.default_kind] * (min(output.shape[1:]) - 4)
+        # without labels.json the standard layout [1, 4 + classes, anchors] is assumed
+        kinds = self.kinds or [self.default_kind] * (output.shape[1] - 4 if output.shape[1] > 4 else 0)
         return decode(output[0], kinds=kinds, threshold=self.threshold, iou=self.iou, placement=placement,
                       image_size=image.size)
 
