@@ -7,28 +7,27 @@ interrupted: the work it did is kept (imports are idempotent, so running it agai
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import os
 import re
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from . import clock
 from .display import job_display
 from .errors import LorakitError, NotFound
 from .fsutil import atomic_write_json, pid_alive, read_json
+from .progress import ProgressFn
 
 log = logging.getLogger(__name__)
 ACTIVE = ("queued", "running")
 # Jobs started by this process. A job file naming our pid but absent here was left by an earlier process that
 # had the same pid (common in containers), so it is not running.
 _STARTED_HERE: set[str] = set()
-ProgressFn = Callable[[int, int, str], None]
 _JOB_ID = re.compile(r"[0-9a-zA-Z]{1,64}")  # ours are 12 hex digits; anything else names no job file
 
 
@@ -63,7 +62,7 @@ class JobState:
 
 def _now() -> str:
     # microseconds: jobs are listed newest first, and two can start within one second
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+    return clock.now_iso(timespec="microseconds")
 
 
 class JobManager:
@@ -99,7 +98,7 @@ class JobManager:
 
         def progress(done: int, total: int, message: str) -> None:
             job.done, job.total, job.message = done, total, message
-            now = time.monotonic()
+            now = clock.monotonic()
             if now - last[0] >= self.min_write_interval:
                 last[0] = now
                 self._write(job)

@@ -11,25 +11,22 @@ Nothing here imports torch: facts about the trainer come from one probe script r
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import inspect
 import json
 import logging
 import os
-import queue
-import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Optional
 
-from .. import torchvision_shim
+from .. import clock, procs, torchvision_shim
 from ..errors import Cancelled, LorakitError
 from ..fsutil import atomic_write_json, atomic_write_text, read_json
+from ..progress import CancelFlag, ProgressFn
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +43,7 @@ SUBMODULE_FIX = "git submodule update --init --recursive"
 _FOREIGN_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PIP_REQUIRE_VIRTUALENV", "PYTHONNOUSERSITE")
 
 LogFn = Callable[[str], None]
-ProgressFn = Callable[[int, int, str], None]
-
-
-class CancelFlag(Protocol):
-    def is_set(self) -> bool: ...
-
+SETUP_CANCELLED = "Setup was cancelled; run it again to continue where it stopped."
 
 class SetupFailed(LorakitError):
     """A required setup step failed; the message names the step, the command and the log's tail."""
@@ -115,78 +107,10 @@ def torchvision_for(torch_version: str) -> Optional[str]:
 
 def run_logged(argv: Sequence[str], *, cwd: Optional[Path] = None, env: Optional[dict[str, str]] = None,
                log: LogFn, log_file: Optional[Path] = None, cancel: Optional[CancelFlag] = None) -> int:
-    """Run `argv` without a shell in its own process group; stream its output line by line; return its exit code.
-
-    Lines are split on `\\n` and `\\r` (progress bars redraw with carriage returns). A set `cancel` terminates the
-    process group and raises Cancelled.
-    """
-    argv = [str(a) for a in argv]
-    sink = open(log_file, "a", encoding="utf-8") if log_file else None
-    try:
-        _emit(f"$ {' '.join(argv)}" + (f"   (in {cwd})" if cwd else ""), log, sink)
-        try:
-            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, start_new_session=(os.name != "nt"))
-        except OSError as e:
-            raise LorakitError(f"Cannot start {argv[0]}: {e}") from e
-        lines: queue.Queue[Optional[str]] = queue.Queue()
-        threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
-        while True:
-            try:
-                line = lines.get(timeout=0.2)
-            except queue.Empty:
-                line = ""
-            if line is None:
-                break
-            if line:
-                _emit(line, log, sink)
-            if cancel is not None and cancel.is_set():
-                _stop(proc)
-                _emit("cancelled", log, sink)
-                raise Cancelled("Setup was cancelled; run it again to continue where it stopped.")
-        return proc.wait()
-    finally:
-        if sink:
-            sink.close()
-
-
-def _pump(stream, lines: queue.Queue) -> None:
-    buf = b""
-    for chunk in iter(lambda: stream.read1(65536), b""):
-        buf += chunk
-        parts = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-        buf = parts.pop()
-        for part in parts:
-            text = part.decode("utf-8", "replace").rstrip()
-            if text:
-                lines.put(text)
-    if buf.strip():
-        lines.put(buf.decode("utf-8", "replace").rstrip())
-    lines.put(None)
-
-
-def _emit(line: str, log: LogFn, sink) -> None:
-    if sink:
-        sink.write(line + "\n")
-        sink.flush()
-    log(line)
-
-
-def _stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
-    try:
-        if os.name == "nt":
-            proc.terminate()
-        else:
-            os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        if os.name == "nt":
-            proc.kill()
-        else:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
+    """Run a setup command (`procs.run_logged`: no shell, its own process group, output line by line to `log` and
+    to `log_file`); return its exit code. A set `cancel` stops its process group and raises Cancelled."""
+    return procs.run_logged(argv, env=os.environ if env is None else env, on_line=log, log_file=log_file, cwd=cwd,
+                            cancel=cancel, cancel_message=SETUP_CANCELLED)
 
 
 # --- setup ----------------------------------------------------------------------------------------------------
@@ -275,7 +199,7 @@ def _run_steps(env: TrainerEnvironment, steps: list[SetupStep], *, log: LogFn, p
     ran, skipped, warnings = [], [], []
     for i, step in enumerate(steps):
         if cancel is not None and cancel.is_set():
-            raise Cancelled("Setup was cancelled; run it again to continue where it stopped.")
+            raise Cancelled(SETUP_CANCELLED)
         if progress:
             progress(i, len(steps), step.title)
         record = done.get(step.name, {})
@@ -306,7 +230,7 @@ def _run_steps(env: TrainerEnvironment, steps: list[SetupStep], *, log: LogFn, p
 
 def _record(env: TrainerEnvironment, state: dict, step: SetupStep, status: str, note: Optional[str]) -> None:
     state["steps"][step.name] = {"status": status, "fingerprint": step.fingerprint, "note": note or "",
-                                 "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+                                 "at": clock.now_iso()}
     atomic_write_json(env.state_file, state)
 
 
@@ -367,8 +291,7 @@ def install_torchvision_shim(site_packages: Path) -> list[Path]:
 
 
 def _check_torchvision(env: TrainerEnvironment, sub_env: dict[str, str]) -> dict[str, Any]:
-    proc = subprocess.run([str(env.python), "-c", _TV_CHECK], env=sub_env, capture_output=True, text=True,
-                          timeout=300)
+    proc = procs.run_captured([env.python, "-c", _TV_CHECK], env=sub_env, timeout_s=300)
     found = last_json(proc.stdout)
     if found is None:
         raise SetupFailed(f"Cannot run the trainer's python ({env.python}): {proc.stderr.strip()[-500:]}")
@@ -438,7 +361,7 @@ def _head_commit(folder: Path) -> Optional[str]:
 
 def _git(args: list[str], cwd: Path) -> Optional[str]:
     try:
-        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30)
+        proc = procs.run_captured(["git", *args], env=os.environ, cwd=cwd, timeout_s=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return proc.stdout.strip() if proc.returncode == 0 else None
@@ -564,8 +487,7 @@ def probe(env: TrainerEnvironment, *, timeout_s: float = 300) -> tuple[Optional[
     fix = ("Repair that environment (or delete our venv and run setup again), or name another one with "
            "--trainer-python / TRAIN_STYLE_TRAINER_PYTHON.")
     try:
-        proc = subprocess.run([str(env.python), "-c", _PROBE], env=env.subprocess_env(), capture_output=True,
-                              text=True, timeout=timeout_s)
+        proc = procs.run_captured([env.python, "-c", _PROBE], env=env.subprocess_env(), timeout_s=timeout_s)
     except (OSError, subprocess.TimeoutExpired) as e:
         return None, Problem(f"The trainer's python cannot run: {e}", fix, code="TRAINER_BROKEN")
     facts = last_json(proc.stdout)
@@ -626,7 +548,7 @@ class ProbeCache:
     def put(self, env: TrainerEnvironment, facts: dict) -> None:
         entries = self._entries()
         entries[_python_key(env)] = {"stamp": _stamp(env, facts.get("purelib")), "facts": facts,
-                                     "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+                                     "at": clock.now_iso()}
         try:
             self.file.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.file, entries)

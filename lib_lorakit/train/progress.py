@@ -1,15 +1,16 @@
 """Reading sd-scripts' console output: tqdm redraws, epochs, saves, samples and the errors worth explaining.
 
 sd-scripts writes its progress bar to stderr and redraws it with carriage returns, so output is split on both
-`\\r` and `\\n` before parsing. Each line becomes at most one event.
+`\\r` and `\\n` before parsing (`procs.LineSplitter`). Each line becomes at most one event.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Optional
+
+from ..procs import LineSplitter
 
 # steps:  50%|█████     | 2/4 [00:03<00:03,  1.52s/it, avr_loss=0.113]
 _STEPS = re.compile(r"^\s*steps:\s*(?P<pct>\d+)%\|[^|]*\|\s*(?P<step>\d+)/(?P<total>\d+)\s*"
@@ -80,21 +81,16 @@ class LogReader:
     saving: Optional[Save] = None  # the save sd-scripts is writing now, as far as its output tells
     tail: list[str] = field(default_factory=list)
     tail_lines: int = 60
-    _pending: str = ""
+    _lines: LineSplitter = field(default_factory=LineSplitter, repr=False, compare=False)
 
-    def feed(self, text: str) -> None:
-        for line in self._lines(text):
+    def feed(self, data: str | bytes) -> None:
+        """Raw output as it comes, in pieces of any size (bytes are decoded as UTF-8, bad bytes replaced)."""
+        for line in self._lines.feed(data):
             self.feed_line(line)
 
-    def _lines(self, text: str) -> Iterator[str]:
-        data = self._pending + text
-        parts = re.split(r"\r\n|\r|\n", data)
-        self._pending = parts.pop()
-        yield from parts
-
     def flush(self) -> None:
-        if self._pending:
-            line, self._pending = self._pending, ""
+        """The end of the output: its last line need not end with a line break."""
+        for line in self._lines.flush():
             self.feed_line(line)
 
     def feed_line(self, line: str) -> None:

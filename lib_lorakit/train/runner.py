@@ -11,7 +11,6 @@ tab after a reload, the CLI, a restarted webui) sees the same run.
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import re
 import signal
@@ -21,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import clock, procs
 from ..display import Display, run_display
 from ..errors import LorakitError, NotFound
 from ..fsutil import atomic_write_json, atomic_write_text, pid_alive, read_json
@@ -78,8 +78,7 @@ class RunSnapshot:
 
 
 def new_run_id(label: str) -> str:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{re.sub(r'[^A-Za-z0-9_-]+', '-', label).strip('-')[:40] or 'run'}"
+    return f"{clock.stamp()}-{re.sub(r'[^A-Za-z0-9_-]+', '-', label).strip('-')[:40] or 'run'}"
 
 
 class Runs:
@@ -106,7 +105,7 @@ class Runs:
             atomic_write_text(run_dir / name, text)
         atomic_write_json(run_dir / "launch.json", spec.to_dict(run_dir))
         atomic_write_json(run_dir / "run.json", {"id": run_dir.name, "project": self.project.name,
-                                                 "state": "queued", "meta": meta, "created": _now()})
+                                                 "state": "queued", "meta": meta, "created": clock.now_iso()})
         return self.get(run_dir.name)
 
     def dir(self, run_id: str) -> Path:
@@ -146,13 +145,12 @@ class Runs:
         data = _record(run_dir)
         if data.get("state") not in ("queued", "stopped", "failed", "interrupted"):
             raise LorakitError(f"Run {run_id} is {data.get('state')}; only a queued run can start.")
-        data.update(state="starting", error="", advice="", launched=_now())
+        data.update(state="starting", error="", advice="", launched=clock.now_iso())
         atomic_write_json(run_dir / "run.json", data)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")])}
         with open(run_dir / "supervisor.log", "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "lib_lorakit.train.supervise", str(run_dir)],
-                                    cwd=run_dir, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = procs.start([sys.executable, "-m", "lib_lorakit.train.supervise", run_dir], env=env, cwd=run_dir,
+                               stdout=log)
         data.update(supervisor_pid=proc.pid)
         atomic_write_json(run_dir / "run.json", data)
         _CHILDREN[proc.pid] = proc  # reaped in _reconcile so no zombie lingers in a long-lived server
@@ -164,7 +162,7 @@ class Runs:
         data = _record(run_dir)
         pid = _pid(data)
         if data.get("state") == "queued":
-            data.update(state="stopped", error="Removed from the queue before it started.", finished=_now())
+            data.update(state="stopped", error="Removed from the queue before it started.", finished=clock.now_iso())
             atomic_write_json(run_dir / "run.json", data)
         elif data.get("state") in ACTIVE and pid_alive(pid):
             os.kill(pid, signal.SIGTERM)
@@ -182,14 +180,14 @@ class Runs:
         data["state"] = state
         data.update(fields)
         if state in ("failed", "stopped"):
-            data.setdefault("finished", _now())
+            data.setdefault("finished", clock.now_iso())
         atomic_write_json(path, data)
 
     def wait(self, run_id: str, timeout: float | None = None, poll: float = 0.5) -> RunSnapshot:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else clock.monotonic() + timeout
         while True:
             snap = self.get(run_id)
-            if not snap.active or (deadline is not None and time.monotonic() > deadline):
+            if not snap.active or (deadline is not None and clock.monotonic() > deadline):
                 return snap
             time.sleep(poll)
 
@@ -314,7 +312,7 @@ def _reconcile(run_dir: Path, data: dict) -> dict:
             tail = _log_tail(run_dir / "train.log")
             if len(tail) <= 1:  # nothing from sd-scripts yet (the queue's unload note may stand first): say why
                 tail += _log_tail(run_dir / "supervisor.log")
-            data.update(state="interrupted", finished=_now(), log_tail=tail,
+            data.update(state="interrupted", finished=clock.now_iso(), log_tail=tail,
                         error="The training process ended while nobody was watching (the computer or the "
                               "webui stopped?). Files saved before that are kept; Resume continues from the "
                               "last saved state if there is one.")
@@ -332,11 +330,7 @@ def _log_tail(path: Path, lines: int = 40) -> list[str]:
     try:
         with open(path, "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - 64 * 1024))
-            text = f.read().decode("utf-8", "replace")
+            data = f.read()
     except OSError:
         return []
-    return [ln for ln in re.split(r"\r\n|\r|\n", text) if ln.strip()][-lines:]
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return [ln for ln in procs.split_lines(data) if ln.strip()][-lines:]

@@ -10,8 +10,6 @@ finish (at most STOP_SAVE_WAIT_S, then it stops anyway) and says so: a state cut
 
 from __future__ import annotations
 
-import codecs
-import datetime as _dt
 import os
 import signal
 import subprocess
@@ -20,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+from .. import clock, procs
 from ..errors import LorakitError
 from ..fsutil import atomic_write_json, read_json
 from ..tomlio import read_toml
@@ -34,10 +33,6 @@ STOP_SAVE_WAIT_S = float(os.environ.get("TRAIN_STYLE_STOP_SAVE_WAIT_S") or 120)
 RECENT_WRITE_NS = 2_000_000_000  # a state folder written this recently and still incomplete is being saved
 
 
-def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
 class Supervisor:
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
@@ -50,35 +45,31 @@ class Supervisor:
         self._save_state: bool | None = None
         self._last_write = 0.0
         self._lock = threading.Lock()  # the stop thread writes run.json too
+        self._stopper: threading.Thread | None = None
 
     # 1. start the trainer in a group of its own
     def start(self) -> None:
         env = {**os.environ, **self.spec.get("env", {})}
         for key in self.spec.get("unset", []):
             env.pop(key, None)
-        self.child = subprocess.Popen(self.spec["argv"], cwd=self.spec["cwd"], env=env, stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        self.state.update(state="running", supervisor_pid=os.getpid(), pid=self.child.pid, started=now())
+        self.child = procs.start(self.spec["argv"], env=env, cwd=self.spec["cwd"])
+        self.state.update(state="running", supervisor_pid=os.getpid(), pid=self.child.pid, started=clock.now_iso())
         self.write(force=True)
 
     # 2. read, tee and parse until the trainer closes its output
     def pump(self) -> None:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         with open(self.run_dir / "train.log", "ab") as log:
-            fd = self.child.stdout.fileno()
-            while chunk := os.read(fd, 65536):
-                log.write(chunk)
-                log.flush()
-                self.reader.feed(decoder.decode(chunk))
-                self.write()
-            self.reader.feed(decoder.decode(b"", final=True))
-            self.reader.flush()
+            procs.pump(self.child.stdout, on_line=self._on_line, tee=log)
+
+    def _on_line(self, line: str) -> None:
+        self.reader.feed_line(line)
+        self.write()
 
     # 3. the verdict: exit 0 AND the final file present
     def finish(self) -> None:
         rc = self.child.wait()
         final = Path(self.spec["output_dir"]) / f"{self.spec['output_name']}.safetensors"
-        self.state.update(returncode=rc, finished=now())
+        self.state.update(returncode=rc, finished=clock.now_iso())
         self.state.pop("notice", None)
         if self.stop_requested and not (rc == 0 and final.is_file()):  # not one that finished while the stop waited
             self.state.update(state="stopped", error="Stopped by the user. Files saved before the stop are kept."
@@ -96,7 +87,7 @@ class Supervisor:
             self._write(force)
 
     def _write(self, force: bool) -> None:
-        now_s = time.monotonic()
+        now_s = clock.monotonic()
         if not force and now_s - self._last_write < WRITE_INTERVAL_S:
             return
         self._last_write = now_s
@@ -115,7 +106,9 @@ class Supervisor:
         if self.stop_requested or self.child is None:
             return
         self.stop_requested = True
-        threading.Thread(target=self._stop_after_save, name="stop-after-save", daemon=True).start()
+        # not a daemon: the supervisor stays until the trainer's group is gone, even after the verdict is written
+        self._stopper = threading.Thread(target=self._stop_after_save, name="stop-after-save")
+        self._stopper.start()
 
     def _stop_after_save(self) -> None:
         saving = self.saving()
@@ -126,8 +119,8 @@ class Supervisor:
                                         f"finish (at most {STOP_SAVE_WAIT_S:.0f} s) so that it is not left "
                                         "incomplete.")
                 self._write(force=True)
-            deadline = time.monotonic() + STOP_SAVE_WAIT_S
-            while saving is not None and time.monotonic() < deadline and self.child.poll() is None:
+            deadline = clock.monotonic() + STOP_SAVE_WAIT_S
+            while saving is not None and clock.monotonic() < deadline and self.child.poll() is None:
                 time.sleep(0.2)
                 saving = self.saving()
             if self.child.poll() is not None:
@@ -135,8 +128,7 @@ class Supervisor:
             self.stop_note = (f"sd-scripts was still saving {what} after {STOP_SAVE_WAIT_S:.0f} s and was stopped "
                               "anyway: that save is incomplete, and Resume skips it." if saving is not None else
                               f"The stop waited for sd-scripts to finish saving {what}.")
-        _signal_group(self.child.pid, signal.SIGTERM)
-        threading.Timer(STOP_GRACE_S, _signal_group, args=(self.child.pid, signal.SIGKILL)).start()
+        procs.stop_group(self.child, grace_s=STOP_GRACE_S)
 
     def saving(self) -> Save | None:
         """The save in progress: the one sd-scripts' output announced and that is not on disk whole yet, or else a
@@ -185,13 +177,6 @@ def _arg(path: Path, key: str) -> object:
     return flat.get(key, sections.get(key))
 
 
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def main(argv: list[str]) -> int:
     sup = Supervisor(Path(argv[0]))
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -199,7 +184,7 @@ def main(argv: list[str]) -> int:
     try:
         sup.start()
     except OSError as e:
-        sup.state.update(state="failed", error=f"Could not start the trainer: {e}", finished=now())
+        sup.state.update(state="failed", error=f"Could not start the trainer: {e}", finished=clock.now_iso())
         sup.write(force=True)
         return 1
     sup.pump()
