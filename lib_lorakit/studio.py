@@ -22,6 +22,7 @@ from .paths import resolve_inside
 from .project import ConceptKind, Project, ProjectSettings, Workspace
 
 if TYPE_CHECKING:  # training is imported when a caller asks for it: the tagging and import commands start faster
+    from .crop.service import CropService
     from .train.door import Start, TrainingDoor
 
 MAX_SERVER_PATHS = 10_000  # files or folders in one import (a folder counts once, whatever it holds)
@@ -39,6 +40,12 @@ class Studio:
     @property
     def captions(self) -> CaptionService:
         return CaptionService(self.host)
+
+    @property
+    def crop(self) -> CropService:
+        from .crop.service import CropService
+
+        return CropService(self.host)
 
     def training(self, *, local_user: bool = False, trainer_python: Optional[str] = None,
                  tokenizer_cache_dir: Optional[Path] = None, start: Start = "later") -> TrainingDoor:

@@ -122,10 +122,12 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
         return _guard(lambda: studio.jobs.cancel(job_id).to_dict())
 
     from . import captions as api_captions
+    from . import crop as api_crop
     from . import train as api_train
 
     api_train.add_routes(r, studio, _guard)
     api_captions.add_routes(r, studio, _guard)
+    api_crop.add_routes(r, studio, _guard)
     return r
 
 

@@ -80,9 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     doc.add_argument("--tokenizer-cache-dir", type=Path, help="the tokenizer folder a run would get")
 
     from . import captions as cli_captions
+    from . import crop as cli_crop
     from . import train as cli_train
 
     cli_train.add_parsers(sub, common)
+    cli_crop.add_parsers(sub, common)
     cli_captions.add_parsers(sub, common)
 
     rep = sub.add_parser("report", parents=[common], help="the dataset report")
@@ -117,12 +119,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         host = StandaloneHost.from_options(home=args.home, lora_dir=args.lora_dir, models_dir=args.models_dir,
                                            allow_roots=[os.path.abspath(os.sep)], config=args.config)
         from . import captions as cli_captions
+        from . import crop as cli_crop
         from . import train as cli_train
 
         handler: Callable[[Studio, argparse.Namespace], tuple[int, Any, str]] = {
             "project": _project, "import": _import, "report": _report, "concept": _concept,
             "lora-info": _lora_info, "doctor": _doctor,
             **dict.fromkeys(("tag", "caption", "tags", "check"), cli_captions.handle),
+            "crop": cli_crop.handle,
         }.get(args.command, cli_train.handle)
         code, data, text = handler(Studio(host), args)
     except LorakitError as e:

@@ -310,3 +310,55 @@ def _tag_captions(project: Project, tag: str, items: Sequence[CropItem]) -> str:
     step = store.apply(changes, label=f"Tag {padded} letterboxed image(s) {tag!r}",
                        op={"op": "crop_tag", "tag": tag})
     return step.id
+
+
+class CropService:
+    """Crop for one Host: what the Studio hands the tab, the CLI and the API (`Studio.crop`)."""
+
+    def __init__(self, host: Any):
+        self.host = host
+
+    def _project(self, name: str) -> Project:
+        from ..project import Workspace
+
+        return Workspace(self.host.projects_home()).open(name)
+
+    def detector(self, request: CropRequest) -> Optional[Callable[[Path], Sequence[Any]]]:
+        """The subject finder smart crop (and letterbox's cropped share) uses; none for the other modes."""
+        if request.mode == "smart" or (request.mode == "letterbox" and request.fraction < 1):
+            return make_detector(self.host.models_dir())
+        return None
+
+    def crop(self, name: str, request: CropRequest, *, progress: Progress = None,
+             cancel: Optional[threading.Event] = None) -> CropReport:
+        """Plan (a dry run) or apply `request` on project `name`."""
+        project = self._project(name)
+        return run_crop(project, request, detector=self.detector(request), progress=progress, cancel=cancel)
+
+    def start(self, name: str, request: CropRequest) -> Any:
+        """The same crop as a background job (progress, cancel; its report is the job's result)."""
+        from ..jobs import job_manager
+
+        self._project(name)
+
+        def work(progress: Callable[[int, int, str], None], cancel: threading.Event) -> dict:
+            return self.crop(name, request, progress=progress, cancel=cancel).to_dict()
+
+        return job_manager(self.host.projects_home()).start(
+            kind="crop", project=name, title=f"{_label(request, len(request.images) or 0)} in {name}".replace(
+                " 0 image(s)", ""), work=work)
+
+    def undo(self, name: str) -> dv.DeriveReport:
+        return dv.undo(self._project(name))
+
+    def redo(self, name: str) -> dv.DeriveReport:
+        return dv.redo(self._project(name))
+
+    def history(self, name: str, limit: int = 20) -> list[Any]:
+        return dv.history(self._project(name), limit)
+
+    def flip(self, name: str, images: Sequence[str], on: bool) -> dv.DeriveReport:
+        return dv.flip(self._project(name), images, on)
+
+    def steps(self, name: str, image: str) -> dv.Steps:
+        return dv.steps_of(self._project(name), image)
