@@ -138,6 +138,7 @@ def run_doctor(host: Host, *, trainer_python: Optional[str] = None, tokenizer_ca
         tokenizers_check(Path(cache) if cache else None),
         wd14_check(host),
         clip_check(host),
+        detectors_check(host),
         webui_venv_check(host),
     )
     return DoctorReport(host=host.name, checks=checks)
@@ -475,6 +476,15 @@ def clip_check(host: Host) -> Check:
         issues.append(Issue("warning", "open_clip is not installed in this Python: the CLIP tagger cannot run.",
                             f"\"{sys.executable}\" -m pip install open_clip_torch (the webui has its own)."))
     return Check("clip", "CLIP tagger weights", f"{', '.join(found) or 'none'} in {cache}", tuple(issues), facts)
+
+
+def detectors_check(host: Host) -> Check:
+    """The face/head detector models in the store (smart crop, SUBJECT_CUT) and the fallbacks that run without."""
+    from .detect.models import detectors_folder, store_report
+
+    report = store_report(detectors_folder(host.models_dir()))
+    issues = tuple(Issue("warning", what, fix) for what, fix in report.problems)
+    return Check("detectors", "Face/head detectors", report.summary, issues, report.facts)
 
 
 # --- the webui's own packages -------------------------------------------------------------------------------------

@@ -350,3 +350,23 @@ def test_a_failed_download_is_noted_and_not_retried_in_the_same_session(tmp_path
     assert len(calls) == 1, "the network is not asked again for every crop"
     assert any("not tried again" in n and "connection reset" in n for n in second.notes)
     assert first.detectors[-1].name == second.detectors[-1].name == "saliency"
+
+
+def test_the_doctor_names_the_detectors_present_and_a_half_copied_one(tmp_path):
+    from lib_lorakit.detect.models import detectors_folder
+    from lib_lorakit.doctor import detectors_check
+    from lib_lorakit.host import StandaloneHost
+
+    host = StandaloneHost(home=tmp_path / "home", lora=tmp_path / "models" / "Lora", models=tmp_path / "models")
+    store = detectors_folder(host.models_dir())
+    check = detectors_check(host)
+    assert check.status == "ok" and "no model yet" in check.summary and "saliency" in check.summary
+    place("anime-head", store, ANCHORS[:5, :1], ["head"])
+    half = detector_folder(KNOWN_DETECTORS["photo-face"], store)
+    half.mkdir(parents=True)
+    (half / "labels.json").write_text('["face"]', encoding="utf-8")
+    check = detectors_check(host)
+    assert check.summary.startswith("anime-head in ") and check.facts["models"] == {
+        "anime-head": str(detector_folder(KNOWN_DETECTORS["anime-head"], store))}
+    (issue,) = check.issues
+    assert str(half) in issue.what and "model.onnx" in issue.what and KNOWN_DETECTORS["photo-face"].page in issue.fix

@@ -27,7 +27,7 @@ from lib_lorakit.train.environment import PROBE_MARK
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKS = ["folders", "offline", "home", "disk", "trainer", "sd-scripts", "gpu", "tokenizers", "wd14", "clip",
-          "webui-venv"]
+          "detectors", "webui-venv"]
 OUR_VARIABLES = ("TRAIN_STYLE_TRAINER_PYTHON", "TRAIN_STYLE_SD_SCRIPTS", "TRAIN_STYLE_TOKENIZER_CACHE",
                  "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TRANSFORMERS_CACHE", "HUGGINGFACE_HUB_CACHE")
 # What a working CUDA trainer's probe reports (train.environment's probe prints this shape)

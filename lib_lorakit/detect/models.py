@@ -84,3 +84,40 @@ def incomplete_detectors(models_root: Path) -> dict[str, list[str]]:
         if folder.is_dir() and missing and len(missing) < len(local_names(m.files)):
             out[key] = missing
     return out
+
+
+@dataclass(frozen=True)
+class StoreReport:
+    """What the doctor says of the detector store: a one-line summary, problems with their fixes, facts."""
+
+    summary: str
+    problems: tuple[tuple[str, str], ...]  # (what, fix)
+    facts: dict
+
+
+def store_report(models_root: Path) -> StoreReport:
+    """Which known detectors are in the store, which are incomplete, and which fallbacks run here."""
+    from .cascade import cascade_unavailable
+
+    present = present_detectors(models_root)
+    try:
+        import onnxruntime  # noqa: F401  (only whether it imports)
+        onnx_ok = True
+    except ImportError:
+        onnx_ok = False
+    cascade_why = cascade_unavailable()
+    problems = []
+    for key, missing in incomplete_detectors(models_root).items():
+        model, folder = KNOWN_DETECTORS[key], detector_folder(KNOWN_DETECTORS[key], models_root)
+        problems.append((f"The {model.title} folder {folder} lacks {' and '.join(missing)}.",
+                         f"Delete {folder} (it downloads again on first use) or place "
+                         f"{' and '.join(DETECTOR_FILES)} from {model.page} there."))
+    if present and not onnx_ok:
+        problems.append(("onnxruntime is not installed in this Python: the detector models cannot run.",
+                         "Install onnxruntime (or onnxruntime-gpu) into the Python that runs Train Style."))
+    fallbacks = ["saliency"] if cascade_why else ["OpenCV cascades", "saliency"]
+    models = ", ".join(present) or "no model yet (they download on first smart crop)"
+    return StoreReport(summary=f"{models} in {models_root}; fallback: {', then '.join(fallbacks)}",
+                       problems=tuple(problems),
+                       facts={"store": str(models_root), "models": {k: str(v) for k, v in present.items()},
+                              "onnxruntime": onnx_ok, "cascades": cascade_why is None})
