@@ -370,3 +370,50 @@ def test_the_doctor_names_the_detectors_present_and_a_half_copied_one(tmp_path):
         "anime-head": str(detector_folder(KNOWN_DETECTORS["anime-head"], store))}
     (issue,) = check.issues
     assert str(half) in issue.what and "model.onnx" in issue.what and KNOWN_DETECTORS["photo-face"].page in issue.fix
+
+
+# --- real weights, where they are at hand -------------------------------------------------------------------------
+
+NUDENET_LABELS = ["FEMALE_GENITALIA_COVERED", "FACE_FEMALE", "BUTTOCKS_EXPOSED", "FEMALE_BREAST_EXPOSED",
+                  "FEMALE_GENITALIA_EXPOSED", "MALE_BREAST_EXPOSED", "ANUS_EXPOSED", "FEET_EXPOSED", "BELLY_COVERED",
+                  "FEET_COVERED", "ARMPITS_COVERED", "ARMPITS_EXPOSED", "FACE_MALE", "BELLY_EXPOSED",
+                  "MALE_GENITALIA_EXPOSED", "ANUS_COVERED", "FEMALE_BREAST_COVERED", "BUTTOCKS_COVERED"]
+
+
+def nudenet_model(folder: Path) -> Path | None:
+    """nudenet 3.4.2's YOLOv8n (`320n.onnx`, 18 classes, two of them faces) from the installed package or the
+    wheel named by TRAIN_STYLE_NUDENET_WHEEL (`pip download --no-deps nudenet==3.4.2`); None when neither is here."""
+    import importlib.util
+    import os
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = importlib.util.find_spec("nudenet")
+    wheel = os.environ.get("TRAIN_STYLE_NUDENET_WHEEL")
+    if spec and spec.origin and (Path(spec.origin).parent / "320n.onnx").is_file():
+        (folder / "model.onnx").write_bytes((Path(spec.origin).parent / "320n.onnx").read_bytes())
+    elif wheel and Path(wheel).is_file():
+        with zipfile.ZipFile(wheel) as z:
+            (folder / "model.onnx").write_bytes(z.read("nudenet/320n.onnx"))
+    else:
+        return None
+    (folder / "labels.json").write_text(json.dumps(NUDENET_LABELS), encoding="utf-8")
+    return folder
+
+
+def test_a_real_yolov8_detector_finds_a_real_face_wherever_the_letterbox_puts_it(tmp_path):
+    folder = nudenet_model(tmp_path / "nudenet")
+    if folder is None:
+        pytest.skip("nudenet's 320n.onnx is not at hand: install nudenet==3.4.2 or set TRAIN_STYLE_NUDENET_WHEEL")
+    import matplotlib.cbook
+
+    portrait = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB")
+    detector = YoloDetector(folder, threshold=0.3)
+    assert detector.kinds.count("face") == 2 and detector.kinds.count(None) == 16
+    (face,) = detector.detect(portrait)
+    eyes_and_mouth = [(220, 200), (310, 200), (265, 285)]  # read off the picture by eye
+    assert all(face.left < x < face.right and face.top < y < face.bottom for x, y in eyes_and_mouth)
+    wide = Image.new("RGB", (1100, 600), "white")  # the same face 300 px to the right in a wide picture
+    wide.paste(portrait, (300, 0))
+    (moved,) = detector.detect(wide)
+    assert moved.left - face.left == pytest.approx(300, abs=15) and moved.top == pytest.approx(face.top, abs=15)
