@@ -177,6 +177,15 @@ def test_an_unreadable_image_is_skipped_with_its_reason(tmp_path, content):
     assert result.skipped and result.boxes == () and result.reason
 
 
+def test_a_large_jpeg_is_read_small_and_its_boxes_come_back_in_its_own_pixels(tmp_path):
+    path = tmp_path / "large.jpg"
+    busy_object_picture().resize((2800, 2100), Image.Resampling.NEAREST).save(path, quality=95)  # object ×7
+    result = detect_image(SaliencyDetector(), path)
+    (box,) = result.boxes
+    assert box.left <= 7 * 255 and box.right >= 7 * 325 and box.top <= 7 * 45 and box.bottom >= 7 * 95
+    assert box.width < 7 * 120 and box.height < 7 * 100
+
+
 def test_an_empty_picture_is_skipped(tmp_path):
     result = detect_image(SaliencyDetector(), Image.new("RGB", (0, 0)))
     assert result.skipped and "empty" in result.reason

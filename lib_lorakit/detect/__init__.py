@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, Union, runtime_checkable
 
@@ -21,6 +21,7 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 KINDS = ("face", "head", "salient")
+DECODE_SIDE = 640  # a file is decoded no smaller than this on either side: the models look at 640 at most
 
 
 @dataclass(frozen=True)
@@ -110,30 +111,41 @@ def default_detector(models_root: Path, *, download: bool = False,
 
 
 def detect_image(detector: Detector, source: Union[Path, Image.Image]) -> Detection:
-    """Run `detector` on a file (opened the one way images are opened here) or a picture; an image that cannot be
-    read or analysed gives a Detection with its `reason`, never an exception."""
+    """Run `detector` on a file (opened the one way images are opened here, upright) or a picture; boxes are in
+    that picture's pixels. An image that cannot be read or analysed gives a Detection with its `reason`, never an
+    exception. A JPEG file is decoded at reduced scale (both sides still at least `DECODE_SIDE`: the detectors
+    look at less) and its boxes scaled back to the full picture."""
     from ..images import ImageProblem, open_training_image
 
     name = getattr(detector, "name", type(detector).__name__)
+    scale = (1.0, 1.0)
     if isinstance(source, Image.Image):
         image = source
     else:
-        loaded = open_training_image(Path(source))
+        loaded = open_training_image(Path(source), draft=(DECODE_SIDE, DECODE_SIDE))
         if isinstance(loaded, ImageProblem):
             return Detection(detector=name, reason=loaded.reason)
         image = loaded.image
+        if loaded.full_size[0] and loaded.full_size != image.size:
+            scale = (loaded.full_size[0] / image.width, loaded.full_size[1] / image.height)
     if image.width < 1 or image.height < 1:
         return Detection(detector=name, reason="the image is empty (0 pixels)")
     if image.mode != "RGB":
         image = image.convert("RGB")
     run = getattr(detector, "run", None)
     try:
-        if callable(run):
-            return run(image)
-        return Detection(boxes=tuple(detector.detect(image)), detector=name)
+        result = run(image) if callable(run) else Detection(boxes=tuple(detector.detect(image)), detector=name)
     except Exception as e:  # any detector's failure on one image becomes that image's reason
         log.warning("detector %s failed: %s", name, e, exc_info=True)
         return Detection(detector=name, reason=f"the detector {name} could not analyse it: {_why(e)}")
+    if scale == (1.0, 1.0):
+        return result
+    return replace(result, boxes=tuple(_scaled(b, *scale) for b in result.boxes))
+
+
+def _scaled(box: Box, sx: float, sy: float) -> Box:
+    return Box(kind=box.kind, left=box.left * sx, top=box.top * sy, right=box.right * sx, bottom=box.bottom * sy,
+               score=box.score)
 
 
 def _why(e: BaseException) -> str:
