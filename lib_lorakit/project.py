@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import re
 import shutil
 import threading
@@ -20,6 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from . import clock
 from .errors import AlreadyExists, InvalidName, LorakitError, NotFound
 from .fsutil import process_lock, readable_name
 from .images import DEFAULT_MAX_PIXELS, PIL_HARD_LIMIT
@@ -293,7 +293,7 @@ class Project:
         """Move the folder into the project's trash (originals stay); return where it went."""
         with self.lock():
             c = self.concept(name, kind)
-            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+            stamp = clock.stamp(micro=True)
             trash = self.state_dir / "trash" / f"{stamp}_{kind}_{c.folder.name}"
             trash.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(c.folder), str(trash))
@@ -352,7 +352,7 @@ class Workspace:
 
     def create(self, name: str, **settings: Any) -> Project:
         check_name(name, what="project name")
-        created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        created = clock.now_iso()
         s = ProjectSettings.from_dict({"name": name, "created": created, **settings})
         path = self.home / name
         if path.exists():

@@ -19,7 +19,7 @@ import math
 import re
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -29,6 +29,7 @@ import numpy as np
 from ..dataset.index import DatasetIndex, IndexEntry
 from ..errors import Cancelled, LorakitError, NotFound
 from ..fsutil import atomic_copy
+from ..progress import ProgressFn
 from ..project import Project
 from ..schema import Field, Schema
 from ..tomlio import read_toml
@@ -41,7 +42,6 @@ logger = logging.getLogger(__name__)
 Severity = Literal["error", "warning", "info"]
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 DEFAULT_CATEGORIES = Path(__file__).with_name("categories.toml")
-Progress = Optional[Callable[[int, int, str], None]]
 
 WHY = {
     "IDENTICAL_CAPTIONS": "seeds/002: differently posed images under one caption make the model interpolate "
@@ -246,7 +246,7 @@ class _Caption:
     by_category: dict[str, set[str]] = field(default_factory=dict)  # category name → the caption's keys in it
 
 
-def audit(project: Project, *, categories_file: Path | None = None, progress: Progress = None,
+def audit(project: Project, *, categories_file: Path | None = None, progress: Optional[ProgressFn] = None,
           cancel: threading.Event | None = None, **thresholds: Any) -> AuditReport:
     """Audit every caption of `project` (see the module docstring for the findings).
 

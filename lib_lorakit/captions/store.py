@@ -22,7 +22,6 @@ never overwritten by an operation. Every text written passes `clean_caption_text
 from __future__ import annotations
 
 import base64
-import datetime as _dt
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
+from .. import clock
 from ..dataset.captions_io import (
     CaptionRefused,
     check_caption_length,
@@ -169,10 +169,6 @@ def caption_bytes(text: str) -> bytes:
     return (text + "\n").encode("utf-8") if text else b""
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
 class CaptionStore:
     """Reads a project's captions and changes them with undo. Cheap to construct; every call reads the disk."""
 
@@ -268,7 +264,7 @@ class CaptionStore:
             writes = self._changed(changes)
             setting_changes = self._setting_changes(settings or {})
             if entry is None and not writes and not setting_changes:
-                return HistoryEntry(id="", label=label, time=_now(), op=dict(op), files=0)
+                return HistoryEntry(id="", label=label, time=clock.now_iso(), op=dict(op), files=0)
             header = self._record(writes, setting_changes, label=label, op=op, entry=entry)
             try:
                 self._write_all({path: caption_bytes(change.after) for path, change in writes.items()})
@@ -382,9 +378,9 @@ class CaptionStore:
         if entry is None:
             folder = self.history_dir / f"{self._next_id():06d}"  # before the tail goes, so ids are never reused
             self._discard_redo_tail()
-            header: dict[str, Any] = {"version": HISTORY_VERSION, "id": folder.name, "label": label, "time": _now(),
-                                      "op": dict(op), "files": 0, "settings": {}, "undone": False, "conflicts": [],
-                                      "chunks": 0}
+            header: dict[str, Any] = {"version": HISTORY_VERSION, "id": folder.name, "label": label,
+                                      "time": clock.now_iso(), "op": dict(op), "files": 0, "settings": {},
+                                      "undone": False, "conflicts": [], "chunks": 0}
             recorded: set[str] = set()
         else:
             folder = self._entry_dir(entry)

@@ -25,7 +25,6 @@ place: every edit replaces it through a temporary file and a rename (fsutil), so
 
 from __future__ import annotations
 
-import datetime as _dt
 import errno
 import hashlib
 import os
@@ -34,12 +33,13 @@ import shutil
 import stat
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Protocol
 
+from .. import clock
 from ..errors import LorakitError, PathNotAllowed
 from ..fsutil import (
     atomic_copy,
@@ -59,6 +59,7 @@ from ..images import (
     describe_unsupported,
 )
 from ..paths import resolve_inside, safe_file_stem
+from ..progress import ProgressFn
 from ..project import KIND_FOLDERS, ConceptKind, Project
 from .captions_io import CaptionRefused, CaptionTooLong, read_caption_text
 from .duplicates import DuplicateGroup, find_duplicates
@@ -79,7 +80,6 @@ class CancelToken(Protocol):
     def is_set(self) -> bool: ...
 
 
-Progress = Optional[Callable[[int, int, str], None]]
 
 
 @dataclass(frozen=True)
@@ -286,7 +286,7 @@ def _os_reason(e: BaseException, is_link: bool = False) -> str:
 # --- importing ------------------------------------------------------------------------------------------------
 
 def import_sources(project: Project, sources: Sequence[ImportSource], *, concept: str = "", repeats: int | None = None,
-                   kind: ConceptKind = "dataset", progress: Progress = None,
+                   kind: ConceptKind = "dataset", progress: Optional[ProgressFn] = None,
                    cancel: CancelToken | None = None) -> ImportReport:
     """Import `sources` into one concept of `project` (created if new; named after the project if empty)."""
     # 1. the target folder and what was imported before
@@ -616,7 +616,7 @@ class _Batch:
             self.records.put(key, {
                 "sha256": s.sha, "source": s.source.display, "original": f"originals/{s.original_name}",
                 "image": copy.relative_to(self.project.root).as_posix(), "width": s.width, "height": s.height,
-                "imported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+                "imported": clock.now_iso()})
         self.records.save()
         # 3. the files: original, training copy, caption
         entries = []
@@ -753,7 +753,7 @@ def import_paths(project: Project, paths: Iterable[str], roots: Sequence[Path], 
 def remove_copies(project: Project, images: Iterable[str]) -> list[str]:
     """Move training copies (and their captions) to the project's trash; originals stay. Returns what moved."""
     moved = []
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    stamp = clock.stamp(micro=True)
     trash = project.state_dir / "trash" / stamp
     for rel in images:
         path = resolve_inside(project.root / rel, [project.root / "dataset", project.root / "reg"])

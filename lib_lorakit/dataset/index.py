@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,10 +17,10 @@ from typing import Optional
 
 from ..fsutil import atomic_write_bytes, read_json
 from ..images import IMAGE_SUFFIXES, ImageProblem, describe_image
+from ..progress import ProgressFn
 from ..project import KIND_FOLDERS, Project
 
 INDEX_VERSION = 2  # 2: perceptual hashes of JPEGs kept as they are come from a reduced decode (images.describe_image)
-Progress = Optional[Callable[[int, int, str], None]]
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ class DatasetIndex:
             cached.update({e.path: e for e in entries})
             self._save(cached)
 
-    def scan(self, progress: Progress = None) -> list[IndexEntry]:
+    def scan(self, progress: Optional[ProgressFn] = None) -> list[IndexEntry]:
         """Every image's entry, computing only those whose file is new or changed since the last scan."""
         with self.project.lock():
             cached = self._load()

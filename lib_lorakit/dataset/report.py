@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from ..images import CAPTION_SUFFIXES, IMAGE_SUFFIXES
+from ..progress import ProgressFn
 from ..project import Project
 from .duplicates import DuplicateGroup, find_duplicates
-from .index import DatasetIndex, IndexEntry, Progress
+from .index import DatasetIndex, IndexEntry
 
 # Short-side bands, in pixels, for the resolution histogram.
 RESOLUTION_BANDS = ((0, "< 512"), (512, "512–767"), (768, "768–1023"), (1024, "1024–1535"), (1536, "≥ 1536"))
@@ -76,7 +78,7 @@ class DatasetReport:
                 "duplicates": [g.to_dict() for g in self.duplicates], "stray_folders": self.stray_folders}
 
 
-def build_report(project: Project, progress: Progress = None) -> DatasetReport:
+def build_report(project: Project, progress: Optional[ProgressFn] = None) -> DatasetReport:
     """Scan the project (cached) and gather the per-concept figures and findings."""
     settings = project.settings
     entries = DatasetIndex(project).scan(progress=progress)

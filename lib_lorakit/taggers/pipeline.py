@@ -33,11 +33,11 @@ from typing import Union
 import numpy as np
 
 from ..images import DEFAULT_MAX_PIXELS, ImageProblem, open_training_image, read_header
+from ..progress import ProgressFn
 from .base import ImageTags, Tagger
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int, str], None]
 GPU_BATCH = 8
 CPU_BATCH = 1  # on a CPU batching gains nothing measurable and makes cancelling and progress coarse
 DRAFT_FACTOR = 2  # JPEGs are decoded at no less than twice the model's input size before the bicubic resize
@@ -211,7 +211,7 @@ class DecoderSizing:
 def tag_images(items: Sequence[TagItem], taggers: Union[Mapping[str, Tagger], Sequence[Tagger]], *,
                batch_size: int | None = None, workers: int | None = None,
                max_pixels: int = DEFAULT_MAX_PIXELS, background: tuple[int, int, int] = (255, 255, 255),
-               reduced_jpeg_decode: bool = False, progress: Progress | None = None,
+               reduced_jpeg_decode: bool = False, progress: ProgressFn | None = None,
                cancel: threading.Event | None = None,
                on_result: Callable[[TagOutcome], None] | None = None) -> TagRunReport:
     """Run every tagger on every image; each image's outcome goes to `on_result` as soon as it is known
@@ -333,7 +333,7 @@ class _Run:
     """The state one `tag_images` call shares between its decoders, its model thread and the calling thread."""
 
     def __init__(self, *, items: list[TagItem], taggers: dict[str, Tagger], limits: dict[str, int], batch: int,
-                 progress: Progress | None, cancel: threading.Event | None,
+                 progress: ProgressFn | None, cancel: threading.Event | None,
                  on_result: Callable[[TagOutcome], None] | None, max_pixels: int,
                  background: tuple[int, int, int], draft_side: int | None, sizing: DecoderSizing | None):
         self.items, self.taggers, self.limits, self.batch = items, taggers, limits, batch

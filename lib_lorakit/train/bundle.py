@@ -35,6 +35,7 @@ from typing import Any, BinaryIO, Optional, Union
 
 import tomli_w
 
+from .. import clock
 from ..errors import LorakitError
 from ..fsutil import _atomic_file, atomic_write_json, atomic_write_text, read_json
 from ..paths import check_name
@@ -170,7 +171,7 @@ def build_bundle(project: Project, snap: RunSnapshot, *, include_model: bool = F
     manifest = {"format": BUNDLE_FORMAT, "project": project.name, "run": snap.id, "folder": bundle.top,
                 "output_name": output_name,
                 "script": script, "base_model": model_name, "base_model_included": include_model,
-                "accelerate_args": accelerate, "created": _now(), "meta": snap.meta}
+                "accelerate_args": accelerate, "created": clock.now_iso(), "meta": snap.meta}
     bundle.add(MANIFEST, (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
     bundle.add("train.sh", train_sh(manifest).encode(), executable=True)
     bundle.add("train.ps1", train_ps1(manifest).encode())
@@ -728,9 +729,9 @@ def _import(project: Project, path: Path, reader: _Reader, root: str, manifest: 
         # the other machine's run ids mean nothing here (and depends_on would hold the run in the queue)
         meta = {k: v for k, v in (manifest.get("meta") or {}).items() if k not in ("depends_on", "resumed_from")}
         meta["imported"] = {"from": str(path.resolve()), "project": manifest.get("project"),
-                            "run": manifest.get("run"), "exported": manifest.get("created"), "at": _now()}
+                            "run": manifest.get("run"), "exported": manifest.get("created"), "at": clock.now_iso()}
         data = {"id": run_dir.name, "project": project.name, "state": "succeeded" if final else "failed",
-                "meta": meta, "created": _now(), "finished": _now(), "files": files,
+                "meta": meta, "created": clock.now_iso(), "finished": clock.now_iso(), "files": files,
                 "samples": sorted(f"sample/{Path(n).name}" for n in found.samples),
                 "progress": reader_log.progress.to_dict() if found.log else {},
                 "losses": reader_log.losses[-5000:], "log_tail": reader_log.tail[-40:],
@@ -764,8 +765,3 @@ def _mib(n: int) -> str:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "bundle"
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-

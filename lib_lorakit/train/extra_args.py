@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .. import procs
 from ..errors import LorakitError, PathNotAllowed
 from ..fsutil import atomic_write_json, read_json
 from ..host import Host
@@ -259,8 +260,8 @@ def check_with_sd_scripts(trainer: TrainerEnvironment, script: str, values: Mapp
 def _run_probe(trainer: TrainerEnvironment, script: str, values: Mapping[str, Value], *, timeout_s: float) -> dict:
     env = {**trainer.subprocess_env(), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     try:
-        proc = subprocess.run([str(trainer.python), "-c", PARSE_PROBE, script, json.dumps(dict(values))],
-                              cwd=trainer.sd_scripts_dir, env=env, capture_output=True, text=True, timeout=timeout_s)
+        proc = procs.run_captured([trainer.python, "-c", PARSE_PROBE, script, json.dumps(dict(values))],
+                                  cwd=trainer.sd_scripts_dir, env=env, timeout_s=timeout_s)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise LorakitError(f"sd-scripts' argument parser could not run to check the extra arguments: {e}") from e
     answer = last_json(proc.stdout)

@@ -7,11 +7,14 @@ catch the run that cannot fit, not to plan to the last megabyte.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
+
+from .. import procs
 
 # (weights and optimiser state, activations per image at the base resolution), in GB, by model family
 _BASE = {"SD1": (3.0, 3.0, 512), "SD2": (3.5, 3.5, 768), "SDXL": (8.0, 12.0, 1024)}
@@ -46,8 +49,11 @@ def nvidia_smi_memory() -> Optional[tuple[int, int]]:
     if not exe:
         return None
     try:
-        out = subprocess.run([exe, "--query-gpu=memory.free,memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
+        done = procs.run_captured([exe, "--query-gpu=memory.free,memory.total", "--format=csv,noheader,nounits"],
+                                  env=os.environ, timeout_s=10)
+        if done.returncode != 0:
+            return None
+        out = done.stdout
         free, total = (int(x) for x in out.splitlines()[0].split(","))
         return free, total
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
