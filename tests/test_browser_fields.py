@@ -1,6 +1,6 @@
 """The Train panel's settings fields in headless Chromium: the chosen preset fills grouped fields, each with its
 reason and where its value came from; learning rate and network dim set in fields reach the plan and the TOML
-that the trainer reads, with the source "user"; changing the preset fills the fields again."""
+that the trainer reads, with the source "yours"; changing the preset fills the fields again."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def test_learning_rate_and_dim_set_in_fields_reach_the_plan_and_toml_as_user(app
         cells = row.locator("td")
         assert cells.nth(0).text_content() == name
         assert float(cells.nth(1).text_content()) == pytest.approx(float(value))
-        assert "user" in cells.nth(2).text_content()
+        assert cells.nth(2).text_content() == "yours"
     # an unchanged field is no override: the rate of the text encoder still comes from the preset
     row = page.locator(".ts-settings tr", has=page.locator("td", has_text="network_alpha")).first
     assert "preset style-sd15-lora" in row.locator("td").nth(2).text_content()

@@ -73,7 +73,7 @@ def test_sources_say_preset_default_or_user():
     r = resolve("style-sd15-loha", {"seed": 7})
     assert r.sources["network_dim"].startswith("preset style-sd15-loha: seeds/003")
     assert r.sources["max_grad_norm"] == "default"
-    assert r.sources["seed"] == "user --set"
+    assert r.sources["seed"] == "yours"
     assert r.values["seed"] == 7
     rows = r.explain()
     assert rows[0] == {"name": "network_module", "value": "lycoris.kohya",
@@ -83,7 +83,7 @@ def test_sources_say_preset_default_or_user():
 def test_steps_override_switches_the_presets_epochs_off():
     r = resolve("style-sd15-lora", {"max_train_steps": 4, "resolution": 64, "min_bucket_reso": 64})
     assert r.values["max_train_steps"] == 4 and r.values["max_train_epochs"] is None
-    assert r.sources["max_train_epochs"] == "user --set (set max_train_steps, so max_train_epochs is off)"
+    assert r.sources["max_train_epochs"] == "yours (set max_train_steps, so max_train_epochs is off)"
     assert plan_steps([(3, 1)], epochs=r.values["max_train_epochs"],
                       max_train_steps=r.values["max_train_steps"]).total_steps == 4
     x = resolve("style-sd15-lora", {"xformers": True}, override_source="UI")

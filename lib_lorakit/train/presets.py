@@ -85,7 +85,7 @@ class PresetInfo:
 class ResolvedSettings:
     """A complete, validated settings mapping with the source of every value.
 
-    `sources[name]` is "default", "<preset label>: <reason>" or the override layer's name (e.g. "user --set").
+    `sources[name]` is "default", "<preset label>: <reason>" or the override layer's name ("yours": set by the user).
     """
 
     preset: str
@@ -252,7 +252,7 @@ def get_preset(name: str, user_dir: Path | None = None) -> Preset:
 
 # --- resolving ---------------------------------------------------------------------------------------------------
 def resolve(preset: str | Preset, overrides: Mapping[str, Any] | None = None, *, user_dir: Path | None = None,
-            override_source: str = "user --set") -> ResolvedSettings:
+            override_source: str = "yours") -> ResolvedSettings:
     """Defaults < preset < overrides, validated as a whole; every value keeps the layer it came from.
 
     A layer that sets one of an exclusive pair (max_train_steps / max_train_epochs, sdpa / xformers) switches
