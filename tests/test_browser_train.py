@@ -100,7 +100,7 @@ def test_check_train_watch_and_register(app, page):
     assert page.locator("#train_style_ready").count() == 1
     assert page.locator(".ts-findings li.ts-error").count() == 0
     row = page.locator(".ts-settings tr", has=page.locator("td", has_text="max_train_epochs")).first
-    assert "user" in row.text_content() and row.get_attribute("title")  # source and the option's reason
+    assert "yours" in row.text_content() and row.get_attribute("title")  # source and the option's reason
     # 2. Train: queued and started at once, the page's poller moves the bar, the end redraws the panel
     page.click("#train_style_train")
     wait_state(page, ACTIVE, timeout=20)

@@ -217,9 +217,9 @@ def test_the_tab_builds_with_the_differential_accordion(tmp_path):
         panel = TrainPanel(Studio(host), project)
         panel.render()
         panel.register()
-    assert panel.train_differential.elem_id == "train_style_train_differential"
+    assert panel.runs.train_differential.elem_id == "train_style_train_differential"
     Workspace(host.projects_home()).create("p").add_concept("hero", 1)
-    lists = panel._concept_choices("p", ["gone", "hero"], None)
+    lists = panel.runs.concept_choices("p", ["gone", "hero"], None)
     assert [(u["choices"], u["value"]) for u in lists] == [(["hero"], ["hero"]), (["hero"], [])]
 
 

@@ -109,7 +109,7 @@ def test_the_train_tab_builds_the_request_from_its_multi_gpu_fields(tmp_path):
     studio.create_project("art")
     panel = TrainPanel(studio, project=None)
     common = ("art", "style-sd15-lora", None, str(tmp_path / "m.safetensors"), "", "", "", True, False)
-    req = panel._request(*common, 2.0, "0,1", 1.0, 0.0, "", "")  # gr.Number gives floats; the port box is text
+    req = panel.plan.request(*common, 2.0, "0,1", 1.0, 0.0, "", "")  # gr.Number gives floats; the port box is text
     assert req.accelerate == AccelerateOptions(num_processes=2, gpu_ids="0,1")
     with pytest.raises(LorakitError, match="machine_rank 1 must be less than num_machines 1"):
-        panel._request(*common, 1, "", 1, 1, "", None)
+        panel.plan.request(*common, 1, "", 1, 1, "", None)

@@ -66,7 +66,7 @@ def by_panel(panel: TrainPanel, data: dict):
     text = "\n".join(f"{k}={v}" for k, v in data["overrides"].items())
     gpu = [float(data[f.name]) if f.type is int and f.name in data else data.get(f.name, f.default)
            for f in ACCELERATE_SCHEMA.fields]
-    return panel._train("art", data["preset"], None, data["base_model"], text, data["output_name"],
+    return panel.runs._train("art", data["preset"], None, data["base_model"], text, data["output_name"],
                         "\n".join(data["samples"]), data["without_trigger"], data["accept_missing_captions"], *gpu)
 
 
