@@ -258,7 +258,7 @@ def run_crop(project: Project, request: CropRequest, *,
             plans[image] = _plan_one(project, image, request, pad=image in padded, detector=detector)
         except LorakitError as e:
             if request.images and len(request.images) == 1:
-                raise LorakitError(f"{image}: {e}") from e
+                raise type(e)(f"{image}: {e}") from e  # NotFound stays NotFound (404 over HTTP)
             report.skipped.append(dv.Skipped(image, str(e)))
     if request.dry_run or not plans:
         report.changed = [p.item for p in plans.values()]
