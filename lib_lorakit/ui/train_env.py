@@ -12,6 +12,7 @@ import gradio as gr
 
 from ..cli.train import DEFAULT_TORCH
 from ..errors import LorakitError
+from ..progress import ProgressFn
 from ..studio import Studio
 from ..train.door import TrainingDoor
 from ..train.environment import ProbeCache, cached_report, setup_trainer
@@ -20,7 +21,6 @@ from . import render_train as render
 from .compat import bind
 
 log = logging.getLogger(__name__)
-ProgressFn = Callable[[int, int, str], None]
 SETUP_KIND = "trainer-setup"
 
 
