@@ -23,6 +23,7 @@ from .project import ConceptKind, Project, ProjectSettings, Workspace
 
 if TYPE_CHECKING:  # training is imported when a caller asks for it: the tagging and import commands start faster
     from .crop.service import CropService
+    from .direction.service import DirectionService
     from .train.door import Start, TrainingDoor
 
 MAX_SERVER_PATHS = 10_000  # files or folders in one import (a folder counts once, whatever it holds)
@@ -40,6 +41,12 @@ class Studio:
     @property
     def captions(self) -> CaptionService:
         return CaptionService(self.host)
+
+    @property
+    def direction(self) -> DirectionService:
+        from .direction.service import DirectionService
+
+        return DirectionService(self.host)
 
     @property
     def crop(self) -> CropService:

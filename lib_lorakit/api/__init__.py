@@ -123,11 +123,13 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
 
     from . import captions as api_captions
     from . import crop as api_crop
+    from . import direction as api_direction
     from . import train as api_train
 
     api_train.add_routes(r, studio, _guard)
     api_captions.add_routes(r, studio, _guard)
     api_crop.add_routes(r, studio, _guard)
+    api_direction.add_routes(r, studio, _guard)
     return r
 
 

@@ -81,11 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import captions as cli_captions
     from . import crop as cli_crop
+    from . import direction as cli_direction
     from . import train as cli_train
 
     cli_train.add_parsers(sub, common)
     cli_crop.add_parsers(sub, common)
     cli_captions.add_parsers(sub, common)
+    cli_direction.add_parsers(sub, common)
 
     rep = sub.add_parser("report", parents=[common], help="the dataset report")
     rep.add_argument("project")
@@ -120,12 +122,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            allow_roots=[os.path.abspath(os.sep)], config=args.config)
         from . import captions as cli_captions
         from . import crop as cli_crop
+        from . import direction as cli_direction
         from . import train as cli_train
 
         handler: Callable[[Studio, argparse.Namespace], tuple[int, Any, str]] = {
             "project": _project, "import": _import, "report": _report, "concept": _concept,
             "lora-info": _lora_info, "doctor": _doctor,
             **dict.fromkeys(("tag", "caption", "tags", "check"), cli_captions.handle),
+            "direction": cli_direction.handle,
             "crop": cli_crop.handle,
         }.get(args.command, cli_train.handle)
         code, data, text = handler(Studio(host), args)
