@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from lib_lorakit.detect import Box, ChainDetector, Detector, default_detector, detect_image
-from lib_lorakit.detect.chain import forget_failed_downloads
+from lib_lorakit.detect.chain import forget_failed_downloads, release_detectors
 from lib_lorakit.detect.models import KNOWN_DETECTORS, detector_folder, present_detectors
 from lib_lorakit.detect.saliency import SaliencyDetector
 from lib_lorakit.detect.yolo import YoloDetector
@@ -24,8 +24,10 @@ onnx = pytest.importorskip("onnx")
 @pytest.fixture(autouse=True)
 def fresh_download_memory():
     forget_failed_downloads()
+    release_detectors()
     yield
     forget_failed_downloads()
+    release_detectors()
 
 
 # --- tiny YOLOv8-format models ------------------------------------------------------------------------------------
@@ -286,6 +288,9 @@ def test_the_chain_tries_models_then_cascade_then_saliency(tmp_path):
     assert set(present_detectors(store)) == {"anime-head", "photo-face"}
     face_only = default_detector(store, kinds=("face",))
     assert "anime-head" not in [d.name for d in face_only.detectors]
+    assert face_only.detectors[0] is chain.detectors[1], "the loaded model is reused by the next chain"
+    place("photo-face", store, ANCHORS[:5, :2], ["face"])  # replaced on disk (another size): read again
+    assert default_detector(store, kinds=("face",)).detectors[0] is not chain.detectors[1]
 
 
 def test_kinds_are_checked(tmp_path):

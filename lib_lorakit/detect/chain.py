@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 MODEL_KINDS = ("head", "face")
 _failed_downloads: dict[Path, str] = {}  # folder → the message of the download that failed, this process
-_failed_lock = threading.Lock()
+_detectors: dict[tuple, Detector] = {}  # (folder, key, mtime, size) → detector, this process
+_failed_lock = threading.Lock()  # guards both
 
 
 def build_chain(models_root: Path, *, download: bool, kinds: tuple[str, ...]) -> ChainDetector:
@@ -70,13 +71,33 @@ def _onnx_detector(model: DetectorModel, models_root: Path, *, download: bool) -
     except ImportError:
         return None, (f"The {model.title} {model.subfolder} is in {folder} but onnxruntime is not installed: "
                       "install onnxruntime (or onnxruntime-gpu) to use it.")
+    try:
+        return _cached_yolo(model, folder), ""
+    except (LorakitError, OSError) as e:  # an unreadable labels.json, a file removed meanwhile
+        return None, str(e)
+
+
+def _cached_yolo(model: DetectorModel, folder: Path) -> Detector:
+    """One detector (and so one onnxruntime session) per model file for the process, so chains built per job or
+    per request do not load the model again; a file replaced on disk gets a new one."""
     from .yolo import YoloDetector
 
-    try:
-        return YoloDetector(folder, kind=model.kind, threshold=model.threshold, max_side=model.max_side,
-                            name=model.key), ""
-    except LorakitError as e:  # an unreadable labels.json
-        return None, str(e)
+    stat = (folder / "model.onnx").stat()
+    key = (folder.resolve(), model.key, stat.st_mtime_ns, stat.st_size)
+    with _failed_lock:
+        detector = _detectors.get(key)
+    if detector is None:
+        detector = YoloDetector(folder, kind=model.kind, threshold=model.threshold, max_side=model.max_side,
+                                name=model.key)
+        with _failed_lock:
+            detector = _detectors.setdefault(key, detector)
+    return detector
+
+
+def release_detectors() -> None:
+    """Drop the cached detectors and their sessions (memory); the next chain loads them again."""
+    with _failed_lock:
+        _detectors.clear()
 
 
 def _cascade_detector() -> tuple[Detector | None, str]:
