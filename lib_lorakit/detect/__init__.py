@@ -102,9 +102,11 @@ class ChainDetector:
 
 
 def default_detector(models_root: Path, *, download: bool = False,
-                     kinds: Sequence[str] = ("head", "face")) -> Detector:
-    """The chain for `kinds`: ONNX models present in `models_root` (or downloaded when `download`), then OpenCV's
-    cascades where cv2 imports, then saliency. Never raises for a missing model: the reason goes in `notes`."""
+                     kinds: Sequence[str] = ("head", "face")) -> ChainDetector:
+    """The chain for `kinds`: ONNX models present in `models_root` (the detector store,
+    `detect.models.detectors_folder(host.models_dir())`; downloaded there when `download`), then OpenCV's cascades
+    where cv2 imports, then saliency. Never raises for a missing model: the reason goes in `notes`. Build it once
+    per job: its `detect`/`run` may be called from several threads."""
     from .chain import build_chain
 
     return build_chain(Path(models_root), download=download, kinds=tuple(kinds))
