@@ -49,8 +49,11 @@ STATE_FILE = "derive.json"
 IMPORT_RECORDS = "imports.json"  # the importer's records (dataset/importer.py RECORDS_FILE)
 STATE_VERSION = 1
 FILL_NAMES = ("white", "edge", "blur")
-SAVE_ARGS: dict[str, dict[str, Any]] = {".png": {"compress_level": 4}, ".jpg": {"quality": 95, "subsampling": 0},
+# how a copy with steps is saved: fast PNG (the encoder dominates a derivation; a training copy is read, not
+# kept), near-lossless JPEG, lossless WebP. A copy without steps is the importer's (its PNG: compress_level 4).
+SAVE_ARGS: dict[str, dict[str, Any]] = {".png": {"compress_level": 1}, ".jpg": {"quality": 95, "subsampling": 0},
                                         ".webp": {"lossless": True}}
+IMPORT_PNG_ARGS = {"compress_level": 4}  # dataset/importer.py: a converted copy without steps is byte-identical
 EDITED_AFTER_IMPORT_S = 60  # a copy modified this long after its import was edited by hand: it is kept as it is
 Box = tuple[int, int, int, int]
 Progress = Optional[Callable[[int, int, str], None]]
@@ -148,6 +151,7 @@ class Derived:
     size: tuple[int, int]
     masked: bool
     steps: Steps
+    entry: Any = field(default=None, compare=False, repr=False)  # its dataset index entry (dataset/index.py)
 
     def to_dict(self) -> dict[str, Any]:
         return {"image": self.image, "previous": self.previous, "size": list(self.size), "masked": self.masked,
@@ -351,6 +355,7 @@ class Rendered:
     masked: bool
     size: tuple[int, int]
     link: bool = False
+    save_args: dict[str, Any] = field(default_factory=dict)
 
 
 def render(original: Path, steps: Steps, *, background: tuple[int, int, int] = (255, 255, 255),
@@ -364,7 +369,8 @@ def render(original: Path, steps: Steps, *, background: tuple[int, int, int] = (
         if facts.keep_bytes_suffix:
             return Rendered(image=None, suffix=facts.keep_bytes_suffix, masked=False,
                             size=(facts.width, facts.height), link=True)
-        return Rendered(image=facts.image, suffix=".png", masked=False, size=(facts.width, facts.height))
+        return Rendered(image=facts.image, suffix=".png", masked=False, size=(facts.width, facts.height),
+                        save_args=IMPORT_PNG_ARGS)
     loaded = open_training_image(original, background=background, **limit)
     if isinstance(loaded, ImageProblem):
         return loaded
@@ -374,7 +380,7 @@ def render(original: Path, steps: Steps, *, background: tuple[int, int, int] = (
     if steps.flip:
         img = ImageOps.mirror(img)
     suffix = ".png" if masked else (loaded.keep_bytes_suffix or ".png")
-    return Rendered(image=img, suffix=suffix, masked=masked, size=img.size)
+    return Rendered(image=img, suffix=suffix, masked=masked, size=img.size, save_args=SAVE_ARGS.get(suffix, {}))
 
 
 def crop_or_pad(img: Image.Image, box: Box, fill: str) -> tuple[Image.Image, bool]:
@@ -402,12 +408,14 @@ def _fill_canvas(part: Image.Image, size: tuple[int, int], at: tuple[int, int], 
     if fill == "edge":
         pads = ((at[1], size[1] - at[1] - part.height), (at[0], size[0] - at[0] - part.width), (0, 0))
         return Image.fromarray(np.pad(np.asarray(part.convert("RGB")), pads, mode="edge"), "RGB")
-    if fill == "blur":
-        scale = max(size[0] / part.width, size[1] / part.height)
-        cover = part.resize((max(1, round(part.width * scale)), max(1, round(part.height * scale))), Image.BILINEAR)
+    if fill == "blur":  # blurred small (an eighth), then scaled up to cover the canvas: as soft, ~50× cheaper
+        small = part.resize((max(1, part.width // 8), max(1, part.height // 8)), Image.BILINEAR)
+        small = small.filter(ImageFilter.GaussianBlur(max(1, max(size) // 320)))
+        scale = max(size[0] / small.width, size[1] / small.height)
+        cover = small.resize((max(size[0], round(small.width * scale)), max(size[1], round(small.height * scale))),
+                             Image.BILINEAR)
         x, y = (cover.width - size[0]) // 2, (cover.height - size[1]) // 2
-        radius = max(2, max(size) // 40)
-        return cover.crop((x, y, x + size[0], y + size[1])).filter(ImageFilter.GaussianBlur(radius))
+        return cover.crop((x, y, x + size[0], y + size[1]))
     colour = (255, 255, 255) if fill == "white" else tuple(int(fill[i:i + 2], 16) for i in (1, 3, 5))
     return Image.new("RGB", size, colour)  # type: ignore[arg-type]
 
@@ -427,7 +435,7 @@ def _place(project: Project, ref: ImageRef, rendered: Rendered, original: Path) 
             link_or_copy(original, tmp)
             os.replace(tmp, target)
     else:
-        atomic_save_image(rendered.image, target, **SAVE_ARGS.get(rendered.suffix, {}))
+        atomic_save_image(rendered.image, target, **rendered.save_args)
     if target != ref.path:
         ref.path.unlink()
     return target
@@ -447,8 +455,10 @@ def _derive_one(project: Project, ref: ImageRef, record: Mapping[str, Any], step
         return Skipped(ref.rel, str(e))
     except OSError as e:
         return Skipped(ref.rel, f"the copy could not be written: {e.strerror or e}")
+    from ..dataset.index import describe_file  # the index entry, on this worker too (a decode and a hash)
+
     return Derived(image=target.relative_to(project.root).as_posix(), previous=ref.rel, size=rendered.size,
-                   masked=rendered.masked, steps=steps)
+                   masked=rendered.masked, steps=steps, entry=describe_file(project, target))
 
 
 def _derive_all(project: Project, jobs: Sequence[tuple[ImageRef, Mapping[str, Any], Steps]], *,
@@ -548,7 +558,10 @@ def _commit(project: Project, records: dict[str, dict[str, Any]],
         report.step = DeriveHistory(project).record(label=label, op=op, changes=changes).id
     if moved:
         _follow_moves(project, moved, imports)
-    _update_index(project, [d.image for d in report.derived])
+    if report.derived:
+        from ..dataset.index import DatasetIndex  # a copy whose name changed is dropped by the next scan
+
+        DatasetIndex(project).add([d.entry for d in report.derived])
     return report
 
 
@@ -572,15 +585,6 @@ def _follow_moves(project: Project, moved: Mapping[str, str], imports: _ImportIn
         from ..dataset.index import compact_json
 
         atomic_write_bytes(path, compact_json(data))
-
-
-def _update_index(project: Project, images: Sequence[str]) -> None:
-    """Record the new copies in the dataset index (a copy whose name changed is dropped by the next scan)."""
-    if not images:
-        return
-    from ..dataset.index import DatasetIndex, describe_file
-
-    DatasetIndex(project).add([describe_file(project, project.root / rel) for rel in images])
 
 
 def flip(project: Project, images: Iterable[str], on: bool, *, label: Optional[str] = None,
