@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -247,6 +248,20 @@ def test_normalise_flips_the_minority_swaps_captions_and_leaves_unsafe_ones(head
     assert cli(home, "direction", "demo", "labels")[1]["labels"][img["r1"]] == "left"
     assert cli(home, "caption", "demo", "undo")[0] == 0
     assert "facing right" in (project / "dataset/1_heads/r1.txt").read_text()
+    assert cli(home, "crop", "demo", "undo")[0] == 0
+    assert Image.open(project / img["r1"]).convert("RGB").tobytes() == head("right").tobytes()
+    assert cli(home, "direction", "demo", "labels")[1]["labels"][img["r1"]] == "right"
+
+
+def test_a_tie_goes_to_the_side_of_the_images_that_cannot_flip(heads):
+    home, img = heads["home"], heads["images"]
+    cli(home, "direction", "demo", "settings", "min_confidence=1")  # only the labels count
+    cli(home, "direction", "demo", "label", img["l1"], img["l2"], "left")
+    cli(home, "direction", "demo", "label", img["r1"], img["r3"], "right")
+    cli(home, "direction", "demo", "label", img["r3"], "never-flip")
+    code, out = cli(home, "direction", "demo", "normalise", "--dry-run", "--embedder", "none")
+    assert code == 0 and out["to"] == "right" and out["flipped"] == [img["l1"], img["l2"]]
+    assert [u["image"] for u in out["unsafe"]] == []  # r3 faces right already: nothing to refuse
 
 
 def test_unknown_image_and_label_get_clear_messages(heads, capsys):
@@ -299,5 +314,13 @@ def test_the_http_routes(heads):
     assert r.status_code == 403
     r = client.post(base + "/normalise", json={"to": "left", "dry_run": True, "images": [img["r1"]]})
     assert r.status_code == 200 and r.json()["flipped"] == [img["r1"]]
+    job = client.post(base + "/estimate", json={"embedder": "none", "detector": True}).json()["job"]
+    for _ in range(600):
+        state = client.get(f"/train-style/v1/jobs/{job['id']}").json()
+        if state["state"] not in ("queued", "running"):
+            break
+        time.sleep(0.05)
+    assert state["state"] == "done", state
+    assert {row["image"] for row in state["result"]["images"]} == set(img.values())
     r = client.put(base + "/settings", json={"min_confidence": 2})
     assert r.status_code == 400 and "min_confidence" in r.json()["detail"]

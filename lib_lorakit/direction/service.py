@@ -29,7 +29,7 @@ from ..paths import resolve_inside
 from ..project import Project, Workspace
 from .estimate import DIRECTIONS, MIRROR, UNKNOWN, Estimate, Evidence, combine
 from .settings import DirectionSettings
-from .state import DirectionState, is_flipped
+from .state import DirectionState, flipped_now
 from .swap import swap_words, unsafe_tags
 
 LABELS = (*DIRECTIONS, "never-flip", "may-flip", "unlabel")
@@ -295,8 +295,9 @@ class DirectionService:
 
     def _detect(self, project: Project, images: list[str], evidence: Evidence, report: EstimateReport) -> None:
         from ..detect import default_detector, detect_image
+        from ..detect.models import detectors_folder
 
-        root = self.host.models_dir() / "train-style" / "detectors"
+        root = detectors_folder(self.host.models_dir())
         chains = [default_detector(root, kinds=(kind,)) for kind in ("head", "face")]
         boxes: dict[str, list[Any]] = {}
         for image in images:
@@ -320,13 +321,15 @@ class DirectionService:
         estimates = self._estimate(project, records, spec, detector=bool(last.get("detector")), progress=None,
                                    cancel=None, embedder=embedder).images
         # 2. which way, and which images turn
-        target = req.to or _majority(estimates, settings.min_confidence)
+        by_image = {r.image: r for r in records}
+        never = state.never_flip(by_image)
+        fixed = [e.direction for e in estimates if (e.labelled or e.confidence >= settings.min_confidence)
+                 and _unsafe_reason(by_image[e.image], e.image in never, settings)]
+        target = req.to or _majority(estimates, settings.min_confidence, fixed)
         chosen = set(req.images) if req.images else {
             e.image for e in estimates
             if e.direction == MIRROR[target] and (e.labelled or e.confidence >= settings.min_confidence)}
         report = NormaliseReport(to=target, dry_run=req.dry_run)
-        by_image = {r.image: r for r in records}
-        never = state.never_flip(chosen)
         flip: list[str] = []
         for image in sorted(chosen):
             reason = _unsafe_reason(by_image[image], image in never, settings)
@@ -355,8 +358,9 @@ class DirectionService:
     def _apply(project: Project, flip: list[str], changes: Mapping[str, str], report: NormaliseReport) -> None:
         from ..crop import derive
 
-        on = [i for i in flip if not is_flipped(project, i)]
-        off = [i for i in flip if i not in set(on)]
+        mirrored = flipped_now(project, flip)
+        on = [i for i in flip if i not in mirrored]
+        off = [i for i in flip if i in mirrored]
         derived, steps = {}, []
         for images, state in ((on, True), (off, False)):
             if images:
@@ -391,13 +395,17 @@ def _check_images(project: Project, images: Sequence[str], records: Optional[Seq
                        f"{example!r}.")
 
 
-def _majority(estimates: Sequence[Estimate], min_confidence: float) -> str:
+def _majority(estimates: Sequence[Estimate], min_confidence: float, fixed: Sequence[str] = ()) -> str:
+    """The side most sure estimates face; on a tie, the side of the images that cannot be flipped (`fixed`)."""
     sure = [e.direction for e in estimates if e.labelled or e.confidence >= min_confidence]
     left, right = sure.count("left"), sure.count("right")
     if left == right:
-        raise LorakitError(f"{left} image(s) face left and {right} face right (at least "
-                           f"{min_confidence:.0%} sure): choose the side with --to left or --to right"
-                           + ("" if left else ", or label a few images first (direction PROJECT label IMAGE left)"))
+        left, right = list(fixed).count("left"), list(fixed).count("right")
+    if left == right:
+        raise LorakitError(f"As many images face left as right (at least {min_confidence:.0%} sure): choose the side "
+                           f"with --to left or --to right"
+                           + ("" if sure.count("left") else ", or label a few images first "
+                              "(direction PROJECT label IMAGE left)"))
     return "left" if left > right else "right"
 
 

@@ -21,11 +21,18 @@ from .estimate import DIRECTIONS, MIRROR
 from .settings import DirectionSettings
 
 
-def is_flipped(project: Project, image: str) -> bool:
-    """Whether the training copy of `image` is mirrored now (a flip in its derivation steps)."""
-    from ..crop.derive import steps_of
+def flipped_now(project: Project, images: Iterable[str]) -> set[str]:
+    """The images whose training copy is mirrored now (a flip in their derivation steps); the records are read
+    once for all of them."""
+    from ..crop import derive
 
-    return steps_of(project, image).flip
+    records = derive._load_records(project)  # one read, not one per image (derive.steps_of reads per call)
+    out = set()
+    for image in images:
+        record = records.get(label_key(image))
+        if record and derive.Steps.from_dict(record.get("steps")).flip:
+            out.add(image)
+    return out
 
 
 def label_key(image: str) -> str:
@@ -75,12 +82,9 @@ class DirectionState:
     def labels_now(self, images: Iterable[str]) -> dict[str, str]:
         """The labels of the training copies as they are now (mirrored where the copy is flipped)."""
         stored, _ = self.stored_labels()
-        out = {}
-        for image in images:
-            label = stored.get(label_key(image))
-            if label:
-                out[image] = MIRROR[label] if is_flipped(self.project, image) else label
-        return out
+        held = [i for i in images if label_key(i) in stored]
+        mirrored = flipped_now(self.project, held)
+        return {i: MIRROR[stored[label_key(i)]] if i in mirrored else stored[label_key(i)] for i in held}
 
     def never_flip(self, images: Iterable[str]) -> set[str]:
         _, never = self.stored_labels()
@@ -90,10 +94,12 @@ class DirectionState:
         """`label` (a direction of the copy as it is now, `never-flip`, `may-flip` or `unlabel`) for `images`."""
         with self.project.lock():
             labels, never = self.stored_labels()
+            images = list(images)
+            mirrored = flipped_now(self.project, images) if label in DIRECTIONS else set()
             for image in images:
                 key = label_key(image)
                 if label in DIRECTIONS:
-                    labels[key] = MIRROR[label] if is_flipped(self.project, image) else label
+                    labels[key] = MIRROR[label] if image in mirrored else label
                 elif label == "unlabel":
                     labels.pop(key, None)
                 elif label == "never-flip":
