@@ -21,3 +21,9 @@ def monotonic() -> float:
 def stamp(*, micro: bool = False) -> str:
     """Local time as `YYYYmmdd-HHMMSS` (`-ffffff` with `micro`), for names that sort by when they were made."""
     return _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f" if micro else "%Y%m%d-%H%M%S")
+
+
+def zip_date_time() -> tuple[int, int, int, int, int, int]:
+    """Local time as a ZIP entry records it (year, month, day, hour, minute, second)."""
+    now = _dt.datetime.now()
+    return (now.year, now.month, now.day, now.hour, now.minute, now.second)

@@ -3,11 +3,14 @@ are not UTF-8, and the log file a logged run leaves."""
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -188,3 +191,48 @@ def test_a_captured_command_past_its_time_is_killed_with_its_group(tmp_path):
     while _alive(grandchild) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(grandchild)
+
+
+# --- one way to do each: a static check over the package -------------------------------------------------------
+
+PACKAGE = Path(procs.__file__).resolve().parent
+# module attribute → the one module allowed to use it, and what to use instead
+_ONE_PLACE = {
+    ("subprocess", "Popen"): ("procs.py", "procs.start / run_logged / run_captured"),
+    ("subprocess", "run"): ("procs.py", "procs.run_captured or procs.run_logged"),
+    ("subprocess", "call"): ("procs.py", "procs.run_captured"),
+    ("subprocess", "check_call"): ("procs.py", "procs.run_captured"),
+    ("subprocess", "check_output"): ("procs.py", "procs.run_captured"),
+    ("os", "killpg"): ("procs.py", "procs.stop_group / signal_group"),
+    ("os", "setsid"): ("procs.py", "procs.start"),
+    ("datetime", "now"): ("clock.py", "clock.now_iso / clock.stamp"),
+    ("datetime", "utcnow"): ("clock.py", "clock.now_iso"),
+    ("time", "strftime"): ("clock.py", "clock.stamp"),
+}
+_PROGRESS_ALIAS = re.compile(r"Callable\[\[int, int, str\], None\]")
+
+
+def _offences(path: Path) -> list[str]:
+    source = path.read_text(encoding="utf-8")
+    found = []
+    tree = ast.parse(source)
+    called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, (ast.Name, ast.Attribute)):
+            owner = node.value.id if isinstance(node.value, ast.Name) else node.value.attr
+            rule = _ONE_PLACE.get((owner, node.attr))
+            if node.attr == "Popen" and id(node) not in called:
+                continue  # `subprocess.Popen` as a type
+            if rule and path.name != rule[0]:
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {owner}.{node.attr} (use {rule[1]})")
+    if path.name != "progress.py" or path.parent != PACKAGE:
+        for m in _PROGRESS_ALIAS.finditer(source):
+            line = source.count("\n", 0, m.start()) + 1
+            found.append(f"{path.relative_to(PACKAGE)}:{line}: a progress callback type of its own "
+                         "(use lib_lorakit.progress.ProgressFn)")
+    return found
+
+
+def test_processes_clocks_and_progress_callbacks_have_one_home_each():
+    offences = [o for path in sorted(PACKAGE.rglob("*.py")) for o in _offences(path)]
+    assert not offences, "\n".join(offences)

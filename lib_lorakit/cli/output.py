@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable
 from typing import Any
+
+from ..progress import ProgressFn
 
 # What a terminal would act on rather than show: C0/C1 controls but tab and line feed (ESC starts sequences that
 # recolour, move the cursor or retitle the window), bidirectional overrides, and unpaired surrogates (unprintable)
@@ -27,7 +28,7 @@ def say(text: str, *, file: Any = None) -> None:
     print(terminal_safe(text), file=file or sys.stdout)
 
 
-def progress_printer() -> Callable[[int, int, str], None]:
+def progress_printer() -> ProgressFn:
     def show(done: int, total: int, message: str) -> None:
         print(f"\r[{done}/{total}] {terminal_safe(message[-60:]):<60}", end="", file=sys.stderr, flush=True)
         if done == total:

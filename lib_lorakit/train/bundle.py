@@ -20,7 +20,6 @@ args.toml names the base model `model/<file name>`; the scripts pass the real pa
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import re
@@ -260,7 +259,7 @@ def _accelerate_args(run_dir: Path) -> list[str]:
 def _write_zip(f: BinaryIO, bundle: _Bundle) -> None:
     top = bundle.top
     with zipfile.ZipFile(f, "w", allowZip64=True) as zf:
-        folder = zipfile.ZipInfo(f"{top}/{OUTPUT}/", date_time=_dt.datetime.now().timetuple()[:6])
+        folder = zipfile.ZipInfo(f"{top}/{OUTPUT}/", date_time=clock.zip_date_time())
         folder.external_attr = (stat.S_IFDIR | 0o755) << 16 | 0x10
         zf.writestr(folder, b"")
         for arcname in sorted(bundle.entries):
@@ -268,7 +267,7 @@ def _write_zip(f: BinaryIO, bundle: _Bundle) -> None:
             mode = 0o755 if arcname in bundle.executable else 0o644
             compress = zipfile.ZIP_STORED if Path(arcname).suffix.lower() in _STORED else zipfile.ZIP_DEFLATED
             if isinstance(source, bytes):
-                info = zipfile.ZipInfo(f"{top}/{arcname}", date_time=_dt.datetime.now().timetuple()[:6])
+                info = zipfile.ZipInfo(f"{top}/{arcname}", date_time=clock.zip_date_time())
                 info.external_attr = (stat.S_IFREG | mode) << 16
                 info.compress_type = compress
                 zf.writestr(info, source)
