@@ -57,7 +57,7 @@ def signal_group(pgid: int, sig: int) -> bool:
             os.killpg(pgid, sig)
         else:  # no groups to signal: TerminateProcess on the child
             os.kill(pgid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError, OSError):
+    except OSError:  # no such group (ProcessLookupError), not ours (PermissionError)
         return False
     return True
 
