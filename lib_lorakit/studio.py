@@ -22,6 +22,7 @@ from .paths import resolve_inside
 from .project import ConceptKind, Project, ProjectSettings, Workspace
 
 if TYPE_CHECKING:  # training is imported when a caller asks for it: the tagging and import commands start faster
+    from .crop.bucket_preview import BucketReport, BucketRequest
     from .crop.service import CropService
     from .direction.service import DirectionService
     from .train.door import Start, TrainingDoor
@@ -82,6 +83,12 @@ class Studio:
 
     def report(self, name: str) -> DatasetReport:
         return build_report(self.project(name))
+
+    def buckets(self, name: str, request: BucketRequest) -> BucketReport:
+        """Each training image's sd-scripts bucket, resized size and the part its centre crop keeps."""
+        from .crop.bucket_preview import bucket_preview
+
+        return bucket_preview(self.project(name), request, models_dir=self.host.models_dir())
 
     # --- import ---------------------------------------------------------------------------------------------------
     def check_server_paths(self, paths: Sequence[str]) -> list[Path]:

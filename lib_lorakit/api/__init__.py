@@ -121,6 +121,7 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
     def cancel(job_id: str) -> dict:
         return _guard(lambda: studio.jobs.cancel(job_id).to_dict())
 
+    from . import buckets as api_buckets
     from . import captions as api_captions
     from . import crop as api_crop
     from . import direction as api_direction
@@ -130,6 +131,7 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
     api_captions.add_routes(r, studio, _guard)
     api_crop.add_routes(r, studio, _guard)
     api_direction.add_routes(r, studio, _guard)
+    api_buckets.add_routes(r, studio, _guard)
     return r
 
 
