@@ -1,7 +1,9 @@
-"""The operations the tab, the CLI and the HTTP API share, bound to one Host.
+"""The operations the tab, the CLI and the HTTP API share, bound to one Host: the one door.
 
 Each method validates at the edge (names, paths against the allowed roots) and makes one core call, so the
-three front ends behave and word their errors identically.
+three front ends behave and word their errors identically. Projects, concepts, imports and what the panels show
+are methods here; captions go through `captions` (a CaptionService), training through `training(...)` (a
+TrainingDoor). A front end builds requests with their `from_dict` and never constructs a core service itself.
 """
 
 from __future__ import annotations
@@ -9,23 +11,37 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
-from .captions.service import CaptionService
+from .captions.audit import Finding
+from .captions.service import CaptionService, TagRequest, fix_finding
+from .captions.store import CaptionRecord, HistoryEntry
 from .dataset.balance import RepeatChange, plan_balance
-from .dataset.importer import ImportReport, Verdict, import_paths, import_sources, sources_from_uploads
+from .dataset.importer import (
+    ImportReport,
+    Verdict,
+    import_paths,
+    import_sources,
+    remove_copies,
+    sources_from_uploads,
+)
 from .dataset.report import DatasetReport, build_report
 from .errors import LorakitError, PathNotAllowed
 from .host import Host
 from .jobs import JobManager, JobState, ProgressFn, job_manager
 from .paths import resolve_inside
-from .project import ConceptKind, Project, ProjectSettings, Workspace
+from .project import Concept, ConceptKind, Project, ProjectListing, ProjectSettings, Workspace
 
 if TYPE_CHECKING:  # training is imported when a caller asks for it: the tagging and import commands start faster
-    from .crop.bucket_preview import BucketReport, BucketRequest
     from .crop.service import CropService
     from .direction.service import DirectionService
+    from .doctor import DoctorReport
+    from .next_step import ProjectStatus
+    from .results.lora_info import LoraInfo
     from .train.door import Start, TrainingDoor
+    from .views import CaptionView, DatasetView, Thumb
+
+GALLERY_LIMIT = 120  # images a panel's gallery shows (views.GALLERY_LIMIT)
 
 MAX_SERVER_PATHS = 10_000  # files or folders in one import (a folder counts once, whatever it holds)
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
@@ -44,16 +60,16 @@ class Studio:
         return CaptionService(self.host)
 
     @property
-    def direction(self) -> DirectionService:
-        from .direction.service import DirectionService
-
-        return DirectionService(self.host)
-
-    @property
     def crop(self) -> CropService:
         from .crop.service import CropService
 
         return CropService(self.host)
+
+    @property
+    def direction(self) -> DirectionService:
+        from .direction.service import DirectionService
+
+        return DirectionService(self.host)
 
     def training(self, *, local_user: bool = False, trainer_python: Optional[str] = None,
                  tokenizer_cache_dir: Optional[Path] = None, start: Start = "later") -> TrainingDoor:
@@ -72,6 +88,10 @@ class Studio:
     def projects(self) -> list[Project]:
         return self.workspace.list()
 
+    def listing(self) -> list[ProjectListing]:
+        """Every project; one whose project.toml cannot be read is listed with the reason, not an error."""
+        return self.workspace.listing()
+
     def project(self, name: str) -> Project:
         return self.workspace.open(name)
 
@@ -81,14 +101,72 @@ class Studio:
     def update_settings(self, name: str, **changes: Any) -> ProjectSettings:
         return self.project(name).update_settings(**changes)
 
+    def settings(self, name: str) -> ProjectSettings:
+        return self.project(name).settings
+
     def report(self, name: str) -> DatasetReport:
         return build_report(self.project(name))
 
-    def buckets(self, name: str, request: BucketRequest) -> BucketReport:
-        """Each training image's sd-scripts bucket, resized size and the part its centre crop keeps."""
-        from .crop.bucket_preview import bucket_preview
+    def status(self, name: str) -> ProjectStatus:
+        """The training concepts' images, captions and repeats as sd-scripts will see them."""
+        from .next_step import project_status
 
-        return bucket_preview(self.project(name), request, models_dir=self.host.models_dir())
+        return project_status(self.project(name))
+
+    def stamp(self, name: str) -> str:
+        """A cheap string that changes when the project's images, captions, settings or runs do."""
+        from .next_step import change_stamp
+
+        return change_stamp(self.project(name))
+
+    # --- what the panels show (views.py) --------------------------------------------------------------------------
+    def dataset_view(self, name: str, *, limit: int = GALLERY_LIMIT) -> DatasetView:
+        """The report, the gallery's thumbnails, the status and the change stamp, read in one go."""
+        from .views import dataset_view
+
+        return dataset_view(self.project(name), limit=limit)
+
+    def caption_view(self, name: str, *, concept: Optional[str] = None, with_all: Sequence[str] = (),
+                     without: Sequence[str] = (), with_any: Sequence[str] = (),
+                     limit: int = GALLERY_LIMIT) -> CaptionView:
+        """The captions (all, and those the filters keep), their thumbnails, tag counts, history and status."""
+        from .views import caption_view
+
+        return caption_view(self.captions, name, concept=concept, with_all=with_all, without=without,
+                            with_any=with_any, limit=limit)
+
+    def thumbnails(self, name: str, images: Sequence[str], *, limit: int = GALLERY_LIMIT) -> list[Thumb]:
+        from .views import thumbnails
+
+        return thumbnails(self.project(name), images, limit=limit)
+
+    # --- captions beyond the service's own --------------------------------------------------------------------------
+    def caption(self, name: str, image: str) -> CaptionRecord:
+        """One training image's caption (`image` project-relative)."""
+        return self.captions.store(name).record(image)
+
+    def fix_finding(self, name: str, finding: Finding,
+                    tag_request: Optional[TagRequest] = None) -> Union[HistoryEntry, JobState]:
+        """The one-click fix of an audit finding: a caption op (an undo step) or a tagging job."""
+        return fix_finding(self.captions, name, finding, tag_request)
+
+    # --- files and checks -----------------------------------------------------------------------------------------
+    def lora_info(self, path: str | Path, *, local_user: bool = False) -> LoraInfo:
+        """How a LoRA was made (its metadata). The machine's own user (the CLI) may name any file; a web request
+        only one inside the allowed folders or the Lora folder."""
+        from .results.lora_info import read_lora_info
+
+        target = Path(path) if local_user else resolve_inside(str(path), [*self.host.allowed_roots(),
+                                                                          self.host.lora_dir()])
+        return read_lora_info(target)
+
+    def doctor(self, *, trainer_python: Optional[str] = None, tokenizer_cache_dir: Optional[Path] = None,
+               config_file: Optional[Path] = None) -> DoctorReport:
+        """Every set-up check with its fix (`trainer_python`, `tokenizer_cache_dir`: the command line's flags)."""
+        from .doctor import run_doctor
+
+        return run_doctor(self.host, trainer_python=trainer_python, tokenizer_cache_dir=tokenizer_cache_dir,
+                          config_file=config_file)
 
     # --- import ---------------------------------------------------------------------------------------------------
     def check_server_paths(self, paths: Sequence[str]) -> list[Path]:
@@ -154,6 +232,28 @@ class Studio:
         return self.jobs.start(kind="import", project=name, title=f"Import {count} item(s) into {name}", work=work)
 
     # --- concepts -------------------------------------------------------------------------------------------------
+    def concepts(self, name: str, kind: Optional[ConceptKind] = None) -> list[Concept]:
+        return self.project(name).concepts(kind)
+
+    def add_concept(self, name: str, concept: str, *, repeats: int = 1, kind: ConceptKind = "dataset") -> Concept:
+        return self.project(name).add_concept(concept, repeats, kind)
+
+    def rename_concept(self, name: str, old: str, new: str, *, kind: ConceptKind = "dataset") -> Concept:
+        return self.project(name).rename_concept(old, new, kind)
+
+    def set_repeats(self, name: str, concept: str, repeats: int, *, kind: ConceptKind = "dataset") -> Concept:
+        return self.project(name).set_repeats(concept, repeats, kind)
+
+    def remove_concept(self, name: str, concept: str, *, kind: ConceptKind = "dataset") -> Path:
+        """Moves the concept's folder to the project's trash; the folder's new place."""
+        return self.project(name).remove_concept(concept, kind)
+
+    def remove_exact_duplicates(self, name: str) -> list[str]:
+        """Every extra copy of an exactly duplicated training image moved to the trash (the first stays)."""
+        project = self.project(name)
+        extra = [img for g in build_report(project).duplicates if g.kind == "exact" for img in g.images[1:]]
+        return remove_copies(project, extra)
+
     def balance_plan(self, name: str, target: int | None = None, kind: ConceptKind = "dataset") -> list[RepeatChange]:
         project = self.project(name)
         report = build_report(project)

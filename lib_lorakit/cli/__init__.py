@@ -79,14 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     doc.add_argument("--trainer-python", help="check this trainer python instead of the configured one")
     doc.add_argument("--tokenizer-cache-dir", type=Path, help="the tokenizer folder a run would get")
 
-    from . import buckets as cli_buckets
     from . import captions as cli_captions
     from . import crop as cli_crop
     from . import direction as cli_direction
     from . import train as cli_train
 
     cli_train.add_parsers(sub, common)
-    cli_buckets.add_parsers(sub, common)
     cli_crop.add_parsers(sub, common)
     cli_captions.add_parsers(sub, common)
     cli_direction.add_parsers(sub, common)
@@ -122,7 +120,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _ui(args)
         host = StandaloneHost.from_options(home=args.home, lora_dir=args.lora_dir, models_dir=args.models_dir,
                                            allow_roots=[os.path.abspath(os.sep)], config=args.config)
-        from . import buckets as cli_buckets
         from . import captions as cli_captions
         from . import crop as cli_crop
         from . import direction as cli_direction
@@ -134,7 +131,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             **dict.fromkeys(("tag", "caption", "tags", "check"), cli_captions.handle),
             "direction": cli_direction.handle,
             "crop": cli_crop.handle,
-            "buckets": cli_buckets.handle,
         }.get(args.command, cli_train.handle)
         code, data, text = handler(Studio(host), args)
     except LorakitError as e:
@@ -175,7 +171,7 @@ def _project(studio: Studio, args: argparse.Namespace) -> tuple[int, Any, str]:
         settings = studio.update_settings(args.name, **changes)
         return 0, settings.to_dict(), "\n".join(f"{k} = {v!r}" for k, v in settings.to_dict().items())
     home = studio.host.projects_home()
-    rows = [{**p.to_dict(), "path": str(home / p.name)} for p in studio.workspace.listing()]
+    rows = [{**p.to_dict(), "path": str(home / p.name)} for p in studio.listing()]
     text = "\n".join(r["name"] + (f"  ({r['broken']})" if "broken" in r else "") for r in rows) \
         or f"No projects yet in {home}."
     return 0, {"projects": rows}, text
@@ -199,9 +195,7 @@ def _import(studio: Studio, args: argparse.Namespace) -> tuple[int, Any, str]:
 
 
 def _lora_info(studio: Studio, args: argparse.Namespace) -> tuple[int, Any, str]:
-    from ..results.lora_info import read_lora_info
-
-    info = read_lora_info(args.file)
+    info = studio.lora_info(args.file, local_user=True)  # the machine's own user: any file
     lines = [f"{info.path.name}: {info.network} dim {info.dim} alpha {info.alpha}, base {info.base_model or '?'}, "
              f"resolution {info.resolution or '?'}",
              f"  hash {info.short_hash} (sha256 {info.sha256})", f"  output name {info.output_name}"]
@@ -214,10 +208,8 @@ def _lora_info(studio: Studio, args: argparse.Namespace) -> tuple[int, Any, str]
 
 
 def _doctor(studio: Studio, args: argparse.Namespace) -> tuple[int, Any, str]:
-    from ..doctor import run_doctor
-
-    report = run_doctor(studio.host, trainer_python=args.trainer_python,
-                        tokenizer_cache_dir=args.tokenizer_cache_dir, config_file=args.config)
+    report = studio.doctor(trainer_python=args.trainer_python, tokenizer_cache_dir=args.tokenizer_cache_dir,
+                           config_file=args.config)
     if not getattr(args, "json", False):
         say(report.text())  # on stdout whatever it finds: it is the report asked for, not an error message
     return report.exit_code, report.to_dict(), ""
@@ -240,25 +232,24 @@ def _report(studio: Studio, args: argparse.Namespace) -> tuple[int, Any, str]:
 
 
 def _concept(studio: Studio, args: argparse.Namespace) -> tuple[int, Any, str]:
-    project = studio.project(args.project)
-    kind = "reg" if args.reg else "dataset"
+    name, kind = args.project, "reg" if args.reg else "dataset"
     if args.action == "balance":
-        plan = studio.balance_plan(args.project, args.target, kind)
+        plan = studio.balance_plan(name, args.target, kind)
         if args.apply:
-            studio.apply_balance(args.project, plan, kind)
+            studio.apply_balance(name, plan, kind)
         rows = [c.to_dict() for c in plan]
         verb = "Applied" if args.apply else "Plan (run again with --apply to rename the folders)"
         text = "\n".join([f"{verb}:"] + [f"  {c.concept}: {c.images} images × {c.repeats} = {c.steps}  →  "
                                          f"× {c.new_repeats} = {c.new_steps}" for c in plan])
         return 0, {"applied": bool(args.apply), "plan": rows}, text
     if args.action == "add":
-        c = project.add_concept(args.name, args.repeats, kind)
+        c = studio.add_concept(name, args.name, repeats=args.repeats, kind=kind)
     elif args.action == "rename":
-        c = project.rename_concept(args.old, args.new, kind)
+        c = studio.rename_concept(name, args.old, args.new, kind=kind)
     elif args.action == "repeats":
-        c = project.set_repeats(args.name, args.n, kind)
+        c = studio.set_repeats(name, args.name, args.n, kind=kind)
     else:
-        trash = project.remove_concept(args.name, kind)
+        trash = studio.remove_concept(name, args.name, kind=kind)
         return 0, {"removed": args.name, "trash": str(trash)}, f"Moved {args.name} to {trash}"
     return 0, {"name": c.name, "repeats": c.repeats, "folder": c.relpath}, f"{c.relpath}"
 

@@ -11,11 +11,9 @@ import gradio as gr
 
 from .. import next_step
 from ..captions.audit import AUDIT_SCHEMA, AuditReport, Finding
-from ..captions.ops import CaptionOp, filter_records, frequency
-from ..captions.service import TAG_SCHEMA, TagReport, TagRequest, fix_finding
+from ..captions.ops import CaptionOp
+from ..captions.service import TAG_SCHEMA, TagReport, TagRequest
 from ..captions.tags import split_tags
-from ..dataset.index import DatasetIndex
-from ..dataset.thumbs import thumbnail
 from ..errors import LorakitError
 from ..jobs import JobState
 from ..studio import Studio
@@ -24,7 +22,6 @@ from . import fields, render
 from . import render_captions as rc
 from .compat import SHOW_PROGRESS, bind, unchanged
 
-GALLERY_LIMIT = 120
 OP_CHOICES = ("add", "remove", "replace", "rename", "reorder", "dedupe")
 
 
@@ -166,39 +163,21 @@ class CaptionsPanel:
         if not name:
             return (rc.summary_html([], (), 0, next_step.captions_next(None)), [], [], "", "", "",
                     gr.update(choices=[], value=None), "")
-        captions = self.studio.captions
-        project = captions.project(name)
-        stamp = next_step.change_stamp(project)  # before reading: a change made meanwhile shows at the next sync
-        every = captions.store(name).records()  # read once; the filters and the table work on it in memory
-        shown = filter_records(every, concept=concept or None, with_all=split_tags(with_all or ""),
-                               without=split_tags(without or ""), with_any=split_tags(with_any or ""))
-        gallery, paths = self._gallery(name, [r.image for r in shown], {r.image: r.text for r in shown})
-        concepts = sorted({r.concept for r in every})
-        status = next_step.project_status(project, every)
-        return (rc.summary_html(every, project.settings.trigger_words, len(shown), next_step.captions_next(status)),
-                gallery, paths, rc.frequency_html(frequency(filter_records(every, concept=concept or None))),
-                rc.history_html(captions.history(name, 10)), ", ".join(project.settings.trigger_words),
-                gr.update(choices=concepts, value=concept if concept in concepts else None), stamp)
-
-    def _gallery(self, name: str, images: list[str], texts: dict[str, str] | None = None) -> tuple[list, list]:
-        project = self.studio.captions.project(name)
-        entries = {e.path: e for e in DatasetIndex(project).scan()}
-        gallery, paths = [], []
-        for image in images[:GALLERY_LIMIT]:
-            e = entries.get(image)
-            thumb = thumbnail(project, image, e.sha256) if e and not e.problem else None
-            if thumb:
-                label = (texts or {}).get(image, "")
-                gallery.append((str(thumb), f"{image.rsplit('/', 1)[-1]}: {label}"[:200]))
-                paths.append(image)
-        return gallery, paths
+        view = self.studio.caption_view(name, concept=concept or None, with_all=split_tags(with_all or ""),
+                                        without=split_tags(without or ""), with_any=split_tags(with_any or ""))
+        gallery, paths = _gallery(view.thumbs, {r.image: r.text for r in view.shown})
+        triggers, concepts = view.trigger_words, view.concepts
+        return (rc.summary_html(view.records, triggers, len(view.shown), next_step.captions_next(view.status)),
+                gallery, paths, rc.frequency_html(view.frequency), rc.history_html(view.history),
+                ", ".join(triggers), gr.update(choices=concepts, value=concept if concept in concepts else None),
+                view.stamp)
 
     def _select(self, name: str | None) -> tuple:
         return (*self._views(name), *self._last_tag(name), "", gr.update(choices=[], value=None), "")
 
     def sync(self, name: str | None, stamp: str, *filters: Any) -> tuple:
         """Redrawn when the project changed since `stamp` (an import, a run, another window); else as it is."""
-        if name and stamp == next_step.change_stamp(self.studio.captions.project(name)):
+        if name and stamp == self.studio.stamp(name):
             return unchanged(len(self.sync_outputs))
         return (*self._views(name, *filters), *self._last_tag(name))
 
@@ -292,14 +271,14 @@ class CaptionsPanel:
 
     def _show_finding(self, name: str, label: str | None, state: dict) -> tuple:
         finding = self._finding(label, state)
-        texts = {r.image: r.text for r in self.studio.captions.store(self._need(name)).records()}
-        return self._gallery(name, finding.images, texts)
+        texts = {r.image: r.text for r in self.studio.captions.records(self._need(name))}
+        return _gallery(self.studio.thumbnails(name, finding.images), texts)
 
     def _fix(self, *args: Any) -> tuple:
         shown = len(AUDIT_SHOWN)
         filters, (label, state), tag_in, thresholds = tuple(args[:5]), args[5:7], args[7:-shown], args[-shown:]
         name = self._need(filters[0])
-        done = fix_finding(self.studio.captions, name, self._finding(label, state), self._request(*tag_in))
+        done = self.studio.fix_finding(name, self._finding(label, state), self._request(*tag_in))
         job_box = gr.update()
         if isinstance(done, JobState):
             outcome, job_box = f"<p>{escape(done.title)}: started.</p>", render.job_html(
@@ -312,7 +291,7 @@ class CaptionsPanel:
         index = evt.index if isinstance(evt.index, int) else evt.index[0]
         if not name or index >= len(paths):
             return "", ""
-        record = self.studio.captions.store(name).record(paths[index])
+        record = self.studio.caption(name, paths[index])
         return record.image, record.text
 
     def _save_caption(self, *args: Any) -> tuple:
@@ -324,6 +303,12 @@ class CaptionsPanel:
 
 
 AUDIT_SHOWN = tuple(AUDIT_SCHEMA[n] for n in ("dominant_threshold", "low_variety_threshold", "max_tokens"))
+
+
+def _gallery(thumbs: list, texts: dict[str, str]) -> tuple[list, list]:
+    """The gallery's (thumbnail, "file: caption") pairs and the image each stands for."""
+    gallery = [(str(t.file), f"{t.image.rsplit('/', 1)[-1]}: {texts.get(t.image, '')}"[:200]) for t in thumbs]
+    return gallery, [t.image for t in thumbs]
 
 
 def _field(name: str, elem_id: str, *, label: str | None = None) -> gr.components.Component:

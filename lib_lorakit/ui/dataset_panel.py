@@ -9,17 +9,12 @@ from typing import Any, Optional
 import gradio as gr
 
 from .. import next_step
-from ..dataset.importer import remove_copies
-from ..dataset.report import build_report
-from ..dataset.thumbs import thumbnail
 from ..errors import LorakitError
 from ..images import IMAGE_SUFFIXES
 from ..jobs import JobState
-from ..studio import Studio
+from ..studio import GALLERY_LIMIT, Studio
 from . import render
 from .compat import bind, unchanged, uploaded
-
-GALLERY_LIMIT = 120
 
 
 class DatasetPanel:
@@ -129,22 +124,16 @@ class DatasetPanel:
         if not name:
             return ("", [], gr.update(choices=[], value=None), render.job_html(None), "",
                     render.next_html(next_step.dataset_next(None)), gr.update(visible=False), "")
-        project = self.studio.project(name)
-        stamp = next_step.change_stamp(project)  # before reading: a change made meanwhile shows at the next sync
-        report = build_report(project)
-        images = []
-        for e in report.entries[:GALLERY_LIMIT]:
-            thumb = thumbnail(project, e.path, e.sha256) if not e.problem else None
-            if thumb:
-                images.append((str(thumb), e.path.split("/", 1)[1]))
+        view = self.studio.dataset_view(name)
+        report, status = view.report, view.status
+        images = [(str(t.file), t.image.split("/", 1)[1]) for t in view.thumbs]
         html = render.report_html(report)
         if len(report.entries) > GALLERY_LIMIT:
             html += f"<p>The gallery shows the first {GALLERY_LIMIT} of {len(report.entries)} images.</p>"
-        folders = [c.relpath for c in project.concepts()]
-        status = next_step.project_status(project)
+        folders = [c.folder for c in report.concepts]
         return (html, images, gr.update(choices=folders, value=folders[0] if folders else None),
                 *self._last_import(name), render.next_html(next_step.dataset_next(status)),
-                gr.update(visible=bool(next_step.propose_repeats(status))), stamp)
+                gr.update(visible=bool(next_step.propose_repeats(status))), view.stamp)
 
     def _last_import(self, name: str) -> tuple[str, str]:
         """The newest import's bar and its outcome; a failure's reason shows once, in the outcome."""
@@ -161,7 +150,7 @@ class DatasetPanel:
 
     def sync(self, name: str | None, stamp: str) -> tuple:
         """Redrawn (views and settings) when the project changed since `stamp`; else left as it is."""
-        if name and stamp == next_step.change_stamp(self.studio.project(name)):
+        if name and stamp == self.studio.stamp(name):
             return unchanged(len(self.sync_outputs))
         return self._select(name)
 
@@ -199,14 +188,14 @@ class DatasetPanel:
         dropped = sum(1 for _, original in uploaded(files) if Path(original).suffix.lower() in IMAGE_SUFFIXES)
         if not name or not dropped or reg:
             return gr.update()
-        status = next_step.project_status(self.studio.project(name))
+        status = self.studio.status(name)
         target = (concept or "").strip() or name
         here = next((c for c in status.concepts if c.name == target), None)
         others = status.epoch_images - (here.images * here.repeats if here else 0)
         return next_step.proposed_repeats(dropped + (here.images if here else 0), others)
 
     def _use_proposed(self, name: str | None) -> tuple:
-        status = next_step.project_status(self.studio.project(self._need_project(name)))
+        status = self.studio.status(self._need_project(name))
         self.studio.apply_balance(name, next_step.propose_repeats(status))
         return self._views(name)
 
@@ -225,7 +214,7 @@ class DatasetPanel:
     def _settings(self, name: str | None) -> tuple:
         if not name:
             return "", 512, 100, 6, "#ffffff", ""
-        s = self.studio.project(name).settings
+        s = self.studio.settings(name)
         return (", ".join(s.trigger_words), s.resolution, round(s.max_image_pixels / 1e6, 1),
                 s.near_duplicate_distance, s.background, s.notes)
 
@@ -240,20 +229,20 @@ class DatasetPanel:
 
     def _concept_op(self, op: str, name: str, relpath: str | None, new_name: str, repeats: float,
                     as_reg: bool) -> tuple:
-        project = self.studio.project(self._need_project(name))
+        name = self._need_project(name)
         kind = "reg" if relpath and relpath.startswith("reg/") else "dataset"
         current = self._pick_concept(relpath)[0] if relpath else ""
         new_name = (new_name or "").strip()
         if op == "add":
-            project.add_concept(new_name, int(repeats or 1), "reg" if as_reg else "dataset")
+            self.studio.add_concept(name, new_name, repeats=int(repeats or 1), kind="reg" if as_reg else "dataset")
         elif not current:
             raise LorakitError("Choose a concept folder first.")
         elif op == "rename":
-            project.rename_concept(current, new_name, kind)
+            self.studio.rename_concept(name, current, new_name, kind=kind)
         elif op == "repeats":
-            project.set_repeats(current, int(repeats or 1), kind)
+            self.studio.set_repeats(name, current, int(repeats or 1), kind=kind)
         else:
-            project.remove_concept(current, kind)
+            self.studio.remove_concept(name, current, kind=kind)
         return self._views(name)
 
     def _preview_balance(self, name: str, target: float | None) -> str:
@@ -267,10 +256,7 @@ class DatasetPanel:
                 *self._views(name))
 
     def _drop_dups(self, name: str) -> tuple:
-        project = self.studio.project(self._need_project(name))
-        report = build_report(project)
-        extra = [img for g in report.duplicates if g.kind == "exact" for img in g.images[1:]]
-        remove_copies(project, extra)
+        self.studio.remove_exact_duplicates(self._need_project(name))
         return self._views(name)
 
 
