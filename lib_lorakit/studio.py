@@ -33,6 +33,7 @@ from .paths import resolve_inside
 from .project import Concept, ConceptKind, Project, ProjectListing, ProjectSettings, Workspace
 
 if TYPE_CHECKING:  # training is imported when a caller asks for it: the tagging and import commands start faster
+    from .crop.bucket_preview import BucketReport, BucketRequest
     from .crop.service import CropService
     from .direction.service import DirectionService
     from .doctor import DoctorReport
@@ -106,6 +107,12 @@ class Studio:
 
     def report(self, name: str) -> DatasetReport:
         return build_report(self.project(name))
+
+    def buckets(self, name: str, request: BucketRequest) -> BucketReport:
+        """Each training image's sd-scripts bucket, resized size and the part its centre crop keeps."""
+        from .crop.bucket_preview import bucket_preview
+
+        return bucket_preview(self.project(name), request, models_dir=self.host.models_dir())
 
     def status(self, name: str) -> ProjectStatus:
         """The training concepts' images, captions and repeats as sd-scripts will see them."""

@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     doc.add_argument("--trainer-python", help="check this trainer python instead of the configured one")
     doc.add_argument("--tokenizer-cache-dir", type=Path, help="the tokenizer folder a run would get")
 
+    from . import buckets as cli_buckets
     from . import captions as cli_captions
     from . import crop as cli_crop
     from . import direction as cli_direction
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_train.add_parsers(sub, common)
     cli_crop.add_parsers(sub, common)
+    cli_buckets.add_parsers(sub, common)
     cli_captions.add_parsers(sub, common)
     cli_direction.add_parsers(sub, common)
 
@@ -120,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _ui(args)
         host = StandaloneHost.from_options(home=args.home, lora_dir=args.lora_dir, models_dir=args.models_dir,
                                            allow_roots=[os.path.abspath(os.sep)], config=args.config)
+        from . import buckets as cli_buckets
         from . import captions as cli_captions
         from . import crop as cli_crop
         from . import direction as cli_direction
@@ -130,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "lora-info": _lora_info, "doctor": _doctor,
             **dict.fromkeys(("tag", "caption", "tags", "check"), cli_captions.handle),
             "direction": cli_direction.handle,
+            "buckets": cli_buckets.handle,
             "crop": cli_crop.handle,
         }.get(args.command, cli_train.handle)
         code, data, text = handler(Studio(host), args)
