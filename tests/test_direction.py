@@ -256,6 +256,8 @@ def test_normalise_flips_the_minority_swaps_captions_and_leaves_unsafe_ones(head
 def test_a_tie_goes_to_the_side_of_the_images_that_cannot_flip(heads):
     home, img = heads["home"], heads["images"]
     cli(home, "direction", "demo", "settings", "min_confidence=1")  # only the labels count
+    code, out = cli(home, "direction", "demo", "normalise", "--dry-run", "--embedder", "none", "--image", img["l3"])
+    assert code == 0 and out["flipped"] == [img["l3"]]  # chosen images flip, however the others face
     cli(home, "direction", "demo", "label", img["l1"], img["l2"], "left")
     cli(home, "direction", "demo", "label", img["r1"], img["r3"], "right")
     cli(home, "direction", "demo", "label", img["r3"], "never-flip")

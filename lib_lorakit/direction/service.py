@@ -171,9 +171,9 @@ class NormaliseReport:
                 "caption_step": self.caption_step, "dry_run": self.dry_run}
 
     def summary(self) -> str:
-        verb = "Would flip" if self.dry_run else "Flipped"
-        text = (f"{verb} {len(self.flipped)} image(s) to face {self.to}, swapped words in {len(self.captions)} "
-                f"caption(s); kept {len(self.kept)}")
+        flip, swap = ("Would flip", "would swap") if self.dry_run else ("Flipped", "swapped")
+        text = (f"{flip} {len(self.flipped)} image(s) to face {self.to} and {swap} direction words in "
+                f"{len(self.captions)} caption(s); kept {len(self.kept)}")
         if self.unsafe:
             text += f"; {len(self.unsafe)} left alone as unsafe to flip (each with its reason)"
         if self.flipped and not self.dry_run:
@@ -314,6 +314,8 @@ class DirectionService:
         state = DirectionState(project)
         settings = state.settings()
         records = _records(project)
+        if not records:
+            raise NotFound(f"Project {name!r} has no training images yet; import some first.")
         last = state.last_estimate() or {}
         spec = req.embedder if req.embedder is not None else str(last.get("embedder") or NO_EMBEDDER)
         if req.images:
@@ -325,7 +327,10 @@ class DirectionService:
         never = state.never_flip(by_image)
         fixed = [e.direction for e in estimates if (e.labelled or e.confidence >= settings.min_confidence)
                  and _unsafe_reason(by_image[e.image], e.image in never, settings)]
-        target = req.to or _majority(estimates, settings.min_confidence, fixed)
+        if req.to or not req.images:
+            target = req.to or _majority(estimates, settings.min_confidence, fixed)
+        else:  # the chosen images are flipped whichever way the others face
+            target = "the other way"
         chosen = set(req.images) if req.images else {
             e.image for e in estimates
             if e.direction == MIRROR[target] and (e.labelled or e.confidence >= settings.min_confidence)}
