@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hmac
 import ipaddress
 import json
@@ -36,7 +37,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .errors import AlreadyExists, LorakitError, NotFound, PathNotAllowed
+from .errors import AlreadyExists, InvalidName, LorakitError, NotFound, PathNotAllowed
 
 log = logging.getLogger(__name__)
 
@@ -176,10 +177,6 @@ def blocked_file_paths(home: Path) -> list[str]:
 
 
 # --- the standalone app: one ASGI middleware in front of gradio -------------------------------------------------
-def _refuse(status: int, message: str, **headers: str) -> JSONResponse:
-    return JSONResponse({"detail": message}, status_code=status, headers=headers or None)
-
-
 class WebGuard:
     """ASGI middleware of the standalone app: the policy for every route, gradio's and ours; no CORS headers."""
 
@@ -216,12 +213,16 @@ def install_guard(app: Any, policy: WebPolicy, blocked: Sequence[Path] = ()) -> 
     app.middleware_stack = app.build_middleware_stack()
 
 
-# --- our routes (standalone and webui): the policy, a capped body, readable 400s --------------------------------
+# --- our routes (standalone and webui): the policy, a capped body, errors as statuses -----------------------------
 class SafeJSONResponse(JSONResponse):
     """JSON with non-ASCII escaped, so text holding lone surrogates (undecodable file names) still serialises."""
 
     def render(self, content: Any) -> bytes:
         return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def _refuse(status: int, message: str, **headers: str) -> JSONResponse:
+    return SafeJSONResponse({"detail": message}, status_code=status, headers=headers or None)
 
 
 async def _read_capped(request: Request, limit: int) -> Optional[bytes]:
@@ -254,11 +255,49 @@ def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
     return "Bad request: " + "; ".join(parts) + "."
 
 
+# The one map from an error a route raised to the HTTP status it answers, first match wins (children before their
+# parents). The exception family says what went wrong; ValueError/TypeError (UnicodeError is a ValueError) come from
+# parsing the request's input. Anything else is a fault of ours: it stays a 500 and is logged by the server.
+ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
+    (PathNotAllowed, 403),
+    (NotFound, 404),
+    (AlreadyExists, 409),
+    (InvalidName, 400),
+    (LorakitError, 400),
+    (ValueError, 400),
+    (TypeError, 400),
+)
+NAME_TOO_LONG = "A name in the request is too long."
+
+
+def status_of(e: Exception) -> Optional[int]:
+    """The HTTP status of an error raised while handling a request (ERROR_STATUS); None: not the input's fault."""
+    if isinstance(e, OSError) and not isinstance(e, LorakitError) and e.errno == errno.ENAMETOOLONG:
+        return 400  # a name from the URL longer than the file system takes is bad input, not a failure
+    return next((status for kind, status in ERROR_STATUS if isinstance(e, kind)), None)
+
+
+def error_response(e: Exception) -> Optional[JSONResponse]:
+    """The answer to an error a route raised, `{"detail": its text}` with its status; None when it is no 4xx."""
+    status = status_of(e)
+    if status is None:
+        return None
+    if isinstance(e, LorakitError):
+        detail = str(e) or type(e).__name__
+    elif isinstance(e, OSError):
+        detail = NAME_TOO_LONG  # the file system's message would show a server path
+    else:
+        log.warning("Train Style: a request was refused by an unexpected %s", type(e).__name__, exc_info=True)
+        detail = str(e) or type(e).__name__
+    return _refuse(status, detail)
+
+
 def guarded_route_class(policy: WebPolicy, *, max_body: int = MAX_BODY_BYTES) -> type[APIRoute]:
-    """An APIRoute that checks `policy`, caps the body and turns validation errors into readable 400s.
+    """The one route helper of our API: an APIRoute that checks `policy`, caps the body, turns validation errors into
+    readable 400s and every error of the family (ERROR_STATUS) into its status with the text the tab and the CLI show.
 
     It runs before fastapi reads the body or solves dependencies, and only for the routes of the router that uses
-    it, so inside the webui nothing of the webui's own changes.
+    it, so inside the webui nothing of the webui's own changes. A route just raises; it needs no wrapper.
     """
 
     class GuardedRoute(APIRoute):
@@ -276,27 +315,19 @@ def guarded_route_class(policy: WebPolicy, *, max_body: int = MAX_BODY_BYTES) ->
                                    connection="close")
                 try:
                     return await handler(request)
-                except RequestValidationError as e:
+                except RequestValidationError as e:  # before ValueError: pydantic 1's errors are ValueErrors
                     return _refuse(400, validation_message(e.errors()))
+                except HTTPException:
+                    raise  # the route chose its status itself
+                except Exception as e:
+                    answer = error_response(e)
+                    if answer is None:
+                        raise
+                    return answer
 
             return guarded
 
     return GuardedRoute
-
-
-def status_of(e: Exception) -> int:
-    """The HTTP status of an error raised while handling a request's input (see `errors`)."""
-    for kind, status in ((PathNotAllowed, 403), (NotFound, 404), (AlreadyExists, 409)):
-        if isinstance(e, kind):
-            return status
-    return 400
-
-
-def bad_input(e: Exception) -> HTTPException:
-    """A 4xx for an error raised by input: our own family, and ValueError/TypeError/UnicodeError from parsing it."""
-    if not isinstance(e, LorakitError):
-        log.warning("Train Style: a request was refused by an unexpected %s", type(e).__name__, exc_info=True)
-    return HTTPException(status_code=status_of(e), detail=str(e) or type(e).__name__)
 
 
 # --- bodies --------------------------------------------------------------------------------------------------------

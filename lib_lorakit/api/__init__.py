@@ -1,20 +1,21 @@
 """The HTTP API under `/train-style/v1/`, mounted by the webui glue and by the standalone app.
 
-Routes answer JSON only. Server-side paths are checked against the Host's allowed roots (403 with the
-reason when outside); errors carry the same text the tab and the CLI show.
+Routes answer JSON only. Every route goes through one route class (websec.guarded_route_class): the web policy,
+a capped body, and one map from the exception family to HTTP statuses (websec.ERROR_STATUS: a bad request 400, a
+path outside the allowed folders 403, not found 404, a name taken 409), so a route only calls the Studio and raises;
+errors carry the same text the tab and the CLI show. A module that adds routes (`add_routes(r, studio, guard)`) just
+uses the router.
 """
 
 from __future__ import annotations
 
-import errno
 import threading
 from collections.abc import Callable
-from typing import Optional
+from typing import Optional, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 
 from .. import websec
-from ..errors import LorakitError
 from ..host import Host
 from ..studio import Studio
 from ..websec import StrictBody, WebPolicy
@@ -35,16 +36,13 @@ class ImportRequest(StrictBody):
     background: bool = False
 
 
-def _guard(fn: Callable):
-    """Run a route's work; errors its input caused become 4xx with their text (see websec.status_of)."""
-    try:
-        return fn()
-    except (LorakitError, ValueError, TypeError) as e:  # UnicodeError is a ValueError
-        raise websec.bad_input(e) from e
-    except OSError as e:  # a name from the URL longer than the file system takes is bad input, not a failure
-        if e.errno != errno.ENAMETOOLONG:
-            raise
-        raise websec.bad_input(LorakitError("A name in the request is too long.")) from e
+T = TypeVar("T")
+
+
+def call(fn: Callable[[], T]) -> T:
+    """`fn()`. What route modules once wrapped their work in; the route class maps errors now (kept for
+    `add_routes(r, studio, guard)`, whose `guard` is this)."""
+    return fn()
 
 
 def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = None,
@@ -62,34 +60,30 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
     @r.get("/projects")
     def list_projects() -> dict:
         """Every project; one whose project.toml cannot be read is listed with `broken` (why), not an error."""
-        return {"projects": [p.to_dict() for p in studio.workspace.listing()]}
+        return {"projects": [p.to_dict() for p in studio.listing()]}
 
     @r.post("/projects", status_code=201)
     def create_project(body: NewProject) -> dict:
-        project = _guard(lambda: studio.create_project(body.name))
+        project = studio.create_project(body.name)
         return {"name": project.name}
 
     @r.get("/projects/{name}/report")
     def report(name: str) -> dict:
-        return _guard(lambda: studio.report(name).to_dict())
+        return studio.report(name).to_dict()
 
     @r.post("/projects/{name}/import")
     def import_(name: str, body: ImportRequest) -> dict:
         kind = "reg" if body.reg else "dataset"
         if body.background:
-            job = _guard(lambda: studio.start_import(name, paths=body.paths, concept=body.concept,
-                                                     repeats=body.repeats, kind=kind))
+            job = studio.start_import(name, paths=body.paths, concept=body.concept, repeats=body.repeats, kind=kind)
             return {"job": job.to_dict()}
-        return _guard(lambda: studio.import_paths(name, body.paths, concept=body.concept, repeats=body.repeats,
-                                                  kind=kind).to_dict())
+        return studio.import_paths(name, body.paths, concept=body.concept, repeats=body.repeats,
+                                   kind=kind).to_dict()
 
     @r.get("/lora-info")
     def lora_info(path: str) -> dict:
-        from ..paths import resolve_inside
-        from ..results.lora_info import read_lora_info
-
-        return _guard(lambda: read_lora_info(
-            resolve_inside(path, [*host.allowed_roots(), host.lora_dir()])).to_dict())
+        """How a LoRA on the server was made; only inside the allowed folders and the Lora folder."""
+        return studio.lora_info(path).to_dict()
 
     @r.get("/settings")
     def settings_() -> dict:
@@ -100,12 +94,10 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
     @r.get("/doctor")
     def doctor_() -> dict:
         """The whole set-up checked (as `python -m lib_lorakit doctor --json`); one check runs at a time."""
-        from ..doctor import run_doctor
-
         if not _doctor_lock.acquire(blocking=False):
             raise HTTPException(409, "A set-up check is already running; ask again when it has finished.")
         try:
-            return _guard(lambda: run_doctor(host).to_dict())
+            return studio.doctor().to_dict()
         finally:
             _doctor_lock.release()
 
@@ -115,11 +107,11 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
 
     @r.get("/jobs/{job_id}")
     def job(job_id: str) -> dict:
-        return _guard(lambda: studio.jobs.get(job_id).to_dict())
+        return studio.jobs.get(job_id).to_dict()
 
     @r.post("/jobs/{job_id}/cancel")
     def cancel(job_id: str) -> dict:
-        return _guard(lambda: studio.jobs.cancel(job_id).to_dict())
+        return studio.jobs.cancel(job_id).to_dict()
 
     from . import buckets as api_buckets
     from . import captions as api_captions
@@ -127,11 +119,11 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
     from . import direction as api_direction
     from . import train as api_train
 
-    api_train.add_routes(r, studio, _guard)
-    api_captions.add_routes(r, studio, _guard)
-    api_crop.add_routes(r, studio, _guard)
-    api_direction.add_routes(r, studio, _guard)
-    api_buckets.add_routes(r, studio, _guard)
+    api_train.add_routes(r, studio, call)
+    api_captions.add_routes(r, studio, call)
+    api_direction.add_routes(r, studio, call)
+    api_buckets.add_routes(r, studio, call)
+    api_crop.add_routes(r, studio, call)
     return r
 
 
