@@ -312,6 +312,10 @@ def test_the_http_routes(heads):
     assert r.status_code == 404 and "Not a training image" in r.json()["detail"]
     r = client.post(base + "/estimate", json={"embedder": "none", "wait": True})
     assert r.status_code == 200 and {row["image"] for row in r.json()["images"]} == set(img.values())
+    r = client.post(base + "/estimate", json={"embedder": "none", "images": [img["l2"]], "wait": True})
+    assert [row["image"] for row in r.json()["images"]] == [img["l2"]]
+    kept = client.get(base + "/estimate").json()  # a part re-estimated: the rest is kept
+    assert {row["image"] for row in kept["images"]} == set(img.values())
     r = client.post(base + "/estimate", json={"embedder": "/etc/x.json:/etc/y.pt", "wait": True})
     assert r.status_code == 403
     r = client.post(base + "/normalise", json={"to": "left", "dry_run": True, "images": [img["r1"]]})

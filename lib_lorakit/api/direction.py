@@ -40,6 +40,11 @@ def add_routes(r: APIRouter, studio: Studio, guard: Callable) -> None:
             return guard(lambda: direction.estimate(name, req)).to_dict()
         return {"job": guard(lambda: direction.start_estimate(name, req)).to_dict()}
 
+    @r.get(base + "/estimate")
+    def last_estimate(name: str) -> dict:
+        """The estimate kept by the last estimate (and updated by normalise): `{}` before the first."""
+        return guard(lambda: direction.last_estimate(name))
+
     @r.get(base + "/labels")
     def labels(name: str) -> dict:
         return guard(lambda: direction.labels(name))

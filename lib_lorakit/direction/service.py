@@ -228,9 +228,18 @@ class DirectionService:
             records = [r for r in records if r.image in set(req.images)]
         report = self._estimate(project, records, req.embedder, detector=req.detector, progress=progress,
                                 cancel=cancel, embedder=embedder)
-        DirectionState(project).save_estimate({"embedder": report.embedder, "detector": req.detector,
-                                               "images": [e.to_dict() for e in report.images]})
+        state = DirectionState(project)
+        rows = {e.image: e.to_dict() for e in report.images}
+        last = state.last_estimate() or {}
+        if (req.images or req.concept) and last.get("embedder") == report.embedder:  # a part re-estimated
+            present = {r.image for r in _records(project)}
+            rows = {**{r["image"]: r for r in last.get("images", ()) if r.get("image") in present}, **rows}
+        state.save_estimate({"embedder": report.embedder, "detector": req.detector, "images": list(rows.values())})
         return report
+
+    def last_estimate(self, name: str) -> dict[str, Any]:
+        """The estimate kept by the last `estimate` (and updated by `normalise`), for the panel: empty if none."""
+        return DirectionState(self.project(name)).last_estimate() or {}
 
     def start_estimate(self, name: str, req: EstimateRequest) -> JobState:
         """The same estimate as a background job with progress and cancel (the tab and the API use this)."""
