@@ -78,3 +78,47 @@ def test_the_page_shows_the_servers_words_for_a_running_training(app, page):  # 
     finally:
         page.click("#train_style_stop")
         wait_state(page, ("stopped",), timeout=40)
+
+
+def write_job(home: Path, **fields) -> None:
+    """A job file as the app's job manager writes it; `pid` is this test's process, alive, so the app reports the
+    job as running (it was started by another process)."""
+    folder = home / ".jobs"
+    folder.mkdir(exist_ok=True)
+    job = {"id": JOB_ID, "kind": "import", "project": "demo", "title": "Import 20 item(s) into demo",
+           "state": "running", "done": 0, "total": 20, "message": "", "result": None, "error": "",
+           "pid": os.getpid(), "started": "2999-01-01T00:00:00.000000+00:00", "finished": "", **fields}
+    tmp = folder / f"{JOB_ID}.test-tmp"
+    tmp.write_text(json.dumps(job))
+    os.replace(tmp, folder / f"{JOB_ID}.json")
+
+
+JOB_ID = "d15a1a7e0b01"
+
+
+def job_words(pg) -> dict:
+    box = pg.locator("#train_style_job")
+    return {"text": box.locator(".ts-job-text").inner_text(), "percent": box.locator(".ts-fill").evaluate(
+        "e => e.style.width")}
+
+
+def test_the_page_shows_the_servers_words_for_a_running_job(app, page):  # noqa: F811
+    url, home = app
+    write_job(home, done=7, message="copying <b>x</b>")
+    page.goto(url)  # the Dataset panel draws the project's newest import job; the page script polls it
+    page.wait_for_function("() => document.querySelector('#train_style_project input')?.value === 'demo'")
+    page.wait_for_function(f"() => document.querySelector('#train_style_job')?.dataset.jobId === {JOB_ID!r}",
+                           timeout=20_000)
+    with urllib.request.urlopen(f"{url}/train-style/v1/jobs/{JOB_ID}", timeout=5) as r:
+        said = json.load(r)["display"]
+    assert said["text"] == "Import 20 item(s) into demo: running — 7/20 · 35 % · copying <b>x</b>"
+    assert job_words(page) == {"text": said["text"], "percent": "35%"}
+    # the job moves on: the page script writes the server's new words as they are
+    write_job(home, done=15, message="hashing")
+    page.wait_for_function("() => document.querySelector('#train_style_job .ts-job-text')?.textContent"
+                           ".includes('15/20')", timeout=20_000)
+    assert job_words(page) == {"text": "Import 20 item(s) into demo: running — 15/20 · 75 % · hashing",
+                               "percent": "75%"}
+    write_job(home, state="cancelled", done=15, message="cancelled", finished="2999-01-01T00:00:01.000000+00:00")
+    page.wait_for_function("() => document.querySelector('#train_style_job')?.dataset.state === 'cancelled'",
+                           timeout=20_000)
