@@ -87,6 +87,9 @@ def _typed(data: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+_TWO_DIGITS = (2, 2, 2, 2)
+
+
 class ImageBucket(NamedTuple):  # a tuple: made once per image, ten thousand at a time
     image: str  # project-relative
     placement: Placement
@@ -95,7 +98,7 @@ class ImageBucket(NamedTuple):  # a tuple: made once per image, ten thousand at 
     def to_dict(self) -> dict[str, Any]:
         p = self.placement
         return {"image": self.image, "width": p.width, "height": p.height, "bucket": list(p.bucket),
-                "resized": list(p.resized), "visible": [round(v, 2) for v in p.visible]}
+                "resized": list(p.resized), "visible": list(map(round, p.visible, _TWO_DIGITS))}
 
 
 @dataclass(frozen=True)

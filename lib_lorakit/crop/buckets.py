@@ -22,6 +22,7 @@ import bisect
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from ..errors import LorakitError
 
@@ -72,11 +73,11 @@ class BucketSettings:
         return replace(self, min_bucket_reso=lo, max_bucket_reso=hi), notes
 
 
-@dataclass(frozen=True)
-class Placement:
+class Placement(NamedTuple):
     """Where one image lands: its bucket, the size it is resized to, the offset of the centre crop inside that
     resized picture, and `visible`, the part of the original (its pixels: left, top, right, bottom) that
-    survives. `problem` says why sd-scripts cannot train on it (then the sizes are zero)."""
+    survives. `problem` says why sd-scripts cannot train on it (then the sizes are zero). A named tuple: one is
+    made per distinct image size, tens of thousands at a time."""
 
     width: int
     height: int
