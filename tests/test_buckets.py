@@ -189,6 +189,8 @@ def test_settings_sd_scripts_refuses_name_the_setting():
     b = Bucketer(BucketSettings(min_bucket_reso=200, max_bucket_reso=1000))
     assert (b.settings.min_bucket_reso, b.settings.max_bucket_reso) == (192, 1024)
     assert any("sd-scripts uses 192" in n for n in b.notes)
+    assert any("32 fits SDXL only" in n for n in Bucketer(BucketSettings(bucket_reso_steps=32)).notes)
+    assert not Bucketer(BucketSettings()).notes
 
 
 # --- 3. SUBJECT_CUT ---------------------------------------------------------------------------------------------

@@ -67,9 +67,14 @@ class BucketSettings:
         if max(width, height) > hi:
             raise LorakitError(f"max_bucket_reso: expected at least the resolution's longer side "
                                f"{max(width, height)}, got {hi}; raise it or lower the resolution")
+        if step % 64:
+            fits = "fits SDXL only" if step % 32 == 0 else "fits neither"
+            notes.append(f"bucket_reso_steps {step}: sd-scripts' SD1/SD2 trainer needs a multiple of 64 and its SDXL "
+                         f"trainer a multiple of 32, so {step} {fits}")
         if self.bucket_no_upscale:  # checked all the same, but then each image makes its own bucket
-            notes = ["min_bucket_reso and max_bucket_reso do not matter without upscaling: each image's bucket is "
-                     "its own size rounded down to bucket_reso_steps"]
+            notes = [n for n in notes if n.startswith("bucket_reso_steps")] + [
+                "min_bucket_reso and max_bucket_reso do not matter without upscaling: each image's bucket is its "
+                "own size rounded down to bucket_reso_steps"]
         return replace(self, min_bucket_reso=lo, max_bucket_reso=hi), notes
 
 
