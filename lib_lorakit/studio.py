@@ -36,7 +36,9 @@ if TYPE_CHECKING:  # training is imported when a caller asks for it: the tagging
     from .crop.bucket_preview import BucketReport, BucketRequest
     from .crop.service import CropService
     from .direction.service import DirectionService
+    from .direction.sorter import SortService
     from .doctor import DoctorReport
+    from .embed.service import EmbedService
     from .next_step import ProjectStatus
     from .results.lora_info import LoraInfo
     from .train.door import Start, TrainingDoor
@@ -71,6 +73,18 @@ class Studio:
         from .direction.service import DirectionService
 
         return DirectionService(self.host)
+
+    @property
+    def embeddings(self) -> EmbedService:
+        from .embed.service import EmbedService
+
+        return EmbedService(self.host)
+
+    @property
+    def sorter(self) -> SortService:
+        from .direction.sorter import SortService
+
+        return SortService(self.host)
 
     def training(self, *, local_user: bool = False, trainer_python: Optional[str] = None,
                  tokenizer_cache_dir: Optional[Path] = None, start: Start = "later") -> TrainingDoor:

@@ -117,11 +117,13 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
     from . import captions as api_captions
     from . import crop as api_crop
     from . import direction as api_direction
+    from . import sort as api_sort
     from . import train as api_train
 
     api_train.add_routes(r, studio, call)
     api_captions.add_routes(r, studio, call)
     api_direction.add_routes(r, studio, call)
+    api_sort.add_routes(r, studio, call)
     api_buckets.add_routes(r, studio, call)
     api_crop.add_routes(r, studio, call)
     return r

@@ -6,6 +6,7 @@ fix the caption tools offer. Findings, in order of severity:
 - error:   CAPTION_EXT_MISMATCH (sd-scripts never reads these captions), OVERLONG_CAPTION past 225 tokens,
            CAPTION_UNREADABLE (a caption file that is a link, not a regular file, or too long to be a caption);
 - warning: TRIGGER_MISSING, EMPTY_CAPTION, UNTAGGED_IMAGE, IDENTICAL_CAPTIONS, DOMINANT_TAG, LOW_VARIETY,
+           SEMANTIC_DUPLICATES (only where embeddings are stored),
            OVERLONG_CAPTION past `max_tokens`;
 - info:    MISSING_CATEGORY (no pose, camera angle, shot distance, gaze, eye-state or mouth tag).
 
@@ -61,6 +62,8 @@ WHY = {
                       "sd-scripts trains the image on the folder's class token alone.",
     "OVERLONG_CAPTION": "seeds/002: detailed captions matter, but the text encoder reads 75 tokens per chunk "
                         "(sd-scripts' max_token_length: 75, 150 or 225) and the rest is cut off.",
+    "SEMANTIC_DUPLICATES": "seeds/000: diversity matters more than count; images that differ only slightly (a "
+                           "re-crop, a re-encode, a variant) weigh one picture several times over.",
     "CAPTION_UNREADABLE": "Train Style reads captions only from regular files inside the project, at most "
                           "10,000 characters, so no link can show or change a file elsewhere; sd-scripts would "
                           "still read these files as they are.",
@@ -211,6 +214,10 @@ AUDIT_SCHEMA = Schema(noun="audit setting", groups=(("audit", "Audit thresholds"
     Field(name="max_tokens", type=int, default=75, minimum=1, maximum=1000, group="audit",
           label="Caption token limit",
           reason="sd-scripts' max_token_length (75, 150 or 225): longer captions are cut, so they are reported."),
+    Field(name="semantic_duplicate", type=float, default=0.97, minimum=0.5, maximum=1, group="audit",
+          label="Semantic near-duplicate similarity",
+          reason="Two images whose stored embeddings reach this cosine similarity are reported (only when "
+                 "embeddings exist: the audit never computes them)."),
     Field(name="min_images", type=int, default=4, minimum=1, maximum=100_000, group="audit",
           label="Smallest concept",
           reason="Concepts with fewer images are too small for the per-concept statistics."),
@@ -226,6 +233,7 @@ class AuditSettings:
     near_identical: float = AUDIT_SCHEMA["near_identical"].default
     max_tokens: int = AUDIT_SCHEMA["max_tokens"].default
     min_images: int = AUDIT_SCHEMA["min_images"].default
+    semantic_duplicate: float = AUDIT_SCHEMA["semantic_duplicate"].default
     near_duplicate_distance: int = 6
 
     def validate(self) -> None:
@@ -265,8 +273,33 @@ def audit(project: Project, *, categories_file: Path | None = None, progress: Op
     entries = {e.path: e for e in DatasetIndex(project).scan(progress=progress)}
     _check(cancel)
     records = [r for r in CaptionStore(project).records() if not _unreadable(entries.get(r.image))]
-    return run_audit(records, entries=entries, triggers=triggers, categories=categories, settings=settings,
-                     caption_extension=project.settings.caption_extension, cancel=cancel)
+    report = run_audit(records, entries=entries, triggers=triggers, categories=categories, settings=settings,
+                       caption_extension=project.settings.caption_extension, cancel=cancel)
+    semantic = _semantic_duplicates(project, [r.image for r in records if r.kind == "dataset"],
+                                    settings.semantic_duplicate)
+    findings = sorted(report.findings + semantic, key=lambda f: (SEVERITY_ORDER[f.severity], f.code, f.detail,
+                                                                 f.images))
+    return AuditReport(findings=findings, tokens_estimated=report.tokens_estimated)
+
+
+def _semantic_duplicates(project: Project, images: list[str], threshold: float) -> list[Finding]:
+    """SEMANTIC_DUPLICATES from the embeddings already stored (none stored: no finding, and no model is loaded)."""
+    from ..embed.neighbours import groups_of, similar_pairs
+    from ..embed.store import stored_table
+
+    table = stored_table(project, images)
+    if table is None:
+        return []
+    pairs = similar_pairs(table.vectors, threshold)
+    best = {}
+    for i, j, cos in pairs:
+        best[i] = max(best.get(i, 0.0), cos)
+        best[j] = max(best.get(j, 0.0), cos)
+    return [_finding("SEMANTIC_DUPLICATES", "warning", [table.images[i] for i in group],
+                     f"{len(group)} images look alike (embedding similarity up to {max(best[i] for i in group):.3f} "
+                     f"≥ {threshold})", "Keep the best of them and remove the others, or vary them.",
+                     action="remove_duplicates", similarity=round(max(best[i] for i in group), 4))
+            for group in groups_of(pairs)]
 
 
 def run_audit(records: Sequence[CaptionRecord], *, entries: Mapping[str, IndexEntry], triggers: Sequence[str],

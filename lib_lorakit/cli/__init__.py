@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import captions as cli_captions
     from . import crop as cli_crop
     from . import direction as cli_direction
+    from . import embed as cli_embed
+    from . import sort as cli_sort
     from . import train as cli_train
 
     cli_train.add_parsers(sub, common)
@@ -90,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli_buckets.add_parsers(sub, common)
     cli_captions.add_parsers(sub, common)
     cli_direction.add_parsers(sub, common)
+    cli_sort.add_parsers(sub, common)
+    cli_embed.add_parsers(sub, common)
 
     rep = sub.add_parser("report", parents=[common], help="the dataset report")
     rep.add_argument("project")
@@ -126,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import captions as cli_captions
         from . import crop as cli_crop
         from . import direction as cli_direction
+        from . import embed as cli_embed
+        from . import sort as cli_sort
         from . import train as cli_train
 
         handler: Callable[[Studio, argparse.Namespace], tuple[int, Any, str]] = {
@@ -133,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "lora-info": _lora_info, "doctor": _doctor,
             **dict.fromkeys(("tag", "caption", "tags", "check"), cli_captions.handle),
             "direction": cli_direction.handle,
+            "sort": cli_sort.handle, "embed": cli_embed.handle,
             "buckets": cli_buckets.handle,
             "crop": cli_crop.handle,
         }.get(args.command, cli_train.handle)

@@ -6,10 +6,11 @@ no model and touches no network: `embedder_from_spec` builds an embedder whose w
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Optional, Protocol, Union, runtime_checkable
 
 import numpy as np
 
@@ -19,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..project import Project
 
 Progress = Optional[Callable[[int, int, str], None]]
-Cancel = Optional[Callable[[], bool]]
+Cancel = Optional[Union[threading.Event, Callable[[], bool]]]  # an Event (as jobs pass) or a function
 
 
 @runtime_checkable
@@ -47,6 +48,7 @@ class EmbeddingTable:
 def embedder_from_spec(spec: str, models_root: Path, *, download: bool = True) -> Embedder:
     """An embedder from `MODEL[:PRETRAINED]` (open_clip) or `path/to/config.json:path/to/weights`."""
     from .models import embedder_from_spec as _impl
+
     return _impl(spec, models_root, download=download)
 
 
@@ -55,5 +57,6 @@ def embed_project(project: Project, embedder: Embedder, images: list[str] | None
     """The embeddings of `images` (default: every training image), computing only those not yet stored.
 
     `flipped=True` embeds each image mirrored left-right (a separate variant in the store)."""
-    from .store import embed_project as _impl
-    return _impl(project, embedder, images, flipped=flipped, progress=progress, cancel=cancel)
+    from .store import fill
+
+    return fill(project, embedder, images, flipped=flipped, progress=progress, cancel=cancel)[0]

@@ -1,0 +1,385 @@
+"""The sorter (the "teachable machine"): classes the user names, a few labelled examples each, a small classifier on
+image embeddings, predictions with their confidence, and Apply, which files images into class concepts,
+regularisation sets or a discard set, or adds the class as a caption tag.
+
+Kept in the project under `.lorakit/sorter/`:
+
+    labels.json        {"classes": [...], "labels": {"dataset/<concept>/<stem>": class}}   (a change of repeats or of
+                       the file's extension keeps a label, as the derivation records do)
+    classifier.json    the trained classifier (classes, embedder, cross-validated accuracy) naming its .npy array, or
+                       a Teachable Machine model (kind "teachable", its files in teachable/)
+    applied/<id>.json  what each Apply made, so that `undo` can take it back
+
+Nothing under `originals/` is touched: a copy into a class concept is a new training copy (a hard link where the
+training copy is one), recorded in the importer's records with the same original, and given the same derivation
+steps; "move" is such a copy followed by moving the old training copy to the project's trash.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ..errors import InvalidName, LorakitError, NotFound
+from ..fsutil import atomic_write_json, read_json
+from ..jobs import JobState, ProgressFn, job_manager
+from ..paths import check_name
+from ..project import CONCEPT_FOLDER, MAX_REPEATS, Project
+from ..schema import Field, Schema
+from . import classifier as linear
+
+STATE_DIR = "sorter"
+MAX_CLASSES = 64
+MAX_CLASS_CHARS = 60
+INTO = ("concepts", "reg", "discard", "tags")
+_CLASS_BAD = re.compile(r"[,\x00-\x1f\x7f/\\:*?\"<>|]")
+
+SORT_SCHEMA = Schema(noun="sort option", groups=(("sort", "Sort"),), fields=(
+    Field(name="into", type=str, default="concepts", choices=INTO, group="sort", label="Apply into",
+          reason="concepts: copy each image into the concept named after its class; reg: into a regularisation set; "
+                 "discard: move it to the project's trash; tags: add the class name to its caption."),
+    Field(name="min_confidence", type=float, default=0.0, minimum=0.0, maximum=1.0, group="sort",
+          label="Least confidence", reason="Images predicted with less confidence are left where they are."),
+    Field(name="move", type=bool, default=False, group="sort", label="Move",
+          reason="Move the training copies instead of copying them (the originals never move)."),
+    Field(name="repeats", type=int, default=0, minimum=0, maximum=MAX_REPEATS, group="sort", label="Repeats",
+          reason="Repeats of a class concept made by Apply; 0 keeps an existing concept's and gives a new one 1."),
+    Field(name="dry_run", type=bool, default=False, group="sort", label="Dry run",
+          reason="Show what Apply would do and change nothing."),
+))
+
+
+def check_class(name: Any) -> str:
+    """A class name: short text that can be a caption tag and (once `/` and the like are replaced) a folder."""
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidName(f"A class name is text, got {name!r}.")
+    name = " ".join(name.split())
+    if len(name) > MAX_CLASS_CHARS:
+        raise InvalidName(f"The class name {name[:20]!r}… is {len(name)} characters long; the limit is "
+                          f"{MAX_CLASS_CHARS}.")
+    if "," in name or any(ord(c) < 32 for c in name):
+        raise InvalidName(f"The class name {name!r} holds a comma or a control character; it must be one tag.")
+    check_name(concept_of_class(name), what="concept name made from the class")
+    return name
+
+
+def concept_of_class(name: str) -> str:
+    """The concept (folder) a class files into: `3/4 view` → `3-4 view`."""
+    return _CLASS_BAD.sub("-", name).strip(" .")
+
+
+def label_key(image: str) -> str:
+    """`dataset/10_x/a.png` → `dataset/x/a`: a label survives a change of repeats or of the extension."""
+    parts = image.split("/")
+    match = CONCEPT_FOLDER.match(parts[1]) if len(parts) == 3 else None
+    return f"{parts[0]}/{match.group(2)}/{Path(parts[2]).stem}" if match else image
+
+
+# --- requests and results -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ApplyRequest:
+    into: str = "concepts"
+    min_confidence: float = 0.0
+    move: bool = False
+    repeats: int = 0
+    dry_run: bool = False
+    classes: Optional[tuple[str, ...]] = None  # only these classes; None: every class
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ApplyRequest:
+        if not isinstance(data, Mapping):
+            raise LorakitError(f"Expected the apply options as an object, got {type(data).__name__}.")
+        options = dict(data)
+        classes = options.pop("classes", None)
+        if classes is not None and (isinstance(classes, str) or not isinstance(classes, (list, tuple))
+                                    or not all(isinstance(c, str) for c in classes)):
+            raise LorakitError(f"classes: expected a list of class names, got {classes!r}")
+        chosen = SORT_SCHEMA.from_dict(options)
+        if chosen["move"] and chosen["into"] in ("tags", "discard"):
+            raise LorakitError(f"move: only with into concepts or reg (into {chosen['into']} moves nothing).")
+        return cls(**chosen, classes=None if classes is None else tuple(check_class(c) for c in classes))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    image: str
+    cls: str
+    confidence: float
+    label: Optional[str] = None  # the user's label, which Apply follows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image": self.image, "class": self.cls, "confidence": round(self.confidence, 6), "label": self.label}
+
+
+@dataclass
+class TrainReport:
+    classes: list[str]
+    cv_accuracy: Optional[float]
+    examples: dict[str, int]
+    embedder: str
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{c}: {n}" for c, n in self.examples.items())
+        cv = "not enough examples to cross-validate (2 a class at least)" if self.cv_accuracy is None else \
+            f"cross-validated accuracy {self.cv_accuracy:.0%}"
+        return f"Trained on {sum(self.examples.values())} example(s) ({counts}); {cv}."
+
+
+@dataclass
+class ApplyReport:
+    into: str
+    dry_run: bool
+    applied: list[dict[str, Any]] = field(default_factory=list)  # image, class, confidence, to
+    skipped: list[dict[str, str]] = field(default_factory=list)  # image, reason
+    step: str = ""  # the id `sort undo` takes back ("" for tags: the caption history holds those)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- state --------------------------------------------------------------------------------------------------------
+
+class SortState:
+    """Classes, labels and the classifier of one project. Writers hold the project's lock."""
+
+    def __init__(self, project: Project):
+        self.project = project
+        self.folder = project.state_dir / STATE_DIR
+
+    def _labels_file(self) -> dict[str, Any]:
+        try:
+            data = read_json(self.folder / "labels.json", default={}) or {}
+        except ValueError as e:
+            raise LorakitError(f"{self.folder / 'labels.json'} is damaged ({e}); fix or delete it.") from e
+        if not isinstance(data, dict):
+            raise LorakitError(f"{self.folder / 'labels.json'} does not hold an object; fix or delete it.")
+        return {"classes": [str(c) for c in data.get("classes", [])],
+                "labels": {str(k): str(v) for k, v in dict(data.get("labels", {})).items()}}
+
+    def classes(self) -> list[str]:
+        return self._labels_file()["classes"]
+
+    def labels(self, images: Sequence[str]) -> dict[str, str]:
+        """Current image path → class, for the labels whose image is among `images`."""
+        stored = self._labels_file()["labels"]
+        return {i: stored[label_key(i)] for i in images if label_key(i) in stored}
+
+    def set_classes(self, classes: Sequence[str]) -> list[str]:
+        with self.project.lock():
+            data = self._labels_file()
+            data["classes"] = list(dict.fromkeys(check_class(c) for c in classes))
+            if len(data["classes"]) > MAX_CLASSES:
+                raise LorakitError(f"{len(data['classes'])} classes; the sorter takes at most {MAX_CLASSES}.")
+            gone = set(data["labels"].values()) - set(data["classes"])
+            data["labels"] = {k: v for k, v in data["labels"].items() if v not in gone}
+            atomic_write_json(self.folder / "labels.json", data)
+            return data["classes"]
+
+    def set_labels(self, changes: Mapping[str, Optional[str]]) -> None:
+        """image → class (None removes the label); every class must exist."""
+        with self.project.lock():
+            data = self._labels_file()
+            for image, cls in changes.items():
+                if cls is None:
+                    data["labels"].pop(label_key(image), None)
+                else:
+                    data["labels"][label_key(image)] = self.known_class(cls, data["classes"])
+            atomic_write_json(self.folder / "labels.json", data)
+
+    def known_class(self, cls: str, classes: Optional[Sequence[str]] = None) -> str:
+        classes = self.classes() if classes is None else classes
+        name = " ".join(str(cls).split())
+        if name not in classes:
+            have = ", ".join(repr(c) for c in classes) or "none yet"
+            raise NotFound(f"No class {name!r} in the sorter of {self.project.name!r} (classes: {have}). Add it "
+                           f"first: sort {self.project.name} classes add {name!r}.")
+        return name
+
+
+# --- the service --------------------------------------------------------------------------------------------------
+
+class SortService:
+    """The sorter of the projects of one Host; the CLI, the API and the panel call only this."""
+
+    def __init__(self, host: Any):
+        from ..embed.service import EmbedService
+
+        self.host = host
+        self.embeddings = EmbedService(host)
+
+    def project(self, name: str) -> Project:
+        return self.embeddings.project(name)
+
+    def _images(self, project: Project) -> list[str]:
+        from ..dataset.index import DatasetIndex
+
+        return [e.path for e in DatasetIndex(project).scan() if e.path.startswith("dataset/")]
+
+    # --- classes and labels ---
+    def classes(self, name: str) -> list[str]:
+        return SortState(self.project(name)).classes()
+
+    def add_classes(self, name: str, classes: Sequence[str]) -> list[str]:
+        state = SortState(self.project(name))
+        return state.set_classes([*state.classes(), *classes])
+
+    def remove_classes(self, name: str, classes: Sequence[str]) -> list[str]:
+        state = SortState(self.project(name))
+        drop = {state.known_class(c) for c in classes}
+        return state.set_classes([c for c in state.classes() if c not in drop])
+
+    def label(self, name: str, cls: Optional[str], images: Sequence[str]) -> dict[str, str]:
+        """Label images with a class (None: unlabel them); every image must be a training image of the project."""
+        project = self.project(name)
+        known = set(self._images(project))
+        wanted = [str(i).replace("\\", "/").removeprefix("./") for i in images]
+        if not wanted:
+            raise LorakitError("Name at least one image to label (project-relative, e.g. dataset/1_x/a.png).")
+        missing = [i for i in wanted if i not in known]
+        if missing:
+            raise NotFound(f"Not training images of {name!r}: {', '.join(repr(m) for m in missing[:5])}. Give paths "
+                           "inside the project, such as dataset/1_concept/image.png.")
+        state = SortState(project)
+        state.set_labels({i: cls for i in wanted})
+        return state.labels(wanted)
+
+    def labels(self, name: str) -> dict[str, str]:
+        project = self.project(name)
+        return SortState(project).labels(self._images(project))
+
+    # --- train and predict ---
+    def train(self, name: str, *, embedder: str = "", progress: Any = None,
+              cancel: Optional[threading.Event] = None, embedder_obj: Any = None) -> TrainReport:
+        """Embed the labelled images (what is missing), fit the classifier, cross-validate it, save it."""
+        from ..embed.models import DEFAULT_EMBEDDER
+        from ..embed.store import fill
+
+        project = self.project(name)
+        state = SortState(project)
+        labels = state.labels(self._images(project))
+        classes = [c for c in state.classes() if c in set(labels.values())]
+        if len(classes) < 2:
+            raise LorakitError(f"The sorter of {name!r} needs labelled examples of at least two classes; it has "
+                               f"{len(labels)} label(s) in {len(classes)} class(es). Label a few images of each: "
+                               f"sort {name} label CLASS IMAGE...")
+        spec = embedder or DEFAULT_EMBEDDER
+        model = embedder_obj if embedder_obj is not None else self.embeddings.embedder(spec)
+        table, _ = fill(project, model, list(labels), progress=progress, cancel=cancel)
+        if cancel is not None and cancel.is_set():
+            raise LorakitError("Training was cancelled while embedding the examples; what was embedded is kept.")
+        y = np.array([classes.index(labels[i]) for i in table.images])
+        trained = linear.train(table.vectors, y, tuple(classes))
+        linear.save(state.folder, trained.model, {
+            "embedder_spec": spec, "embedder": model.id, "cv_accuracy": trained.cv_accuracy,
+            "temperature": trained.temperature, "examples": len(y),
+            "trained": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+        counts = {c: int((y == k).sum()) for k, c in enumerate(classes)}
+        return TrainReport(classes=classes, cv_accuracy=trained.cv_accuracy, examples=counts, embedder=model.id,
+                           skipped=[{"image": i, "reason": r} for i, r in table.skipped])
+
+    def predict(self, name: str, images: Optional[Sequence[str]] = None, *, progress: Any = None,
+                cancel: Optional[threading.Event] = None, embedder_obj: Any = None) -> list[Prediction]:
+        """Every training image's class and confidence, the least certain first."""
+        project = self.project(name)
+        state = SortState(project)
+        chosen = self._images(project) if images is None else list(images)
+        model, info = linear.load(state.folder)
+        if info.get("kind") == "teachable":
+            from .tflite import predict_teachable
+
+            found = predict_teachable(project, state.folder / "teachable", chosen)
+        elif model is None:
+            raise NotFound(f"The sorter of {name!r} is not trained yet: label a few images of each class, then "
+                           f"sort {name} train.")
+        else:
+            from ..embed.store import fill
+
+            embedder = embedder_obj if embedder_obj is not None else self.embeddings.embedder(info["embedder_spec"])
+            table, _ = fill(project, embedder, chosen, progress=progress, cancel=cancel)
+            best, confidence = model.predict(table.vectors)
+            found = [(i, model.classes[b], float(c)) for i, b, c in zip(table.images, best, confidence, strict=True)]
+        labels = state.labels(chosen)
+        out = [Prediction(image=i, cls=c, confidence=p, label=labels.get(i)) for i, c, p in found]
+        return sorted(out, key=lambda p: (p.confidence, p.image))
+
+    def import_teachable(self, name: str, model_file: str, labels_file: str, *, uploaded: bool = False) -> list[str]:
+        """Use a Teachable Machine export (model_unquant.tflite + labels.txt) as the project's classifier; its
+        labels become the classes. Named files must lie inside the allowed folders, unless `uploaded` (files this
+        server received by upload, in its temporary folder: the tab's upload box)."""
+        from ..paths import resolve_inside
+        from .tflite import install_teachable
+
+        project = self.project(name)
+        roots = self.host.allowed_roots()
+        state = SortState(project)
+        model, labels = ((Path(model_file), Path(labels_file)) if uploaded
+                         else (resolve_inside(model_file, roots), resolve_inside(labels_file, roots)))
+        classes = install_teachable(model, labels, state.folder / "teachable")
+        state.set_classes(list(dict.fromkeys([*state.classes(), *classes])))
+        atomic_write_json(state.folder / "classifier.json", {"kind": "teachable", "classes": classes})
+        return classes
+
+    def status(self, name: str) -> dict[str, Any]:
+        """Classes, labels and what the saved classifier is (for the panel and `GET …/sort`)."""
+        project = self.project(name)
+        state = SortState(project)
+        _, info = linear.load(state.folder)
+        keep = ("kind", "classes", "embedder", "cv_accuracy", "examples", "trained")
+        return {"classes": state.classes(), "labels": state.labels(self._images(project)),
+                "classifier": {k: info[k] for k in keep if k in info} or None}
+
+    def start_train(self, name: str, *, embedder: str = "") -> JobState:
+        """`train` as a background job (embedding the examples can take a while)."""
+        self.project(name)
+
+        def work(progress: ProgressFn, cancel: threading.Event) -> dict:
+            return self.train(name, embedder=embedder, progress=progress, cancel=cancel).to_dict()
+
+        return job_manager(self.host.projects_home()).start(kind="sort-train", project=name,
+                                                            title=f"Train the sorter of {name}", work=work)
+
+    def start_predict(self, name: str) -> JobState:
+        """`predict` as a background job; its result is `{"images": [...]}`."""
+        self.project(name)
+
+        def work(progress: ProgressFn, cancel: threading.Event) -> dict:
+            found = self.predict(name, progress=progress, cancel=cancel)
+            return {"images": [p.to_dict() for p in found]}
+
+        return job_manager(self.host.projects_home()).start(kind="sort-predict", project=name,
+                                                            title=f"Sort the images of {name}", work=work)
+
+    # --- apply ---
+    def apply(self, name: str, req: ApplyRequest, *, predictions: Optional[list[Prediction]] = None,
+              embedder_obj: Any = None) -> ApplyReport:
+        """File every image by its label, or else by its prediction when confident enough (see ApplyRequest)."""
+        from .apply import execute, plan
+
+        project = self.project(name)
+        state = SortState(project)
+        if req.classes:
+            for c in req.classes:
+                state.known_class(c)
+        found = predictions if predictions is not None else self.predict(name, embedder_obj=embedder_obj)
+        report = ApplyReport(into=req.into, dry_run=req.dry_run)
+        moves = plan(project, found, req, report)
+        if not req.dry_run and moves:
+            execute(project, moves, req, report)
+        return report
+
+    def undo(self, name: str) -> dict[str, Any]:
+        from .apply import undo_last
+
+        return undo_last(self.project(name))
