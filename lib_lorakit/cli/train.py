@@ -212,9 +212,7 @@ def _follow(training: TrainingDoor, project: str, run_id: str) -> RunSnapshot:
     while True:
         training.tick()
         snap = training.run(project, run_id)
-        p = snap.progress
-        print(f"\r{snap.state}: step {p.get('step', 0)}/{p.get('total', '?')} loss {p.get('loss')} "
-              f"eta {p.get('eta_s')} s   ", end="", file=sys.stderr, flush=True)
+        print(f"\r{snap.display.text}   ", end="", file=sys.stderr, flush=True)
         if snap.state not in ("queued", "starting", "running"):
             print(file=sys.stderr)
             return snap
@@ -222,11 +220,7 @@ def _follow(training: TrainingDoor, project: str, run_id: str) -> RunSnapshot:
 
 
 def _describe(snap: Any) -> str:
-    lines = [f"Run {snap.id}: {snap.state}"]
-    p = snap.progress
-    if p:
-        lines.append(f"  step {p.get('step')}/{p.get('total')}, epoch {p.get('epoch')}/{p.get('epochs')}, "
-                     f"loss {p.get('loss')}, eta {p.get('eta_s')} s")
+    lines = [f"Run {snap.id}: {snap.display.text}"]
     lines += [f"  saved {f}" for f in snap.files]
     for text in (snap.notice, snap.meta.get("resume_note")):
         if text:
