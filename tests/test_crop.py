@@ -290,3 +290,24 @@ def test_smart_crop_uses_the_detector_it_is_given(project):
     assert report.changed[0].mode == "smart" and report.changed[0].box == (112, 0, 176, 64)
     out = np.asarray(Image.open(project.root / report.changed[0].image))
     assert out.shape == (64, 64, 3)
+
+
+def test_undoing_a_tagged_letterbox_takes_the_tag_back_too_and_redo_restores_both(project):
+    from lib_lorakit.crop.service import redo_crop, undo_crop
+
+    image = "dataset/1_plain/sq.png"
+    report = run_crop(project, CropRequest.from_dict({"mode": "letterbox", "images": [image], "aspect": "2:1",
+                                                      "tag": "letterboxed"}))
+    assert report.changed[0].masked and "letterboxed" in CaptionStore(project).record(image).tags
+    undone = undo_crop(project)
+    assert undone.caption_step == report.caption_step
+    assert Image.open(project.root / image).size == (64, 64)
+    assert "letterboxed" not in CaptionStore(project).record(image).tags
+    redone = redo_crop(project)
+    assert redone.caption_step == report.caption_step
+    assert Image.open(project.root / image).size == (128, 64)
+    assert "letterboxed" in CaptionStore(project).record(image).tags
+    # a caption change made since is not undone by the crop's undo
+    CaptionStore(project).apply({image: "zkstyle, edited"}, label="edit", op={"op": "edit"})
+    assert not undo_crop(project).caption_step
+    assert CaptionStore(project).record(image).text == "zkstyle, edited"

@@ -175,10 +175,11 @@ class DeriveReport:
     label: str = ""
     derived: list[Derived] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    caption_step: str = ""  # the caption step undone or redone with it (a letterbox tag), if any
 
     def to_dict(self) -> dict[str, Any]:
         return {"step": self.step, "label": self.label, "derived": [d.to_dict() for d in self.derived],
-                "skipped": [s.to_dict() for s in self.skipped]}
+                "skipped": [s.to_dict() for s in self.skipped], "caption_step": self.caption_step}
 
 
 # --- naming images ------------------------------------------------------------------------------------------------

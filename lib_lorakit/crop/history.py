@@ -87,6 +87,21 @@ class DeriveHistory:
         self._write(marked)
         return marked
 
+    def get(self, step_id: str) -> DeriveStep:
+        path = self.folder / f"{step_id}.json"
+        data = read_json(path) if step_id.isdigit() else None
+        if data is None:
+            raise NotFound(f"No crop history step {step_id!r} (the history keeps the newest {HISTORY_LIMIT}).")
+        return DeriveStep.from_dict(data)
+
+    def annotate(self, step_id: str, **op: Any) -> DeriveStep:
+        """Add to a step's operation what became known after it was recorded (the caption step of its tag)."""
+        step = self.get(step_id)
+        marked = DeriveStep(id=step.id, label=step.label, time=step.time, op={**step.op, **op},
+                            changes=step.changes, undone=step.undone)
+        self._write(marked)
+        return marked
+
     def list(self, limit: int = 20) -> list[DeriveStep]:
         return self._steps(newest_first=True)[:limit]
 

@@ -28,9 +28,11 @@ from ..images import IMAGE_SUFFIXES, ImageProblem, open_training_image
 from ..project import KIND_FOLDERS, Project
 from . import derive as dv
 from . import modes
+from .history import DeriveHistory
 
 CROP_MODES = ("smart", "letterbox", "center", "reset", "manual")
 MAX_IMAGES = 100_000
+HISTORY_LOOKBACK = 200  # caption steps looked at to find a crop's tag step
 Progress = Optional[Callable[[int, int, str], None]]
 
 
@@ -278,6 +280,41 @@ def run_crop(project: Project, request: CropRequest, *,
     # 4. the caption tag for padded images
     if request.tag and report.changed:
         report.caption_step = _tag_captions(project, request.tag, report.changed)
+        if report.step and report.caption_step:  # undoing the crop undoes its tag too
+            DeriveHistory(project).annotate(report.step, caption_step=report.caption_step)
+    return report
+
+
+def undo_crop(project: Project) -> dv.DeriveReport:
+    """Undo the newest crop/flip step, and the caption step of its tag when that is still the newest caption
+    change (a caption edited since is left to `caption undo`)."""
+    report = dv.undo(project)
+    caption = DeriveHistory(project).get(report.step).op.get("caption_step")
+    if caption:
+        from ..captions.store import CaptionStore
+
+        store = CaptionStore(project)
+        newest = next((h for h in store.history(limit=HISTORY_LOOKBACK) if not h.undone), None)
+        if newest is not None and newest.id == caption:
+            report.caption_step = store.undo().id
+    return report
+
+
+def redo_crop(project: Project) -> dv.DeriveReport:
+    """Redo the crop/flip step undone last, and its tag's caption step when that is the next caption redo."""
+    report = dv.redo(project)
+    caption = DeriveHistory(project).get(report.step).op.get("caption_step")
+    if caption:
+        from ..captions.store import CaptionStore
+
+        store = CaptionStore(project)
+        undone = []
+        for h in store.history(limit=HISTORY_LOOKBACK):
+            if not h.undone:
+                break
+            undone.append(h)
+        if undone and undone[-1].id == caption:
+            report.caption_step = store.redo().id
     return report
 
 
@@ -349,10 +386,10 @@ class CropService:
                 " 0 image(s)", ""), work=work)
 
     def undo(self, name: str) -> dv.DeriveReport:
-        return dv.undo(self._project(name))
+        return undo_crop(self._project(name))
 
     def redo(self, name: str) -> dv.DeriveReport:
-        return dv.redo(self._project(name))
+        return redo_crop(self._project(name))
 
     def history(self, name: str, limit: int = 20) -> list[Any]:
         return dv.history(self._project(name), limit)
