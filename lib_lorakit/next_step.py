@@ -166,6 +166,27 @@ def captions_next(status: Optional[ProjectStatus]) -> NextStep:
                     "press Check captions, then train in the Train tab.", done=True)
 
 
+def crop_next(status: Optional[ProjectStatus], *, cut: int = 0, heads_cut: Optional[int] = None) -> NextStep:
+    """The Crop panel's line: `cut` images lose a part to sd-scripts' centre crop into their buckets; `heads_cut`
+    of them a detected face or head (None: not looked for)."""
+    if status is None:
+        return NextStep("", "Choose or create a project above.")
+    if not status.images:
+        return NextStep("No images yet", "import some in the Dataset tab.")
+    if heads_cut:
+        heads = "1 head would be cut" if heads_cut == 1 else f"{heads_cut} heads would be cut"
+        return NextStep(f"{heads} by sd-scripts' centre crop",
+                        "smart-crop them (or letterbox them): press Choose the cut images, Preview, then Apply.")
+    if not cut:
+        return NextStep(f"Every one of the {_images(status.images)} fits its bucket whole",
+                        "nothing is cut away; go on to the Train tab.", done=True)
+    trimmed = f"{cut} of {_images(status.images)} trimmed by sd-scripts' centre crop"
+    if heads_cut is None:
+        return NextStep(trimmed, "tick Find cut faces and press Show buckets to see whether a head is cut.")
+    return NextStep(f"{trimmed}, no face or head cut", "crop more if you like, or go on to the Train tab.",
+                    done=True)
+
+
 def train_next(status: Optional[ProjectStatus], latest: Optional[RunSnapshot] = None) -> NextStep:
     if status is None:
         return NextStep("", "Choose or create a project above.")

@@ -28,6 +28,13 @@ def on_load_js(blocks: gr.Blocks, script: str) -> None:
     blocks.load(None, None, None, **{key: f"() => {{ {script}\n }}"})
 
 
+def run_js(event: Callable, script: str) -> Any:
+    """Run `script` (a JavaScript function's source, given no arguments) in the page when `event` fires; no Python
+    runs. Gradio 3.41 names the argument `_js`, gradio 4 `js`."""
+    key = "_js" if GRADIO_MAJOR < 4 else "js"
+    return event(None, None, None, queue=False, **{key: script})
+
+
 # Gradio 4 (Forge) covers every output of an event that raised gr.Error with an "Error" overlay that takes the
 # clicks until the component is next updated (a dropdown can't be opened after a failed Resume); with a minimal
 # progress display the message shows as a toast and the outputs stay usable. Gradio 3.41 accepts the same value.

@@ -22,6 +22,7 @@ from ..next_step import change_stamp
 from ..studio import Studio
 from .captions_panel import CaptionsPanel
 from .compat import QUIET, bind
+from .crop_panel import CropPanel
 from .dataset_panel import DatasetPanel
 from .inspect_panel import InspectPanel
 from .train_panel import TrainPanel
@@ -87,6 +88,9 @@ def build_tab(host: Host) -> gr.Blocks:
             with gr.Tab("Captions", elem_id="train_style_captions_tab") as captions_tab:
                 captions = CaptionsPanel(studio, bar.project)
                 captions.render()
+            with gr.Tab("Crop", elem_id="train_style_crop_tab") as crop_tab:
+                crop = CropPanel(studio, bar.project)
+                crop.render()
             with gr.Tab("Train", elem_id="train_style_train_tab") as train_tab:
                 train = TrainPanel(studio, bar.project)
                 train.render()
@@ -97,8 +101,10 @@ def build_tab(host: Host) -> gr.Blocks:
         dataset.register()
         inspect.register()
         captions.register()
+        crop.register()
         train.register()
-        wire_sync(studio, bar.project, [(dataset_tab, dataset), (captions_tab, captions), (train_tab, train)],
+        wire_sync(studio, bar.project, [(dataset_tab, dataset), (captions_tab, captions), (crop_tab, crop),
+                                              (train_tab, train)],
                   unsynced=[inspect_tab])
         bar.load_event(blocks)
         train.load_event(blocks)
