@@ -266,3 +266,14 @@ def test_a_derived_copy_survives_a_change_of_repeats(imported):
     dv.undo(project)
     assert io.BytesIO((project.root / moved).read_bytes()).getbuffer().nbytes > 0
     assert Image.open(project.root / moved).size == (80, 40)
+
+
+def test_a_link_in_the_dataset_is_never_read_or_adopted(tmp_path):
+    project = Workspace(tmp_path / "home").create("demo")
+    folder = project.add_concept("demo", 1).folder
+    secret = tmp_path / "secret.png"
+    Image.fromarray(pattern(7, 32, 32)).save(secret)
+    os.symlink(secret, folder / "link.png")
+    report = dv.set_steps(project, {"dataset/1_demo/link.png": dv.StepsChange(flip=True)}, "flip a link")
+    assert "is a symbolic link" in report.skipped[0].reason
+    assert not list((project.root / "originals").iterdir())

@@ -30,7 +30,7 @@ import os
 import re
 import secrets
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +42,7 @@ from PIL import Image, ImageFilter, ImageOps
 from ..errors import InvalidName, LorakitError, NotFound
 from ..fsutil import atomic_copy, atomic_save_image, atomic_write_bytes, read_json
 from ..images import FORMAT_SUFFIXES, IMAGE_SUFFIXES, ImageProblem, describe_image, open_training_image, read_header
+from ..progress import ProgressFn
 from ..project import CONCEPT_FOLDER, KIND_FOLDERS, Project
 from .history import DeriveHistory, DeriveStep
 
@@ -56,7 +57,7 @@ SAVE_ARGS: dict[str, dict[str, Any]] = {".png": {"compress_level": 1}, ".jpg": {
 IMPORT_PNG_ARGS = {"compress_level": 4}  # dataset/importer.py: a converted copy without steps is byte-identical
 EDITED_AFTER_IMPORT_S = 60  # a copy modified this long after its import was edited by hand: it is kept as it is
 Box = tuple[int, int, int, int]
-Progress = Optional[Callable[[int, int, str], None]]
+Progress = Optional[ProgressFn]
 _COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
 
 
@@ -196,6 +197,8 @@ def ref_of(project: Project, image: str) -> ImageRef:
     if not os.path.realpath(path.parent).startswith(root + os.sep):
         raise InvalidName(f"{image!r}: its folder leads outside the project (a link); Train Style derives training "
                           "copies only inside the project.")
+    if path.is_symlink():  # never read through (nor adopted as an original from) a link put in the dataset
+        raise InvalidName(f"{image!r} is a symbolic link; Train Style derives only regular files in the project.")
     if not path.is_file():
         raise NotFound(f"No image {image!r} in project {project.name!r}.")
     concept = CONCEPT_FOLDER.match(parts[1]).group(2)
