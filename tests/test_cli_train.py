@@ -109,3 +109,17 @@ def test_queue_lists_and_reorders(tmp_path):
     assert [r["run"] for r in listed] == ids and {r["state"] for r in listed} == {"queued"}
     moved = json.loads(cli(home, "queue", "up", "art", ids[1], "--json").stdout)["queue"]
     assert [r["run"] for r in moved] == ids[::-1]
+
+
+def test_bucket_steps_sd_scripts_would_refuse_are_refused_before_the_run(tmp_path):
+    # sd-scripts v0.10.1 stops SD1 training on bucket steps that are not multiples of 64, after loading the model
+    home = tmp_path / "home"
+    model = make_project(home, tmp_path)
+    out = cli(home, "train", "art", "--preset", "style-sd15-lora", "--base-model", str(model), "--set",
+              "bucket_reso_steps=32", "--set", "min_bucket_reso=256", "--dry-run", check=False)
+    assert out.returncode == 1
+    assert "bucket_reso_steps 32" in out.stderr and "multiple of 64" in out.stderr
+    fine = cli(home, "train", "art", "--preset", "style-sd15-lora", "--base-model", str(model), "--set",
+               "bucket_reso_steps=128", "--set", "min_bucket_reso=256", "--set", "max_bucket_reso=1024", "--dry-run",
+               check=False)
+    assert "BUCKET_STEPS" not in fine.stderr and "bucket_reso_steps 128" not in fine.stderr, fine.stderr

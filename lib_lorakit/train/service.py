@@ -25,7 +25,15 @@ from ..schema import InvalidSettings
 from ..tomlio import read_toml, write_toml
 from . import extra_args as _extra
 from . import presets as _presets
-from .config import RunFiles, SampleSettings, build_run_files, script_for, select_concepts, write_run_files
+from .config import (
+    RunFiles,
+    SampleSettings,
+    base_family,
+    build_run_files,
+    script_for,
+    select_concepts,
+    write_run_files,
+)
 from .distributed import ACCELERATE_SCHEMA, AccelerateOptions, accelerate_argv
 from .environment import DoctorReport, ProbeCache, TrainerEnvironment, doctor
 from .model_path import confine_model_path
@@ -472,6 +480,21 @@ def requeue(run_dir: Path, **meta: Any) -> None:
     atomic_write_json(run_dir / "run.json", data)
 
 
+BUCKET_STEP_MULTIPLE = {"SD1": 64, "SDXL": 32}  # sd-scripts v0.10.1: train_network.py / sdxl_train_network.py
+
+
+def _bucket_steps(settings: _presets.ResolvedSettings) -> list[Finding]:
+    """sd-scripts refuses bucket sides that are not multiples of 64 (SD1) or 32 (SDXL) after loading everything."""
+    values = settings.values
+    step, family = values.get("bucket_reso_steps"), base_family(settings.base)
+    multiple = BUCKET_STEP_MULTIPLE[family]
+    if not values.get("enable_bucket") or not isinstance(step, int) or step % multiple == 0:
+        return []
+    return [Finding("BUCKET_STEPS", "error", f"bucket_reso_steps {step}: sd-scripts trains {family} buckets only in "
+                    f"steps that are a multiple of {multiple}, and would stop after loading the model.",
+                    f"Set bucket_reso_steps to {multiple} or a multiple of it.")]
+
+
 def preflight(project: Project, req: TrainRequest, *, settings: _presets.ResolvedSettings, base: Optional[Path],
               arch: ArchReading, trainer_report: DoctorReport, lora_dir: Path,
               base_weights: Sequence[tuple[Path, float]] = ()) -> list[Finding]:
@@ -494,6 +517,7 @@ def preflight(project: Project, req: TrainRequest, *, settings: _presets.Resolve
         found.append(Finding("NO_TRIGGER", "warning", "The project has no trigger word: the LoRA's card will have "
                              "no activation text and the style will be tied to no word.",
                              "Set trigger words in the project settings."))
+    found += _bucket_steps(settings)
     # c. the trainer and sd-scripts, as the doctor finds them (a dry run only warns)
     found += trainer_findings(trainer_report, dry_run=req.dry_run)
     # d. disk and name collisions
