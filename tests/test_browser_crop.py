@@ -121,7 +121,9 @@ def test_see_the_cut_head_letterbox_it_undo_and_draw_a_box(app, page):
         assert im.size == (1000, 1000) and im.mode == "RGBA"
     assert {p: sha(p) for p in (project / "originals").iterdir()} == originals
     nxt = wait_text(page, "train_style_crop_next", "no face or head cut")
-    assert html_of(page, "train_style_crop_grid").locator(".ts-crop-face").count() == 0
+    grid = html_of(page, "train_style_crop_grid")
+    assert grid.locator(".ts-crop-face").count() == 0  # the padded copy's bucket is square: nothing of it is cut
+    assert "512×512 · nothing cut" in grid.locator(".ts-crop-card", has_text="portrait.png").inner_text()
     # 5. undo: the copy is derived again from the original
     page.click("#train_style_crop_undo")
     wait_text(page, "train_style_crop_outcome", "Undone: Letterbox 1 image(s)")
@@ -140,6 +142,7 @@ def test_see_the_cut_head_letterbox_it_undo_and_draw_a_box(app, page):
     page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.6, steps=5)
     page.mouse.move(box["x"] + box["width"] * 0.75, box["y"] + box["height"] * 0.75, steps=5)
     page.mouse.up()
+    page.screenshot(path=SHOT.replace(".png", "-manual.png"), full_page=True)
     field = page.locator("#train_style_crop_box textarea, #train_style_crop_box input").first
     numbers = [int(v) for v in field.input_value().split(",")]
     assert numbers == pytest.approx([128, 128, 384, 384], abs=3), numbers

@@ -93,7 +93,6 @@ def findings_html(findings: Optional[Sequence[SubjectCut]], detection: Mapping[s
         return ('<p class="ts-note">Faces and heads were not looked for: tick <b>Find cut faces</b> and press '
                 "<b>Show buckets</b>.</p>")
     looked = int(detection.get("analysed", 0))
-    by = escape(str(detection.get("detector", "")))
     notes = "".join(f"<li>{escape(str(n))}</li>" for n in detection.get("notes", []))
     unread = "".join(f"<li>{escape(str(s['image']))}: {escape(str(s['reason']))}</li>"
                      for s in detection.get("skipped", []))
@@ -101,7 +100,7 @@ def findings_html(findings: Optional[Sequence[SubjectCut]], detection: Mapping[s
              + (f"<details><summary>Not analysed</summary><ul>{unread}</ul></details>" if unread else ""))
     if not findings:
         return (f'<p class="ts-audit-clean">No face or head is cut: looked at the {looked} image(s) the centre crop '
-                f"trims ({by}).</p>{extra}")
+                f"trims.</p>{extra}")
     items = []
     for f in findings:
         d = f.to_dict()
@@ -110,7 +109,7 @@ def findings_html(findings: Optional[Sequence[SubjectCut]], detection: Mapping[s
                      f'<div class="ts-note">Why: {escape(d["why"])}</div>'
                      f'<div class="ts-note">Fix: {escape(d["fix"])}</div></div>')
     return (f'<div class="ts-audit ts-crop-findings"><p><b>{len(findings)}</b> face(s) or head(s) cut, found in the '
-            f"{looked} image(s) the centre crop trims (detector: {by}):</p>{''.join(items)}{extra}</div>")
+            f"{looked} image(s) the centre crop trims:</p>{''.join(items)}{extra}</div>")
 
 
 @dataclass(frozen=True)
