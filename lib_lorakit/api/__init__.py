@@ -50,7 +50,8 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
     """Routes bound to `host`; `authorize(request)` may raise HTTPException (a login check).
 
     Every route checks `policy` (default: any Host, only the app's own origin) before its body is read, takes at
-    most websec.MAX_BODY_BYTES and answers a bad body with a 400 that names the field.
+    most websec.MAX_BODY_BYTES, answers a bad body with a 400 that names the field and an error it raises by
+    websec.ERROR_STATUS (the route class does all of it; a route only calls the Studio).
     """
     studio = Studio(host)
     deps = [Depends(authorize)] if authorize else []
