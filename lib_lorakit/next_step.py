@@ -187,6 +187,31 @@ def crop_next(status: Optional[ProjectStatus], *, cut: int = 0, heads_cut: Optio
                     done=True)
 
 
+def direction_next(status: Optional[ProjectStatus], counts: Optional[dict[str, int]] = None) -> NextStep:
+    """The Direction panel's line: `counts` are the images per direction (left, right, front, away, unknown) the
+    last estimate and the user's labels give (None: not estimated yet)."""
+    if status is None:
+        return NextStep("", "Choose or create a project above.")
+    if not status.images:
+        return NextStep("No images yet", "import some in the Dataset tab.")
+    if counts is None:
+        return NextStep(f"{_images(status.images)}, directions not estimated yet",
+                        "press Estimate (label a few first, if you like: click pictures, then Faces left/right).")
+    left, right = counts.get("left", 0), counts.get("right", 0)
+    shown = ", ".join(f"{n} {'face ' + d if d in ('left', 'right') else d}" for d, n in counts.items() if n)
+    if left and left == right:
+        return NextStep(shown, "as many face left as right: choose the side under Face, then press Preview and "
+                               "Apply.")
+    if left and right:
+        few, side = (left, "left") if left < right else (right, "right")
+        return NextStep(shown, f"normalise them: press Preview, then Apply (the {few} facing {side} are "
+                               "mirrored, their captions' left/right swapped).")
+    if counts.get("unknown", 0) and not (left or right):
+        return NextStep(shown, "label a few images (click them, then Faces left/right), then press Re-estimate.")
+    return NextStep(shown or "No direction found", "every side view faces one way; caption the gaze (suggestions "
+                                                   "below), then go on to the Train tab.", done=True)
+
+
 def train_next(status: Optional[ProjectStatus], latest: Optional[RunSnapshot] = None) -> NextStep:
     if status is None:
         return NextStep("", "Choose or create a project above.")

@@ -24,6 +24,7 @@ from .captions_panel import CaptionsPanel
 from .compat import QUIET, bind
 from .crop_panel import CropPanel
 from .dataset_panel import DatasetPanel
+from .direction_panel import DirectionPanel
 from .inspect_panel import InspectPanel
 from .train_panel import TrainPanel
 
@@ -91,6 +92,9 @@ def build_tab(host: Host) -> gr.Blocks:
             with gr.Tab("Crop", elem_id="train_style_crop_tab") as crop_tab:
                 crop = CropPanel(studio, bar.project)
                 crop.render()
+            with gr.Tab("Direction", elem_id="train_style_direction_tab") as direction_tab:
+                direction = DirectionPanel(studio, bar.project)
+                direction.render()
             with gr.Tab("Train", elem_id="train_style_train_tab") as train_tab:
                 train = TrainPanel(studio, bar.project)
                 train.render()
@@ -102,9 +106,10 @@ def build_tab(host: Host) -> gr.Blocks:
         inspect.register()
         captions.register()
         crop.register()
+        direction.register()
         train.register()
         wire_sync(studio, bar.project, [(dataset_tab, dataset), (captions_tab, captions), (crop_tab, crop),
-                                              (train_tab, train)],
+                                              (direction_tab, direction), (train_tab, train)],
                   unsynced=[inspect_tab])
         bar.load_event(blocks)
         train.load_event(blocks)
