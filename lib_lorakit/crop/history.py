@@ -9,13 +9,13 @@ last, and a new step drops the undone ones (the redo tail). Ids are never reused
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .. import clock
 from ..errors import LorakitError, NotFound
 from ..fsutil import atomic_write_json, read_json
 from ..project import Project
@@ -145,4 +145,4 @@ class DeriveHistory:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return clock.now_iso()

@@ -25,6 +25,7 @@ from typing import Any, Optional
 
 from ..errors import LorakitError, NotFound
 from ..images import IMAGE_SUFFIXES, ImageProblem, open_training_image
+from ..progress import ProgressFn
 from ..project import KIND_FOLDERS, Project
 from . import derive as dv
 from . import modes
@@ -33,7 +34,7 @@ from .history import DeriveHistory
 CROP_MODES = ("smart", "letterbox", "center", "reset", "manual")
 MAX_IMAGES = 100_000
 HISTORY_LOOKBACK = 200  # caption steps looked at to find a crop's tag step
-Progress = Optional[Callable[[int, int, str], None]]
+Progress = Optional[ProgressFn]
 
 
 @dataclass(frozen=True)
@@ -378,7 +379,7 @@ class CropService:
 
         self._project(name)
 
-        def work(progress: Callable[[int, int, str], None], cancel: threading.Event) -> dict:
+        def work(progress: ProgressFn, cancel: threading.Event) -> dict:
             return self.crop(name, request, progress=progress, cancel=cancel).to_dict()
 
         return job_manager(self.host.projects_home()).start(

@@ -8,13 +8,13 @@ starts from the original like any other copy. A "move" and a discard put the old
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import clock
 from ..errors import NotFound
 from ..fsutil import atomic_copy, atomic_write_json, read_json
 from ..images import CAPTION_SUFFIXES
@@ -25,13 +25,13 @@ log = logging.getLogger(__name__)
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return clock.now_iso()
 
 
 def _step_id() -> str:
     import secrets
 
-    return _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+    return f"{clock.stamp()}-{secrets.token_hex(3)}"
 
 
 def plan(project: Project, predictions: Sequence[Prediction], req: ApplyRequest, report: ApplyReport) -> list[dict]:

@@ -17,7 +17,6 @@ steps; "move" is such a copy followed by moving the old training copy to the pro
 
 from __future__ import annotations
 
-import datetime as _dt
 import re
 import threading
 from collections.abc import Mapping, Sequence
@@ -27,6 +26,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .. import clock
 from ..errors import InvalidName, LorakitError, NotFound
 from ..fsutil import atomic_write_json, read_json
 from ..jobs import JobState, ProgressFn, job_manager
@@ -222,10 +222,13 @@ class SortService:
     def project(self, name: str) -> Project:
         return self.embeddings.project(name)
 
-    def _images(self, project: Project) -> list[str]:
+    def _index(self, project: Project) -> dict[str, Any]:
         from ..dataset.index import DatasetIndex
 
-        return [e.path for e in DatasetIndex(project).scan() if e.path.startswith("dataset/")]
+        return {e.path: e for e in DatasetIndex(project).scan()}
+
+    def _images(self, project: Project, index: Optional[dict[str, Any]] = None) -> list[str]:
+        return [p for p in (index if index is not None else self._index(project)) if p.startswith("dataset/")]
 
     # --- classes and labels ---
     def classes(self, name: str) -> list[str]:
@@ -268,7 +271,8 @@ class SortService:
 
         project = self.project(name)
         state = SortState(project)
-        labels = state.labels(self._images(project))
+        index = self._index(project)
+        labels = state.labels(self._images(project, index))
         classes = [c for c in state.classes() if c in set(labels.values())]
         if len(classes) < 2:
             raise LorakitError(f"The sorter of {name!r} needs labelled examples of at least two classes; it has "
@@ -276,7 +280,7 @@ class SortService:
                                f"sort {name} label CLASS IMAGE...")
         spec = embedder or DEFAULT_EMBEDDER
         model = embedder_obj if embedder_obj is not None else self.embeddings.embedder(spec)
-        table, _ = fill(project, model, list(labels), progress=progress, cancel=cancel)
+        table, _ = fill(project, model, list(labels), progress=progress, cancel=cancel, entries=index)
         if cancel is not None and cancel.is_set():
             raise LorakitError("Training was cancelled while embedding the examples; what was embedded is kept.")
         y = np.array([classes.index(labels[i]) for i in table.images])
@@ -284,7 +288,7 @@ class SortService:
         linear.save(state.folder, trained.model, {
             "embedder_spec": spec, "embedder": model.id, "cv_accuracy": trained.cv_accuracy,
             "temperature": trained.temperature, "examples": len(y),
-            "trained": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+            "trained": clock.now_iso()})
         counts = {c: int((y == k).sum()) for k, c in enumerate(classes)}
         return TrainReport(classes=classes, cv_accuracy=trained.cv_accuracy, examples=counts, embedder=model.id,
                            skipped=[{"image": i, "reason": r} for i, r in table.skipped])
@@ -294,7 +298,8 @@ class SortService:
         """Every training image's class and confidence, the least certain first."""
         project = self.project(name)
         state = SortState(project)
-        chosen = self._images(project) if images is None else list(images)
+        index = self._index(project)
+        chosen = self._images(project, index) if images is None else list(images)
         model, info = linear.load(state.folder)
         if info.get("kind") == "teachable":
             from .tflite import predict_teachable
@@ -307,7 +312,7 @@ class SortService:
             from ..embed.store import fill
 
             embedder = embedder_obj if embedder_obj is not None else self.embeddings.embedder(info["embedder_spec"])
-            table, _ = fill(project, embedder, chosen, progress=progress, cancel=cancel)
+            table, _ = fill(project, embedder, chosen, progress=progress, cancel=cancel, entries=index)
             best, confidence = model.predict(table.vectors)
             found = [(i, model.classes[b], float(c)) for i, b, c in zip(table.images, best, confidence, strict=True)]
         labels = state.labels(chosen)

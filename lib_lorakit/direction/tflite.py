@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image
 
+from .. import procs
 from ..errors import LorakitError, NotFound
 from ..fsutil import atomic_copy
 from ..project import Project
@@ -31,6 +33,7 @@ MODEL_FILE = "model_unquant.tflite"
 LABELS_FILE = "labels.txt"
 MAX_LABELS_BYTES = 1 << 20
 MAX_MODEL_BYTES = 1 << 30
+PIP_TIMEOUT_S = 900  # installing LiteRT downloads one wheel of a few MB
 
 
 def parse_labels(text: str) -> list[str]:
@@ -47,7 +50,7 @@ def parse_labels(text: str) -> list[str]:
     return labels
 
 
-def interpreter_class(*, install: bool = True, runner: Callable[..., Any] = subprocess.run) -> Any:
+def interpreter_class(*, install: bool = True, runner: Optional[Callable[..., Any]] = None) -> Any:
     """LiteRT's Interpreter, installing `ai-edge-litert` into this Python first when it is missing."""
     try:
         return importlib.import_module("ai_edge_litert.interpreter").Interpreter
@@ -55,7 +58,7 @@ def interpreter_class(*, install: bool = True, runner: Callable[..., Any] = subp
         if not install:
             raise LorakitError(_manual()) from None
     log.warning("Installing %s (LiteRT) to read Teachable Machine models; this happens once.", PACKAGE)
-    done = runner([sys.executable, "-m", "pip", "install", PACKAGE], capture_output=True, text=True)
+    done = (runner or _pip)([sys.executable, "-m", "pip", "install", PACKAGE])
     if done.returncode != 0:
         tail = (done.stderr or done.stdout or "").strip().splitlines()[-1:] or ["no output"]
         raise LorakitError(f"Installing {PACKAGE} failed ({tail[0]}). " + _manual())
@@ -64,6 +67,14 @@ def interpreter_class(*, install: bool = True, runner: Callable[..., Any] = subp
         return importlib.import_module("ai_edge_litert.interpreter").Interpreter
     except ImportError as e:
         raise LorakitError(f"{PACKAGE} was installed but cannot be imported ({e}). " + _manual()) from e
+
+
+def _pip(argv: list[str]) -> procs.Captured:
+    """pip, without a shell, in a process group of its own, stopped with its children after PIP_TIMEOUT_S."""
+    try:
+        return procs.run_captured(argv, env=os.environ, timeout_s=PIP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return procs.Captured(returncode=-1, stdout="", stderr=f"pip did not finish in {PIP_TIMEOUT_S} s")
 
 
 def _manual() -> str:

@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Optional, Protocol, Union, runtime_checkable
 
 import numpy as np
 
+from ..progress import ProgressFn
+
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
     from ..project import Project
 
-Progress = Optional[Callable[[int, int, str], None]]
+Progress = Optional[ProgressFn]
 Cancel = Optional[Union[threading.Event, Callable[[], bool]]]  # an Event (as jobs pass) or a function
 
 
