@@ -87,6 +87,11 @@ def test_see_the_cut_head_letterbox_it_undo_and_draw_a_box(app, page):
     assert len(originals) == 3
     # 2. Crop: the next step names the cut head; the grid shades what sd-scripts cuts away
     page.locator("#train_style_tabs button", has_text="Crop").first.click()
+    nxt = wait_text(page, "train_style_crop_next", "2 of 3 images trimmed")
+    assert "tick Find cut faces" in nxt, nxt  # looking for faces decodes every image: the user asks for it
+    assert "were not looked for" in text_of(page, "train_style_crop_grid")
+    page.locator("#train_style_crop_detect input").check()
+    page.click("#train_style_crop_show")
     nxt = wait_text(page, "train_style_crop_next", "1 head would be cut")
     assert "smart-crop them" in nxt, nxt
     grid = html_of(page, "train_style_crop_grid")

@@ -97,7 +97,7 @@ class CropPanel:
                 self.bucket_fields = [_bucket_field(f) for f in BUCKET_FIELDS]
             with gr.Row():
                 detect = BUCKET_SCHEMA["detect"]
-                self.detect = gr.Checkbox(value=True, label=detect.title, info=detect.reason,
+                self.detect = gr.Checkbox(value=False, label=detect.title, info=detect.reason,
                                           elem_id="train_style_crop_detect")
                 self.show = gr.Button("Show buckets", elem_id="train_style_crop_show", variant="primary")
         self.grid = gr.HTML(elem_id="train_style_crop_grid")
