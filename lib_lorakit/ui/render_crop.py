@@ -171,9 +171,9 @@ def skipped_html(skipped: Sequence[tuple[str, str]]) -> str:
 
 def preview_page_html(report: BucketReport, cards: Sequence[Card]) -> str:
     """The whole bucket preview: settings, histogram, findings, the grid, what sd-scripts skips."""
-    return (settings_html(report) + histogram_html(report.histogram())
-            + findings_html(report.findings, report.detection) + grid_html(cards, len(report.images))
-            + skipped_html(report.skipped))
+    findings = findings_html(report.findings, report.detection) if report.images else ""
+    return (settings_html(report) + histogram_html(report.histogram()) + findings
+            + grid_html(cards, len(report.images)) + skipped_html(report.skipped))
 
 
 # --- crop results ----------------------------------------------------------------------------------------------------
