@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
+from PIL import Image
+
 from ..errors import LorakitError, NotFound
 from ..images import IMAGE_SUFFIXES, ImageProblem, open_training_image
 from ..progress import ProgressFn
@@ -400,3 +402,14 @@ class CropService:
 
     def steps(self, name: str, image: str) -> dv.Steps:
         return dv.steps_of(self._project(name), image)
+
+    def original(self, name: str, image: str, *, side: int) -> tuple[Image.Image, tuple[int, int]]:
+        """The upright original `image` is derived from, decoded to at least `side` pixels a side where that is
+        cheaper, and its full size (the pixels crop boxes are measured in)."""
+        project = self._project(name)
+        size = dv.original_size(project, image)
+        loaded = open_training_image(dv.original_path(project, image), max_pixels=project.settings.max_image_pixels,
+                                     draft=(side, side))
+        if isinstance(loaded, ImageProblem):
+            raise LorakitError(f"{image}: its original cannot be read ({loaded.reason}).")
+        return loaded.image, size

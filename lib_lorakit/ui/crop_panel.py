@@ -15,11 +15,9 @@ from typing import Any, Optional
 import gradio as gr
 
 from .. import next_step
-from ..crop import derive as dv
 from ..crop.bucket_preview import BUCKET_SCHEMA, BucketReport, BucketRequest
 from ..crop.service import CropReport, CropRequest
 from ..errors import LorakitError
-from ..images import ImageProblem, open_training_image
 from ..jobs import JobState
 from ..studio import Studio
 from . import fields, render
@@ -341,10 +339,5 @@ def parse_box(text: Optional[str]) -> list[int]:
 def original_picture(studio: Studio, name: str, image: str, side: int) -> tuple[str, tuple[int, int]]:
     """The upright original `image` is derived from, shrunk for the page (a data URI), and its full size (the
     pixels crop boxes are measured in)."""
-    project = studio.project(name)
-    size = dv.original_size(project, image)
-    loaded = open_training_image(dv.original_path(project, image), max_pixels=project.settings.max_image_pixels,
-                                 draft=(side, side))
-    if isinstance(loaded, ImageProblem):
-        raise LorakitError(f"{image}: its original cannot be read ({loaded.reason}).")
-    return rc.image_uri(loaded.image, side), size
+    picture, size = studio.crop.original(name, image, side=side)
+    return rc.image_uri(picture, side), size
