@@ -211,7 +211,8 @@ def test_every_text_from_files_is_escaped():
     report = {"dry_run": True, "flipped": [bad], "unsafe": [{"image": bad, "reason": EVIL}],
               "captions": [{"image": bad, "before": EVIL, "after": EVIL}], "kept": [],
               "suggestions": [{"image": bad, "direction": "left", "tags": [EVIL]}]}
-    pages = [rd.normalise_html(EVIL, report, {bad: "x"}), rd.normalise_html(EVIL, {**report, "dry_run": False}, {}),
+    pages = [rd.normalise_html({**report, "to": EVIL}, {bad: "x"}),
+             rd.normalise_html({**report, "dry_run": False}, {}),
              rd.estimate_html({"images": [], "groups": {"left": [bad]}, "notes": [EVIL], "embedder": EVIL,
                                "skipped": [{"image": bad, "reason": EVIL}]}),
              rd.sort_status_html({"classes": [EVIL], "labels": {bad: EVIL},

@@ -60,6 +60,17 @@ PICK_JS = """() => {
 }"""
 
 
+# The pictures' borders follow the Chosen images box when a handler rewrites it (gradio leaves an HTML box whose
+# value did not change as the page script left it).
+SHOW_CHOSEN_JS = """() => setTimeout(() => {
+  const root = (typeof gradioApp === "function") ? gradioApp() : document;
+  const field = root.querySelector("#train_style_direction_chosen textarea");
+  if (!field) return;
+  const lines = field.value.split("\\n").map((s) => s.trim());
+  root.querySelectorAll(".ts-pick").forEach((c) => c.classList.toggle("ts-chosen", lines.includes(c.dataset.image)));
+}, 50)"""
+
+
 class DirectionPanel:
     """Works on the project chosen above the panels (`project` is that dropdown)."""
 
@@ -77,21 +88,23 @@ class DirectionPanel:
             self.detector = gr.Checkbox(value=False, label="Also use face/head boxes",
                                         info="a face detector's box inside the head's tells the turn",
                                         elem_id="train_style_direction_detector")
-            self.estimate = gr.Button("Estimate", variant="primary", elem_id="train_style_direction_estimate")
-            self.cancel = gr.Button("Cancel", elem_id="train_style_direction_cancel", scale=0)
+            self.estimate = gr.Button("Estimate", variant="primary", elem_id="train_style_direction_estimate",
+                                      scale=0, min_width=140)
+            self.cancel = gr.Button("Cancel", elem_id="train_style_direction_cancel", scale=0, min_width=100)
         with gr.Row():
             self.job = gr.HTML(render.job_html(None, JOB_ID), elem_id="train_style_direction_job_box")
             self.refresh = gr.Button("refresh", elem_id="train_style_direction_refresh", elem_classes=["ts-hidden"])
         self.outcome = gr.HTML(elem_id="train_style_direction_outcome")
-        self.groups = gr.HTML(elem_id="train_style_direction_groups")
         with gr.Row():
-            self.chosen = gr.Textbox(label="Chosen images (click pictures to choose them; one path a line)", lines=2,
-                                     max_lines=8, elem_id="train_style_direction_chosen")
-            self.clear = gr.Button("Clear choice", elem_id="train_style_direction_clear", scale=0)
+            self.chosen = gr.Textbox(label="Chosen images: click pictures below to choose them (one path a line), "
+                                           "then press a button", lines=2, max_lines=8,
+                                     elem_id="train_style_direction_chosen")
+            self.clear = gr.Button("Clear choice", elem_id="train_style_direction_clear", scale=0, min_width=120)
         with gr.Row():
             self.label_buttons = [gr.Button(title, elem_id=f"train_style_direction_label_{key.replace('-', '_')}",
                                             size="sm") for key, title in LABEL_BUTTONS]
             self.reestimate = gr.Button("Re-estimate", elem_id="train_style_direction_reestimate", size="sm")
+        self.groups = gr.HTML(elem_id="train_style_direction_groups")
         with gr.Accordion("Normalise: turn every subject the same way", open=True):
             with gr.Row():
                 self.target = gr.Radio(list(TARGETS), value=TARGETS[0], label="Face",
@@ -118,7 +131,8 @@ class DirectionPanel:
         with gr.Row():
             self.new_class = gr.Textbox(label="New class", placeholder="3/4 view", elem_id="train_style_sort_new")
             self.add_class = gr.Button("Add class", elem_id="train_style_sort_add", scale=0)
-            self.sort_class = gr.Dropdown([], label="Class", elem_id="train_style_sort_class")
+            self.sort_class = gr.Dropdown([], label="Class", elem_id="train_style_sort_class",
+                                          info="label the images chosen by clicking (the box at the top)")
             self.label_class = gr.Button("Label chosen as this class", elem_id="train_style_sort_label")
             self.unlabel_class = gr.Button("Unlabel chosen", elem_id="train_style_sort_unlabel", scale=0)
             self.remove_class = gr.Button("Remove class", elem_id="train_style_sort_remove", scale=0)
@@ -150,6 +164,7 @@ class DirectionPanel:
         on(p.change, self._select, [p], [*views, self.job, self.outcome, self.normalised, self.sort_outcome,
                                          self.sort_applied])
         run_js(p.change, PICK_JS)
+        run_js(self.chosen.change, SHOW_CHOSEN_JS)
         on(self.refresh.click, self._finished, [p, self.chosen], [*views, self.job, self.outcome, self.sort_outcome])
         on(self.estimate.click, self._estimate, [p, self.embedder, self.detector], [self.job, self.outcome])
         on(self.reestimate.click, self._estimate, [p, self.embedder, self.detector], [self.job, self.outcome])
@@ -283,7 +298,7 @@ class DirectionPanel:
         report = self.studio.direction.normalise(name, request)
         shown = report.flipped[:rd.ROWS_LIMIT]
         pictures = {t.image: rd.file_uri(t.file) for t in self.studio.thumbnails(name, shown, limit=rd.ROWS_LIMIT)}
-        return rd.normalise_html(report.summary(), report.to_dict(), pictures)
+        return rd.normalise_html(report.to_dict(), pictures)
 
     def _preview(self, name: Optional[str], target: str, only_chosen: bool, chosen: str) -> str:
         return self._normalised_html(self._need(name), self._normalise_request(target, only_chosen, chosen,

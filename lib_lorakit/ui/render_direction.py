@@ -111,11 +111,25 @@ def estimate_html(result: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
-def normalise_html(summary: str, report: Mapping[str, Any], pictures: Mapping[str, str]) -> str:
+def normalise_summary(report: Mapping[str, Any]) -> str:
+    """The report in one sentence, with the panel's own words for undoing it."""
+    dry = bool(report.get("dry_run"))
+    flipped, captions = len(report.get("flipped") or ()), len(report.get("captions") or ())
+    flip, swap = ("Would flip", "would swap") if dry else ("Flipped", "swapped")
+    text = (f"{flip} {flipped} image(s) to face {report.get('to', '')} and {swap} direction words in {captions} "
+            f"caption(s); {len(report.get('kept') or ())} stay as they are")
+    if report.get("unsafe"):
+        text += f"; {len(report['unsafe'])} left alone as unsafe to flip (each with its reason below)"
+    if flipped and not dry:
+        text += ". Undo: Undo the last flip (images), then Undo the last caption change (captions)"
+    return text + "."
+
+
+def normalise_html(report: Mapping[str, Any], pictures: Mapping[str, str]) -> str:
     """A normalise preview (dry run) or outcome: the flips with their pictures, the unsafe ones and why, the
     caption swaps, and gaze captions to consider."""
     dry = bool(report.get("dry_run"))
-    parts = [f'<p class="ts-dir-summary"><b>{escape(summary)}</b></p>']
+    parts = [f'<p class="ts-dir-summary"><b>{escape(normalise_summary(report))}</b></p>']
     flipped = list(report.get("flipped") or ())
     if flipped:
         title = "Would be mirrored" if dry else "Mirrored"
@@ -131,9 +145,6 @@ def normalise_html(summary: str, report: Mapping[str, Any], pictures: Mapping[st
         parts.append(f"<h4>{title} ({len(captions)})</h4>" + _table(
             ["image", "before", "after"], [(c.get("image", ""), c.get("before", ""), c.get("after", ""))
                                            for c in captions[:ROWS_LIMIT]]))
-    kept = report.get("kept") or []
-    if kept:
-        parts.append(f'<p class="ts-note">{len(kept)} image(s) stay as they are.</p>')
     suggestions = report.get("suggestions") or []
     if suggestions and not dry:
         parts.append(f"<h4>Caption the gaze ({len(suggestions)} without a gaze tag)</h4>"
