@@ -238,6 +238,21 @@ def test_a_copy_keeps_the_flip_of_its_source(colours, tiny):
                                                                                                  img("red5"))))
 
 
+def test_the_saved_classifier_sorts_a_new_import(colours, tiny, tmp_path):
+    home = colours
+    ok(home, "sort", "p", "classes", "add", "red", "blue")
+    ok(home, "sort", "p", "label", "red", img("red0"), img("red1"), img("red2"))
+    ok(home, "sort", "p", "label", "blue", img("blue0"), img("blue1"), img("blue2"))
+    ok(home, "sort", "p", "train", "--embedder", tiny)
+    new = tmp_path / "new"
+    new.mkdir()
+    shape(new / "late_red.png", RED, 11)
+    shape(new / "late_blue.png", BLUE, 12)
+    ok(home, "import", "p", str(new), "--concept", "later")
+    found = {r["image"]: r["class"] for r in ok(home, "sort", "p", "predict")["images"]}
+    assert found["dataset/1_later/late_red.png"] == "red" and found["dataset/1_later/late_blue.png"] == "blue"
+
+
 def _labelled_only(service: SortService):
     from lib_lorakit.direction.sorter import Prediction
 

@@ -74,32 +74,54 @@ def train(vectors: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], *, 
 
 def _ridge(x: np.ndarray, y: np.ndarray, k: int, l2: float) -> tuple[np.ndarray, ...]:
     """(mean, scale, weights d × k, bias k): scores = ((x − mean) / scale) @ weights + bias."""
+    mean, scale = _scaling(x)
+    a = _design(x, mean, scale)
+    coef = _solve(a, np.eye(k)[y], l2)
+    return mean, scale, coef[:-1], coef[-1] * BIAS_COLUMN
+
+
+def _scaling(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean = x.mean(axis=0)
     var = x.var(axis=0)
     # per-dimension scaling shrunk towards the average: a few examples estimate a dimension's spread poorly
-    scale = np.sqrt(0.5 * var + 0.5 * var.mean() + 1e-12).astype(np.float32)
-    a = np.hstack([(x - mean) / scale, np.full((len(x), 1), BIAS_COLUMN, dtype=np.float32)]).astype(np.float64)
-    targets = np.eye(k)[y]
+    return mean, np.sqrt(0.5 * var + 0.5 * var.mean() + 1e-12).astype(np.float32)
+
+
+def _design(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Standardised features and the constant bias column, in float64 for the solve."""
+    return np.hstack([(x - mean) / scale, np.full((len(x), 1), BIAS_COLUMN, dtype=np.float32)]).astype(np.float64)
+
+
+def _solve(a: np.ndarray, targets: np.ndarray, l2: float, gram: Optional[tuple[np.ndarray, np.ndarray]] = None):
+    """Ridge coefficients: through the p × p system (`gram` = (AᵀA, AᵀY) if already known) or, with fewer
+    examples than features, the n × n one (the same solution)."""
     n, p = a.shape
     if n >= p:
-        coef = np.linalg.solve(a.T @ a + l2 * n * np.eye(p), a.T @ targets)
-    else:  # fewer examples than dimensions: the same solution through the n × n system
-        coef = a.T @ np.linalg.solve(a @ a.T + l2 * n * np.eye(n), targets)
-    return mean, scale, coef[:-1], coef[-1] * BIAS_COLUMN
+        g, r = gram if gram is not None else (a.T @ a, a.T @ targets)
+        return np.linalg.solve(g + l2 * n * np.eye(p), r)
+    return a.T @ np.linalg.solve(a @ a.T + l2 * n * np.eye(n), targets)
 
 
 def _held_out_scores(x: np.ndarray, y: np.ndarray, k: int, l2: float) -> Optional[np.ndarray]:
     """Each example's scores from a model trained without it (leave-one-out or k-fold); None when a class has
-    fewer than two examples (a fold would lack it)."""
+    fewer than two examples (a fold would lack it). The folds share the standardisation of all the examples (it
+    uses no labels), so with many examples one Gram matrix serves every fold: each fold subtracts its own rows."""
     counts = np.bincount(y, minlength=k)
     if counts[counts > 0].min() < 2:
         return None
     folds = _folds(y, len(y) if len(y) <= LEAVE_ONE_OUT_UP_TO else min(FOLDS, int(counts[counts > 0].min())))
+    mean, scale = _scaling(x)
+    a = _design(x, mean, scale)
+    targets = np.eye(k)[y]
+    full = (a.T @ a, a.T @ targets) if len(a) >= a.shape[1] else None
     scores = np.zeros((len(y), k))
     for f in range(int(folds.max()) + 1):
         held = folds == f
-        mean, scale, w, b = _ridge(x[~held], y[~held], k, l2)
-        scores[held] = ((x[held] - mean) / scale) @ w + b
+        kept = a[~held]
+        gram = None if full is None or len(kept) < a.shape[1] else \
+            (full[0] - a[held].T @ a[held], full[1] - a[held].T @ targets[held])
+        coef = _solve(kept, targets[~held], l2, gram)
+        scores[held] = a[held] @ coef
     return scores
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -196,6 +196,13 @@ class SortState:
                     data["labels"].pop(label_key(image), None)
                 else:
                     data["labels"][label_key(image)] = self.known_class(cls, data["classes"])
+            atomic_write_json(self.folder / "labels.json", data)
+
+    def rekey(self, moved: Callable[[str], str]) -> None:
+        """Labels of a renamed concept move with it (image_state.rename_concept, under the project's lock)."""
+        data = self._labels_file()
+        if data["labels"]:
+            data["labels"] = {moved(k): v for k, v in data["labels"].items()}
             atomic_write_json(self.folder / "labels.json", data)
 
     def known_class(self, cls: str, classes: Optional[Sequence[str]] = None) -> str:
