@@ -177,6 +177,8 @@ def test_move_one_class_keeps_labels_and_undo_brings_the_images_back(colours, ti
     ok(home, "sort", "p", "undo")
     assert len(list((home / "p" / "dataset" / "1_p").glob("*.png"))) == 16
     assert not (home / "p" / "dataset" / "1_red").exists()
+    labels = {r["image"]: r["label"] for r in ok(home, "sort", "p", "predict")["images"] if r["label"]}
+    assert labels == {img("red0"): "red", img("red1"): "red", img("blue0"): "blue", img("blue1"): "blue"}
 
 
 def test_sharp_and_blurred_are_told_apart_and_the_blurred_go_to_the_discard_set(tmp_path, tiny):

@@ -123,8 +123,10 @@ def _file_into_concepts(project: Project, moves: list[dict], req: ApplyRequest, 
         if req.move:
             done["trashed"] += _to_trash(project, source, trash)
             relabel[source] = None
-            if state.labels([source]):
-                relabel[made] = m["class"]
+            label = state.labels([source]).get(source)
+            if label:
+                relabel[made] = label
+                done.setdefault("labels", {})[source] = label
     if relabel:
         state.set_labels(relabel)
 
@@ -238,6 +240,9 @@ def undo_last(project: Project) -> dict[str, Any]:
                 (project.root / was).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(project.root / now, project.root / was)
                 restored.append(was)
+        if done.get("labels"):  # labels a move carried along go back with their images
+            state = SortState(project)
+            state.set_labels({**{m: None for m in removed}, **done["labels"]})
         for folder in done.get("created", []):  # a concept the Apply made goes when nothing else is in it
             target = project.root / folder
             if target.is_dir() and not any(target.iterdir()):
