@@ -260,7 +260,10 @@ class Studio:
         return self.project(name).add_concept(concept, repeats, kind)
 
     def rename_concept(self, name: str, old: str, new: str, *, kind: ConceptKind = "dataset") -> Concept:
-        return self.project(name).rename_concept(old, new, kind)
+        """Renames the folder; crop steps, labels and import records follow it (image_state)."""
+        from .image_state import rename_concept
+
+        return rename_concept(self.project(name), old, new, kind)
 
     def set_repeats(self, name: str, concept: str, repeats: int, *, kind: ConceptKind = "dataset") -> Concept:
         return self.project(name).set_repeats(concept, repeats, kind)

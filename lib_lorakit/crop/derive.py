@@ -30,7 +30,7 @@ import os
 import re
 import secrets
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,6 +237,14 @@ def _save_records(project: Project, records: Mapping[str, Mapping[str, Any]]) ->
 
     data = {"version": STATE_VERSION, "images": dict(sorted(records.items()))}
     atomic_write_bytes(project.state_dir / STATE_FILE, json.dumps(data, ensure_ascii=False, indent=1).encode())
+
+
+def rekey(project: Project, moved: Callable[[str], str]) -> None:
+    """Records keyed by a renamed concept move with it (image_state.rename_concept, under the project's lock)."""
+    records = _load_records(project)
+    renamed = {moved(key): record for key, record in records.items()}
+    if renamed != records:
+        _save_records(project, renamed)
 
 
 def steps_of(project: Project, image: str) -> Steps:

@@ -33,7 +33,7 @@ import shutil
 import stat
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -740,6 +740,23 @@ class _Records:
             st = os.stat(self.file)
             self.seen = (st.st_ino, st.st_size, st.st_mtime_ns)
             self.dirty = False
+
+
+def rename_concept_records(project: Project, moved: Callable[[str], str], old_folder: str, new_folder: str) -> None:
+    """After a concept's rename (under the project's lock): records keyed by the old name move to the new one, and
+    the copy each names is in the new folder (image_state.rename_concept)."""
+    records = _Records(project)
+    for key in list(records.data):
+        new_key = moved(key)
+        if new_key == key:
+            continue
+        record = dict(records.data[key])
+        parts = str(record.get("image", "")).split("/")
+        if len(parts) == 3 and parts[1] == old_folder:
+            record["image"] = f"{parts[0]}/{new_folder}/{parts[2]}"
+        records.drop(key)
+        records.put(new_key, record)
+    records.save()
 
 
 def import_paths(project: Project, paths: Iterable[str], roots: Sequence[Path], **kwargs) -> ImportReport:

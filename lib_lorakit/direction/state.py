@@ -10,7 +10,7 @@ the copy is the mirror of the stored one, so labels stay true through Normalise,
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
@@ -108,6 +108,15 @@ class DirectionState:
                     never.discard(key)
             atomic_write_json(self._path("labels.json"), {"version": 1, "labels": dict(sorted(labels.items())),
                                                           "never_flip": sorted(never)})
+
+    def rekey(self, moved: Callable[[str], str]) -> None:
+        """Labels and marks of a renamed concept move with it (image_state.rename_concept, under the lock)."""
+        labels, never = self.stored_labels()
+        if not labels and not never:
+            return
+        atomic_write_json(self._path("labels.json"), {
+            "version": 1, "labels": dict(sorted((moved(k), v) for k, v in labels.items())),
+            "never_flip": sorted(moved(k) for k in never)})
 
     # --- the last estimate ------------------------------------------------------------------------------------------
     def last_estimate(self) -> Optional[dict[str, Any]]:
