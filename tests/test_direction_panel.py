@@ -155,6 +155,8 @@ def test_the_sorter_through_the_panel(demo):
     # Train is a job; when it ends the panel shows the accuracy and sorts every image (a second job)
     box, _ = panel._train("demo", demo["spec"])
     finish(studio, box)
+    opened = panel._select("demo")  # the project picked again: the outcome goes to the sorter's box
+    assert len(opened) == 15 and opened[12] == "" and "cross-validated accuracy" in opened[13]
     *out, job_box, _, sorter = panel._finished("demo", "")
     assert "cross-validated accuracy" in sorter and "Sorting every image" in sorter
     finish(studio, job_box)
@@ -181,6 +183,8 @@ def test_clear_messages(tmp_path):
                            None)
     with pytest.raises(LorakitError, match="Choose or create a project"):
         panel._estimate(None, "", False)
+    empty = panel._views(None)
+    assert len(empty) == 10 and "Choose or create a project above" in empty[0]
     with pytest.raises(LorakitError, match="Choose images first"):
         panel._labeller("left")("demo", "  \n ")
     with pytest.raises(LorakitError, match="model_unquant.tflite and labels.txt"):
@@ -237,3 +241,22 @@ def test_the_tab_has_the_direction_sub_tab_after_crop(tmp_path):
     ids = {c["props"].get("elem_id") for c in config["components"]}
     assert {"train_style_direction_groups", "train_style_direction_chosen", "train_style_sort_train",
             "train_style_direction_refresh"} <= ids
+
+
+def test_a_teachable_machine_export_dropped_on_the_panel_sorts_the_images(demo, tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    from tiny_tflite import write_model
+
+    studio, panel = demo["studio"], demo["panel"]
+    upload = tmp_path / "gradio-upload"  # where the server keeps what was dropped: not an allowed folder
+    model = write_model(upload / "model_unquant.tflite")
+    (upload / "labels.txt").write_text("0 red\n1 <b>blue</b>\n")
+    with pytest.raises(LorakitError, match="model_unquant.tflite and labels.txt"):
+        panel._import_teachable("demo", [str(model)], "")
+    text, cleared, *rest = panel._import_teachable("demo", [str(model), str(upload / "labels.txt")], "")
+    assert "classes: red, &lt;b&gt;blue&lt;/b&gt;" in text and cleared is None
+    assert "Teachable Machine model (imported)" in rest[2] and "<b>blue</b>" not in rest[2]
+    box, _ = panel._predict("demo")
+    finish(studio, box)
+    predictions = views(panel)["predictions"]
+    assert predictions.count('class="ts-pick') == 6 and "&lt;b&gt;blue&lt;/b&gt;" in predictions  # drawn blue heads

@@ -202,21 +202,20 @@ class DirectionPanel:
     def _views(self, name: Optional[str], chosen: str = "") -> tuple:
         """Next line, the groups, the sorter's status, predictions and classes, the settings, the chosen images
         still in the project, and the stamp drawn at."""
-        settings = [fields.shown(f, f.default) for f in SETTING_FIELDS]
         if not name:
-            return (render.next_html(next_step.direction_next(None)), "", "", "",
-                    gr.update(choices=[], value=None), *settings, "", "")
+            return (render.next_html(next_step.direction_next(None)), "", "", "", gr.update(choices=[], value=None),
+                    *[fields.shown(f, f.default) for f in SETTING_FIELDS], "", "")
         stamp = self.studio.stamp(name)
         images = [r.image for r in self.studio.captions.records(name) if r.kind == "dataset"]
         keep = [i for i in parse_chosen(chosen) if i in set(images)]
         pictures = {t.image: rd.file_uri(t.file) for t in self.studio.thumbnails(name, images, limit=GRID_LIMIT)}
         direction = self.studio.direction
-        estimate, marks = direction.last_estimate(name), direction.labels(name)
+        estimate, marks, settings = direction.last_estimate(name), direction.labels(name), direction.settings(name)
         groups, counts = direction_groups(images, estimate, marks, pictures, set(keep),
-                                          min_confidence=direction.settings(name).min_confidence)
+                                          min_confidence=settings.min_confidence)
         status = self.studio.sorter.status(name)
         classes = list(status["classes"])
-        values = direction.settings(name).values
+        values = settings.values
         step = next_step.direction_next(self.studio.status(name), counts)
         return (render.next_html(step), rd.groups_html(groups, hidden=max(0, len(images) - len(pictures))),
                 rd.sort_status_html(status), self._predictions(name, pictures, set(keep)),
@@ -233,7 +232,9 @@ class DirectionPanel:
         return rd.predictions_html(cards, total=len(rows))
 
     def _select(self, name: Optional[str]) -> tuple:
-        return (*self._views(name), *self._last_job(name), "", "")
+        """Another project: everything redrawn, the last job's outcome shown, the previews cleared."""
+        job_box, direction, sorter = self._last_job(name)
+        return (*self._views(name), job_box, direction, "", sorter, "")
 
     def sync(self, name: Optional[str], stamp: str, chosen: str) -> tuple:
         """Redrawn when the project changed since `stamp` (an import, a crop, another window); else as it is."""
