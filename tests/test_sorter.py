@@ -279,8 +279,8 @@ def test_the_classifier_learns_known_classes_and_saves_without_pickle(tmp_path):
     test = (centres + 0.5 * rng.standard_normal((3, 64))).astype(np.float32)
     best, confidence = trained.model.predict(test)
     assert list(best) == [0, 1, 2] and (confidence > 0.5).all()
-    linear.save(tmp_path, trained.model, {"embedder": "e"})
-    loaded, info = linear.load(tmp_path)
+    linear.store_classifier(tmp_path, trained.model, {"embedder": "e"})
+    loaded, info = linear.read_classifier(tmp_path)
     assert info["classes"] == ["a", "b", "c"] and info["embedder"] == "e"
     assert np.array_equal(loaded.probabilities(x), trained.model.probabilities(x))
     np.load(tmp_path / info["arrays"], allow_pickle=False)  # a plain array

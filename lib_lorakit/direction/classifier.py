@@ -166,7 +166,7 @@ def _folds(y: np.ndarray, count: int) -> np.ndarray:
 
 # --- on disk ------------------------------------------------------------------------------------------------------
 
-def save(folder: Path, model: LinearClassifier, info: dict[str, Any]) -> None:
+def store_classifier(folder: Path, model: LinearClassifier, info: dict[str, Any]) -> None:
     """`classifier.json` naming a `.npy` file of its arrays (written first), so a reader never sees a mismatch."""
     d, k = model.weights.shape
     if k > d:
@@ -186,7 +186,7 @@ def save(folder: Path, model: LinearClassifier, info: dict[str, Any]) -> None:
             old.unlink(missing_ok=True)
 
 
-def load(folder: Path) -> tuple[Optional[LinearClassifier], dict[str, Any]]:
+def read_classifier(folder: Path) -> tuple[Optional[LinearClassifier], dict[str, Any]]:
     """(the classifier or None if none is saved or it is another kind, its JSON)."""
     try:
         info = read_json(folder / "classifier.json") or {}

@@ -292,7 +292,7 @@ class SortService:
             raise LorakitError("Training was cancelled while embedding the examples; what was embedded is kept.")
         y = np.array([classes.index(labels[i]) for i in table.images])
         trained = linear.train(table.vectors, y, tuple(classes))
-        linear.save(state.folder, trained.model, {
+        linear.store_classifier(state.folder, trained.model, {
             "embedder_spec": spec, "embedder": model.id, "cv_accuracy": trained.cv_accuracy,
             "temperature": trained.temperature, "examples": len(y),
             "trained": clock.now_iso()})
@@ -307,7 +307,7 @@ class SortService:
         state = SortState(project)
         index = self._index(project)
         chosen = self._images(project, index) if images is None else list(images)
-        model, info = linear.load(state.folder)
+        model, info = linear.read_classifier(state.folder)
         if info.get("kind") == "teachable":
             from .tflite import predict_teachable
 
@@ -347,7 +347,7 @@ class SortService:
         """Classes, labels and what the saved classifier is (for the panel and `GET …/sort`)."""
         project = self.project(name)
         state = SortState(project)
-        _, info = linear.load(state.folder)
+        _, info = linear.read_classifier(state.folder)
         keep = ("kind", "classes", "embedder", "cv_accuracy", "examples", "trained")
         return {"classes": state.classes(), "labels": state.labels(self._images(project)),
                 "classifier": {k: info[k] for k in keep if k in info} or None}
