@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "lib_lorakit"
-MAY_IMPORT_UI = ("ui/", "webui_host.py")
+MAY_IMPORT_UI = ("ui/", "webui_host/")
 
 
 def _imports(path: Path) -> set[str]:

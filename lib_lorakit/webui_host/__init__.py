@@ -1,4 +1,5 @@
-"""The Host inside the AUTOMATIC1111 webui (and Forge). The only module that imports the webui's `modules`."""
+"""The Host inside the AUTOMATIC1111 webui (and Forge). This package is the only code that imports the webui's
+`modules`: `__init__` (folders, checkpoints, the model hand-off, routes) and `generate` (txt2img, X/Y/Z)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from . import api, websec
-from .errors import LorakitError
-from .host import NETWORK_REFUSAL, Checkpoint, MemoryUse, ModelUnload, checkpoint_arch
+from .. import api, websec
+from ..errors import LorakitError
+from ..host import NETWORK_REFUSAL, Checkpoint, MemoryUse, ModelUnload, checkpoint_arch
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class WebuiHost:
         """The packages the webui pins in its requirements_versions.txt ({} when the file is missing)."""
         from modules import paths_internal
 
-        from .doctor import read_pins
+        from ..doctor import read_pins
 
         return read_pins(Path(paths_internal.script_path) / "requirements_versions.txt")
 
@@ -316,7 +317,7 @@ def mount_api(app) -> None:
     h.projects_home().mkdir(parents=True, exist_ok=True)
     _block_home_files(app, h.projects_home())
     api.mount(app, h, authorize=login_check(app), policy=web_policy())
-    from .train.queue import ensure_worker
+    from ..train.queue import ensure_worker
 
     ensure_worker(h)
     log.info("Train Style API mounted at %s (projects in %s)", api.PREFIX, h.projects_home())
@@ -324,6 +325,6 @@ def mount_api(app) -> None:
 
 def training_message() -> Optional[str]:
     """For the webui's generation guard: a message when a Train Style run holds the GPU."""
-    from .train.queue import TrainQueue
+    from ..train.queue import TrainQueue
 
     return TrainQueue(host()).training_message()
