@@ -260,3 +260,16 @@ def test_a_teachable_machine_export_dropped_on_the_panel_sorts_the_images(demo, 
     finish(studio, box)
     predictions = views(panel)["predictions"]
     assert predictions.count('class="ts-pick') == 6 and "&lt;b&gt;blue&lt;/b&gt;" in predictions  # drawn blue heads
+
+
+def test_groups_count_every_image_and_show_the_least_sure_first():
+    rows = [{"image": "a", "direction": "left", "confidence": 0.9}, {"image": "b", "direction": "left",
+                                                                     "confidence": 0.5},
+            {"image": "c", "direction": "left", "confidence": 0.7}, {"image": "d", "direction": "right"}]
+    groups, counts = direction_groups(["a", "b", "c", "d", "e"], {"images": rows}, {"labels": {"a": "left"}},
+                                      {i: "x" for i in "abd"}, set(), min_confidence=0.6)
+    left = next(g for g in groups if g.key == "left")
+    assert [c.image for c in left.cards] == ["b", "a"] and left.cards[0].low and not left.cards[1].low
+    assert counts == {"left": 3, "right": 1, "front": 0, "away": 0, "unknown": 1}
+    html = rd.groups_html(groups, hidden=2)
+    assert "Faces left (3)" in html and "Unknown (1)" in html and "2 more image(s), not shown" in html

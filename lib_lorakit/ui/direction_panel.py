@@ -29,7 +29,7 @@ from .compat import bind, run_js, unchanged, uploaded
 
 JOB_ID = "train_style_direction_job"
 JOB_KINDS = ("direction", "sort-train", "sort-predict")
-GRID_LIMIT = 200  # pictures shown in the groups and the predictions
+GRID_LIMIT = 120  # pictures shown in the groups and the predictions (the counts hold every image)
 SETTING_FIELDS = tuple(DIRECTION_SCHEMA.fields)
 APPLY_FIELDS = tuple(SORT_SCHEMA[n] for n in ("into", "min_confidence", "move", "repeats"))
 LABEL_BUTTONS = (("left", "Faces left"), ("right", "Faces right"), ("front", "Front"), ("away", "Away"),
@@ -408,12 +408,14 @@ def teachable_files(files: list[tuple[Path, str]]) -> tuple[Path, Path]:
 
 def direction_groups(images: list[str], estimate: dict[str, Any], marks: dict[str, Any], pictures: dict[str, str],
                      chosen: set[str], *, min_confidence: float) -> tuple[list[rd.Group], Optional[dict[str, int]]]:
-    """The shown images in one group per direction: the user's label where there is one, else the last estimate
-    (an image not estimated yet is unknown); and the count per direction (None when nothing is known yet)."""
+    """The shown images in one group per direction, the least sure first (those most likely to need a label): the
+    user's label where there is one, else the last estimate (an image not estimated yet is unknown); and the count
+    per direction (None when nothing is known yet)."""
     rows = {r.get("image"): r for r in estimate.get("images") or () if isinstance(r, dict)}
     labels, never = marks.get("labels") or {}, set(marks.get("never_flip") or ())
     groups = {key: rd.Group(key=key, title=title) for key, title in rd.GROUPS}
     counts = {key: 0 for key, _ in rd.GROUPS}
+    sure: dict[str, float] = {}
     for image in images:
         row = rows.get(image) or {}
         label = labels.get(image)
@@ -423,6 +425,7 @@ def direction_groups(images: list[str], estimate: dict[str, Any], marks: dict[st
         if image not in pictures:
             continue
         confidence = 1.0 if label else row.get("confidence")
+        sure[image] = 2.0 if label else float(confidence or 0.0)  # labelled ones last
         line = "your label" if label else ("not estimated" if not row else rd.percent(confidence))
         badges = ("never flip",) if image in never else ()
         groups[direction].cards.append(rd.Card(
@@ -430,4 +433,6 @@ def direction_groups(images: list[str], estimate: dict[str, Any], marks: dict[st
             title=f"{image}: {row.get('reason') or ('labelled by you' if label else 'not estimated yet')}",
             low=not label and (confidence or 0.0) < min_confidence))
     known = bool(rows) or bool(labels)
-    return [groups[key] for key, _ in rd.GROUPS], counts if known else None
+    out = [rd.Group(key=g.key, title=g.title, total=counts[g.key],
+                    cards=sorted(g.cards, key=lambda c: (sure.get(c.image, 0.0), c.image))) for g in groups.values()]
+    return out, counts if known else None

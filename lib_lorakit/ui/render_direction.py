@@ -53,6 +53,7 @@ class Group:
     key: str
     title: str
     cards: list[Card] = field(default_factory=list)
+    total: int = 0  # images in the group, shown or not
 
 
 def file_uri(path: Path) -> str:
@@ -83,15 +84,15 @@ def cards_html(cards: Iterable[Card]) -> str:
 # --- direction -------------------------------------------------------------------------------------------------------
 def groups_html(groups: Sequence[Group], *, heading: str = "", hidden: int = 0) -> str:
     """The images in one block per direction (empty directions left out); `hidden` images had no room."""
-    if not any(g.cards for g in groups):
+    if not any(g.cards or g.total for g in groups):
         return STYLE + '<p class="ts-empty">No training images yet: import some in the Dataset tab.</p>'
     parts = [STYLE, '<div class="ts-dir-groups">']
     if heading:
         parts.append(f'<p class="ts-note">{escape(heading)}</p>')
     for g in groups:
-        if g.cards:
+        if g.cards or g.total:
             parts.append(f'<div class="ts-dir-group" data-direction="{escape(g.key)}"><h4>{escape(g.title)} '
-                         f"({len(g.cards)})</h4>{cards_html(g.cards)}</div>")
+                         f"({max(g.total, len(g.cards))})</h4>{cards_html(g.cards)}</div>")
     if hidden:
         parts.append(f'<p class="ts-note">… and {hidden} more image(s), not shown.</p>')
     return "".join(parts) + "</div>"
