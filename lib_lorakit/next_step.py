@@ -179,11 +179,11 @@ def crop_next(status: Optional[ProjectStatus], *, cut: int = 0, heads_cut: Optio
                         "smart-crop them (or letterbox them): press Choose the cut images, Preview, then Apply.")
     if not cut:
         return NextStep(f"Every one of the {_images(status.images)} fits its bucket whole",
-                        "nothing is cut away; go on to the Train tab.", done=True)
+                        "nothing is cut away; go on to the Direction tab.", done=True)
     trimmed = f"{cut} of {_images(status.images)} trimmed by sd-scripts' centre crop"
     if heads_cut is None:
         return NextStep(trimmed, "tick Find cut faces and press Show buckets to see whether a head is cut.")
-    return NextStep(f"{trimmed}, no face or head cut", "crop more if you like, or go on to the Train tab.",
+    return NextStep(f"{trimmed}, no face or head cut", "crop more if you like, or go on to the Direction tab.",
                     done=True)
 
 

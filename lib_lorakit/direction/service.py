@@ -417,9 +417,9 @@ def _majority(estimates: Sequence[Estimate], min_confidence: float, fixed: Seque
         left, right = list(fixed).count("left"), list(fixed).count("right")
     if left == right:
         raise LorakitError(f"As many images face left as right (at least {min_confidence:.0%} sure): choose the side "
-                           f"with --to left or --to right"
-                           + ("" if sure.count("left") else ", or label a few images first "
-                              "(direction PROJECT label IMAGE left)"))
+                           "every subject should face (Normalise to left or right in the tab, --to left|right in the "
+                           "command line)"
+                           + ("" if sure.count("left") else ", or label a few images first"))
     return "left" if left > right else "right"
 
 
