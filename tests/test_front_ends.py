@@ -47,6 +47,9 @@ def violations(source: str, module: str) -> list[str]:
                       if a.name in SERVICES]
         elif isinstance(node, ast.Attribute) and node.attr in RAW_ATTRIBUTES:
             found.append(f"uses .{node.attr} (line {node.lineno})")
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "project"
+              and isinstance(node.func.value, (ast.Name, ast.Attribute))):  # studio.project(name) → the raw Project
+            found.append(f"opens the raw Project with .project(...) (line {node.lineno})")
     return [f"{module}: {v}" for v in found]
 
 
@@ -65,6 +68,7 @@ def test_the_static_check_sees_what_it_must_refuse():
     assert violations("from lib_lorakit.captions.store import CaptionStore\n", "x")
     assert violations("rows = studio.workspace.listing()\n", "x")
     assert violations("texts = studio.captions.store(name).records()\n", "x")
+    assert violations("words = self.studio.project(name).settings.trigger_words\n", "x")
     assert violations("from ..captions.ops import CaptionOp, filter_records\n", "x") == [
         "x: imports filter_records from ..captions.ops"]
     assert violations("from ..captions.service import TAG_SCHEMA, TagRequest\nfrom ..studio import Studio\n",

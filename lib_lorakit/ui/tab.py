@@ -18,7 +18,6 @@ import gradio as gr
 
 from ..errors import LorakitError
 from ..host import Host
-from ..next_step import change_stamp
 from ..studio import Studio
 from .captions_panel import CaptionsPanel
 from .compat import QUIET, bind
@@ -139,7 +138,7 @@ def wire_sync(studio: Studio, project: gr.components.Component, tabs: list[tuple
 def _signal(studio: Studio, name: Optional[str], stamp: str) -> Any:
     """A new value for a panel's signal box (its change redraws the panel) when the panel is stale, else none."""
     try:
-        fresh = change_stamp(studio.project(name)) if name else ""
+        fresh = studio.stamp(name) if name else ""
     except LorakitError:  # the project went away: the picker's ↻ says so when pressed
         return gr.update()
     return gr.update() if stamp == fresh else str(time.time_ns())

@@ -10,7 +10,6 @@ from typing import Any, Optional
 
 import gradio as gr
 
-from .. import next_step
 from ..studio import Studio
 from ..train.door import TrainingDoor
 from . import render_train as render
@@ -76,7 +75,7 @@ class TrainPanel:
     def sync(self, name: Optional[str], stamp: str, plan: str, choice: Optional[str], *concepts: Any) -> tuple:
         """Redrawn when the project changed since `stamp` (images, captions, settings, runs); else as it is. A
         step plan shown is from before the change, so it gives way to a note."""
-        if name and stamp == next_step.change_stamp(self.studio.project(name)):
+        if name and stamp == self.studio.stamp(name):
             return unchanged(len(self.sync_outputs))
         same = bool(name and stamp.startswith(f"{name}:"))
         note = render.note_html("The project changed since this check: press Check again.") if plan and same else ""

@@ -109,14 +109,13 @@ class RunsSection:
         """The project, its trigger words and what to do next (`latest`: the newest run)."""
         if not name:
             return render.heading_html("", "", next_step.train_next(None))
-        project = self.studio.project(name)
-        words = ", ".join(project.settings.trigger_words) or "none"
-        return render.heading_html(name, words, next_step.train_next(next_step.project_status(project), latest))
+        words = ", ".join(self.studio.settings(name).trigger_words) or "none"
+        return render.heading_html(name, words, next_step.train_next(self.studio.status(name), latest))
 
     def run_views(self, name: Optional[str], run_id: Optional[str]) -> tuple[Any, str, list, str, str, str]:
         """The runs dropdown (`run_id` chosen, else the newest), the run box, the samples, the queue, the heading
         with the next step, and the change stamp they were drawn at."""
-        stamp = next_step.change_stamp(self.studio.project(name)) if name else ""
+        stamp = self.studio.stamp(name) if name else ""
         snaps = self.door().runs(name) if name else []
         chosen = next((s for s in snaps if s.id == run_id), snaps[0] if snaps else None)
         choices = render.run_choices(snaps)
@@ -126,7 +125,7 @@ class RunsSection:
 
     def concept_choices(self, name: Optional[str], *chosen: Optional[list[str]]) -> tuple[Any, ...]:
         """The project's concepts for both lists, keeping what is still chosen (↻ after adding concepts)."""
-        names = [c.name for c in self.studio.project(name).concepts("dataset")] if name else []
+        names = [c.name for c in self.studio.concepts(name, "dataset")] if name else []
         chosen = chosen or ([], [])
         return tuple(gr.update(choices=names, value=[n for n in (c or []) if n in names]) for c in chosen)
 
