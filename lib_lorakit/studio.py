@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # training is imported when a caller asks for it: the tagging
     from .direction.sorter import SortService
     from .doctor import DoctorReport
     from .embed.service import EmbedService
+    from .evaluate.reg import RegService
     from .next_step import ProjectStatus
     from .results.lora_info import LoraInfo
     from .train.door import Start, TrainingDoor
@@ -79,6 +80,13 @@ class Studio:
         from .embed.service import EmbedService
 
         return EmbedService(self.host)
+
+    @property
+    def reg(self) -> RegService:
+        """Regularisation sets made by the Host's generator (evaluate/reg.py)."""
+        from .evaluate.reg import RegService
+
+        return RegService(self.host)
 
     @property
     def sorter(self) -> SortService:

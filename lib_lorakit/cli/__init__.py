@@ -84,10 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     from . import crop as cli_crop
     from . import direction as cli_direction
     from . import embed as cli_embed
+    from . import reg as cli_reg
     from . import sort as cli_sort
     from . import train as cli_train
 
     cli_train.add_parsers(sub, common)
+    cli_reg.add_parsers(sub, common)
     cli_crop.add_parsers(sub, common)
     cli_buckets.add_parsers(sub, common)
     cli_captions.add_parsers(sub, common)
@@ -131,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import crop as cli_crop
         from . import direction as cli_direction
         from . import embed as cli_embed
+        from . import reg as cli_reg
         from . import sort as cli_sort
         from . import train as cli_train
 
@@ -142,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sort": cli_sort.handle, "embed": cli_embed.handle,
             "buckets": cli_buckets.handle,
             "crop": cli_crop.handle,
+            "reg": cli_reg.handle,
         }.get(args.command, cli_train.handle)
         code, data, text = handler(Studio(host), args)
     except LorakitError as e:
