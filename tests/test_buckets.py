@@ -354,3 +354,36 @@ def test_cli_detect_runs_the_default_chain_without_downloading(home):
     data = json.loads(cli(home, "buckets", "demo", "--detect", "--json").stdout)
     assert isinstance(data["findings"], list) and data["detection"]["detector"]
     assert not any(f["kind"] not in ("face", "head") for f in data["findings"])
+
+
+def test_detections_are_kept_by_content_and_made_again_for_a_changed_picture(home):
+    """The Crop panel redraws often: a picture already analysed by the same detectors is not analysed again; an
+    edited picture (new content hash) is."""
+    from PIL import Image as PILImage
+
+    from lib_lorakit.project import Workspace
+
+    class Counting:
+        name = "counting-faces"
+
+        def __init__(self):
+            self.seen = []
+
+        def detect(self, image):
+            self.seen.append(image.size)
+            return [Box("face", 10, 100, 60, 150, 0.8)] if image.size == (512, 768) else []
+
+    project = Workspace(home).open("demo")
+    first, second = Counting(), Counting()
+    one = bucket_preview(project, BucketRequest.from_dict({"detect": True}), detector=first)
+    two = bucket_preview(project, BucketRequest.from_dict({"detect": True}), detector=second)
+    assert first.seen and not second.seen, "the second preview must answer from the kept detections"
+    assert one.to_dict()["findings"] == two.to_dict()["findings"] != []
+    tall = project.root / "dataset" / "10_art" / "tall.png"
+    picture = PILImage.open(tall).convert("RGB")
+    picture.putpixel((0, 0), (1, 2, 3))
+    tall.unlink()  # a hard-linked copy: replace, never write into it
+    picture.save(tall)
+    third = Counting()
+    bucket_preview(project, BucketRequest.from_dict({"detect": True}), detector=third)
+    assert third.seen == [(512, 768)], "only the changed picture is analysed again"

@@ -258,26 +258,31 @@ def bucket_preview(project: Project, request: BucketRequest, *, models_dir: Opti
     settings, source = resolve_settings(project, request)
     bucketer = Bucketer(settings)
     # 2. every indexed image placed (sizes from the index; only new or changed files are read)
-    images, skipped = place_entries(DatasetIndex(project).scan(), bucketer)
+    entries = DatasetIndex(project).scan()
+    images, skipped = place_entries(entries, bucketer)
     report = BucketReport(project=project.name, settings=bucketer.settings, source=source,
                           notes=list(bucketer.notes), images=images, skipped=skipped)
     # 3. optionally, faces and heads the crop cuts
     if request.detect or detector is not None:
-        _find_cuts(project, report, detector=detector, models_dir=models_dir)
+        _find_cuts(project, report, detector=detector, models_dir=models_dir,
+                   shas={e.path: e.sha256 for e in entries})
     return report
 
 
-def _find_cuts(project: Project, report: BucketReport, *, detector: Any, models_dir: Optional[Path]) -> None:
-    from ..detect import default_detector, detect_image
+def _find_cuts(project: Project, report: BucketReport, *, detector: Any, models_dir: Optional[Path],
+               shas: Mapping[str, str]) -> None:
+    from ..detect import default_detector
     from ..detect.models import detectors_folder
+    from .detections import detect_many
 
     if detector is None:
         # no models folder given: the chain still has its fallbacks that need no model
         detector = default_detector(detectors_folder(models_dir or project.state_dir / "models"), download=False)
     report.findings, unread, notes = [], [], set(getattr(detector, "notes", ()) or ())
     cut = [item for item in report.images if item.placement.cut]  # where nothing is cut away, nothing is found
+    found = detect_many(project, detector, [(item.image, shas.get(item.image, "")) for item in cut])
     for item in cut:
-        detection = detect_image(detector, project.root / item.image)
+        detection = found[item.image]
         notes.update(detection.notes)
         if detection.skipped:
             unread.append({"image": item.image, "reason": detection.reason})
