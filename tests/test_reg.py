@@ -195,7 +195,7 @@ def test_bad_fields_are_named_all_at_once():
     with pytest.raises(InvalidSettings) as e:
         RegRequest.from_dict({"class_name": "../up", "prompt": "", "count": 0, "repeats": -1, "cfg": "high"})
     text = str(e.value)
-    for field in ("class_name:", "count:", "repeats:", "cfg:"):
+    for field in ("class_name:", "prompt: required", "count:", "repeats:", "cfg:"):
         assert field in text, field
     with pytest.raises(InvalidSettings, match="prompt: required"):
         RegRequest.from_dict({"class_name": "woman", "prompt": " ", "count": 3})

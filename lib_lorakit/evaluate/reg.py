@@ -104,7 +104,8 @@ class RegRequest:
         try:
             values = REG_SCHEMA.from_dict(options)
         except InvalidSettings as e:
-            raise InvalidSettings([*problems, *e.problems]) from None
+            problems += e.problems
+            values = {**REG_SCHEMA.defaults(), **{k: v for k, v in options.items() if _checks(k, v)}}
         problems += _text_problems(values)
         if problems:
             raise InvalidSettings(problems)
@@ -112,6 +113,15 @@ class RegRequest:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _checks(name: str, value: Any) -> bool:
+    """Whether `value` is a valid `name` (read to list the other problems of a request the schema refused)."""
+    try:
+        REG_SCHEMA.validate({name: value})
+    except InvalidSettings:
+        return False
+    return True
 
 
 def _text_problems(values: Mapping[str, Any]) -> list[str]:

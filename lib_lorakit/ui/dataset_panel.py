@@ -15,6 +15,7 @@ from ..jobs import JobState
 from ..studio import GALLERY_LIMIT, Studio
 from . import render
 from .compat import bind, unchanged, uploaded
+from .reg_panel import RegAccordion
 
 
 class DatasetPanel:
@@ -82,6 +83,8 @@ class DatasetPanel:
                 self.preview_balance = gr.Button("Preview balance", elem_id="train_style_preview_balance")
                 self.apply_balance = gr.Button("Apply balance", elem_id="train_style_apply_balance")
             self.balance = gr.HTML(elem_id="train_style_balance")
+        self.reg_gen = RegAccordion(self.studio, self.project)
+        self.reg_gen.render()
         self.report = gr.HTML(elem_id="train_style_report")
         self.drop_dups = gr.Button("Move extra copies of exact duplicates to the trash",
                                    elem_id="train_style_drop_dups")
@@ -117,6 +120,7 @@ class DatasetPanel:
         on(self.preview_balance.click, self._preview_balance, [self.project, self.balance_target], [self.balance])
         on(self.apply_balance.click, self._apply_balance, [self.project, self.balance_target], [self.balance] + views)
         on(self.drop_dups.click, self._drop_dups, [self.project], views)
+        self.reg_gen.register(views=views, redraw=self._views)
 
     # --- handlers: read values → one core call → updates ------------------------------------------------------------
     def _views(self, name: str | None) -> tuple:
