@@ -13,11 +13,14 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Optional, Protocol, runtime_checkable
 
 from .errors import LorakitError
 from .paths import resolve_inside
 from .tomlio import read_toml
+
+if TYPE_CHECKING:
+    from .evaluate import Generator
 
 Arch = Literal["SD1", "SD2", "SDXL", "Unknown"]
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
@@ -86,6 +89,7 @@ class Host(Protocol):
     def interrogators(self) -> list[str]: ...
     def interrogate(self, name: str, images: Sequence[Any]) -> list[str]: ...
     def webui_pins(self) -> Optional[dict[str, str]]: ...  # the webui's pinned packages; None outside it
+    def generator(self) -> Generator: ...  # makes images (evaluate.Generator); LorakitError: what is missing
 
 
 def resolve_server_path(host: Host, path: str) -> Path:
@@ -270,3 +274,10 @@ class StandaloneHost:
     def webui_pins(self) -> Optional[dict[str, str]]:
         """No webui venv to keep as it is here."""
         return None
+
+    def generator(self) -> Generator:
+        """sd-scripts' gen_img.py in the trainer environment; a LorakitError naming what is missing when the trainer
+        or the sd-scripts checkout is not set up."""
+        from .evaluate.sd_scripts_gen import standalone_generator
+
+        return standalone_generator(self)
