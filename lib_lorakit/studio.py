@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # training is imported when a caller asks for it: the tagging
     from .doctor import DoctorReport
     from .embed.service import EmbedService
     from .evaluate.reg import RegService
+    from .evaluate.service import EvalService
     from .next_step import ProjectStatus
     from .results.lora_info import LoraInfo
     from .train.door import Start, TrainingDoor
@@ -87,6 +88,13 @@ class Studio:
         from .evaluate.reg import RegService
 
         return RegService(self.host)
+
+    @property
+    def evaluate(self) -> EvalService:
+        """Grids over a run's epochs × weights × prompts, the eval/ store, and cards set from a grid."""
+        from .evaluate.service import EvalService
+
+        return EvalService(self.host)
 
     @property
     def sorter(self) -> SortService:

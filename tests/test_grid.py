@@ -58,7 +58,7 @@ def test_every_stepped_value_is_exact_to_its_step(start, stop, step):
 @pytest.mark.parametrize("spec, words", [
     ("", "empty"), ("abc", "'abc' is not a number"), ("0-1 (+0)", "step of 0"),
     ("0-1 (-0.2)", "steps away"), ("0-100 (+0.01)", "values"), ("0-1 [0]", "1 to"),
-    ("20", "outside -10 to 10"), ("0-1 (+0.2", "not a number"),
+    ("20", "outside -10 to 10"), ("0.123456", "more than 4 decimals"), ("0-1 (+0.2", "not a number"),
 ])
 def test_bad_weight_specs_say_what_is_wrong(spec, words):
     with pytest.raises(LorakitError, match=words.replace("(", r"\(").replace("+", r"\+")):

@@ -81,6 +81,9 @@ def _weight_item(item: str) -> list[Decimal]:
     except InvalidOperation:
         raise LorakitError(f"weights: {item.strip()!r} holds a number that cannot be read.") from None
     for v in values:
+        if v.normalize().as_tuple().exponent < COUNT_PLACES.as_tuple().exponent:
+            raise LorakitError(f"weights: {format_number(v)} in {item.strip()!r} has more than 4 decimals; the "
+                               "webui writes weights to 4.")
         if abs(v) > MAX_WEIGHT:
             raise LorakitError(f"weights: {format_number(v)} in {item.strip()!r} is outside -10 to 10.")
     return values
