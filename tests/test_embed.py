@@ -18,7 +18,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
-from tiny_clip import TINY_MODEL, register_tiny_clip, save_tiny_checkpoint
+from tiny_clip import TINY_CONFIG, TINY_MODEL, register_tiny_clip, save_tiny_checkpoint
 
 from lib_lorakit import api
 from lib_lorakit.captions.audit import audit
@@ -39,8 +39,10 @@ def tiny(tmp_path_factory) -> str:
     """The embedder spec of the tiny model: its open_clip config and its weights file."""
     folder = tmp_path_factory.mktemp("tiny_clip")
     register_tiny_clip(folder)
+    config = folder / (TINY_MODEL + ".json")  # written here too: registering is done once per process
+    config.write_text(json.dumps(TINY_CONFIG), encoding="utf-8")
     weights = save_tiny_checkpoint(folder / "tiny.pt")
-    return f"{folder / (TINY_MODEL + '.json')}:{weights}"
+    return f"{config}:{weights}"
 
 
 def draw(path: Path, colour: tuple[int, int, int], *, arrow_right: bool = True, size: int = 64) -> Path:

@@ -21,7 +21,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw, ImageFilter
-from tiny_clip import TINY_MODEL, register_tiny_clip, save_tiny_checkpoint
+from tiny_clip import TINY_CONFIG, TINY_MODEL, register_tiny_clip, save_tiny_checkpoint
 
 from lib_lorakit import api
 from lib_lorakit.cli import main
@@ -42,7 +42,9 @@ RED, BLUE = (220, 30, 30), (30, 30, 220)
 def tiny(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("tiny_clip")
     register_tiny_clip(folder)
-    return f"{folder / (TINY_MODEL + '.json')}:{save_tiny_checkpoint(folder / 'tiny.pt')}"
+    config = folder / (TINY_MODEL + ".json")  # written here too: registering is done once per process
+    config.write_text(json.dumps(TINY_CONFIG), encoding="utf-8")
+    return f"{config}:{save_tiny_checkpoint(folder / 'tiny.pt')}"
 
 
 def shape(path: Path, colour, i: int) -> None:
