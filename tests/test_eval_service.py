@@ -20,7 +20,7 @@ from typing import Optional
 import pytest
 from PIL import Image
 
-from lib_lorakit.errors import LorakitError
+from lib_lorakit.errors import Cancelled, LorakitError
 from lib_lorakit.evaluate import GenImage, GenRequest, GridResult
 from lib_lorakit.evaluate.grid import SR
 from lib_lorakit.evaluate.service import (
@@ -292,6 +292,7 @@ def test_an_xyz_generator_makes_the_grid_in_one_go_and_cells_land_where_they_bel
     base, axes = gen.grids[0]
     assert base.loras == () and "<lora:zq-000001:" in base.prompt
     assert report["infotext"].startswith(base.prompt) and "Script: X/Y/Z plot" in report["infotext"]
+    assert "Sampler" not in report["infotext"]  # the script's own grid picture and infotext are kept as they came
     for cell in report["cells"]:
         with Image.open(project.root / cell["image"]) as im:
             assert im.info["parameters"].split("\n")[0] == f"{cell['prompt']} <lora:{cell['lora']}:{cell['weight']}>"
@@ -472,3 +473,52 @@ def test_api_grid_as_a_job_its_images_and_the_card(setup):
     off = client.post(f"{url}/card", json={"run": run, "weight": 5})
     assert off.status_code == 400 and "weight: expected a number from 0 to 2" in off.json()["detail"]
     assert client.post("/train-style/v1/projects/nope/eval", json={"run": run, "prompts": ["a"]}).status_code == 404
+
+
+class StoppedScript(ScriptGenerator):
+    """The webui's X/Y/Z answer after a cancel: every cell, those not made blank with an empty infotext."""
+
+    def xyz_grid(self, base, *, x, y=None, z=None, progress=None, cancel=None):
+        result = super().xyz_grid(base, x=x, y=y, z=z)
+        cancel.set()
+        cells = [c if i < 3 else GenImage(Image.new("RGB", c.image.size), "", -1) for i, c in enumerate(result.cells)]
+        return GridResult(grid=result.grid, infotext=result.infotext, cells=cells)
+
+
+def test_a_cancelled_xyz_grid_keeps_only_the_cells_made_and_resume_makes_the_rest(setup):
+    host, project, run = setup
+    service = EvalService(host)
+    report = service.run("demo", request(run), generator=StoppedScript(), cancel=threading.Event())
+    assert report["state"] == "cancelled" and report["made"] == 3
+    for cell in report["cells"]:
+        if cell["image"]:
+            with Image.open(project.root / cell["image"]) as im:
+                assert im.info["parameters"]
+    with Image.open(project.root / report["grid"]) as grid:  # composed here: the blank stand-ins are not a grid
+        assert "Script: X/Y/Z plot" in grid.info["parameters"] and grid.height > H
+    assert service.resume("demo", report["id"], generator=PaintingGenerator())["made"] == 12
+
+
+class CancelledGenerator(PaintingGenerator):
+    def generate(self, requests, *, progress=None, cancel=None):
+        if self.calls:
+            raise Cancelled("stopped at the cancel")
+        return super().generate(requests, progress=progress, cancel=cancel)
+
+
+def test_a_generator_stopping_with_cancelled_leaves_a_cancelled_grid_not_an_error(setup):
+    host, project, run = setup
+    report = EvalService(host).run("demo", request(run), generator=CancelledGenerator())
+    assert report["state"] == "cancelled" and report["made"] == 2 and report["grid"]
+
+
+def test_the_webuis_own_generator_finds_every_compared_file_registered(setup):
+    host, project, run = setup
+
+    class InWebui(PaintingGenerator):
+        name = "webui"
+
+    EvalService(host).run("demo", request(run, epochs="1,final"), generator=InWebui())
+    target = host.lora / "train-style" / "demo"
+    assert sorted(p.name for p in target.glob("*.safetensors")) == ["zq-000001.safetensors", "zq.safetensors"]
+    assert json.loads((target / "zq.json").read_text())["activation text"] == "zq"

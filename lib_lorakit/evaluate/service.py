@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
 from .. import clock
-from ..errors import LorakitError, NotFound
+from ..errors import Cancelled, LorakitError, NotFound
 from ..fsutil import atomic_save_image, atomic_write_json, read_json
 from ..host import Host
 from ..jobs import JobState, job_manager
@@ -266,6 +266,8 @@ class EvalService:
     def _make(self, folder: Path, name: str, request: GridRequest, plan: GridPlan, gen: Generator, *,
               progress: Optional[ProgressFn], cancel: Optional[CancelFlag], force_cells: bool = False) -> dict:
         started = clock.monotonic()
+        if getattr(gen, "name", "") == "webui":  # the webui finds LoRAs in its Lora folder only
+            self._register(name, request.run, plan)
         _RUNNING_HERE.add(folder.name)
         state, error = "running", ""
         self._write_report(folder, name, request, plan, gen, state=state)
@@ -280,6 +282,9 @@ class EvalService:
             if not composed or missing:
                 self._compose(folder, plan, request, gen)
             state = "cancelled" if (cancel is not None and cancel.is_set()) or missing else "done"
+        except Cancelled:  # the generator stopped at the cancel: what it made is kept, the grid shows it
+            state = "cancelled"
+            self._compose(folder, plan, request, gen)
         except LorakitError as e:
             state, error = "failed", str(e)
             raise
@@ -318,9 +323,12 @@ class EvalService:
         result = gen.xyz_grid(base, x=axes[0], y=axes[1] if len(axes) > 1 else None,
                               z=axes[2] if len(axes) > 2 else None, progress=progress, cancel=cancel)
         cells = plan.cells()
+        made = 0
         for order, image in zip(xyz.cells, result.cells, strict=False):
-            save_gen_image(image, _cell_path(folder, cells[order]))
-        if len(result.cells) == len(xyz.cells):
+            if image.infotext:  # a cell the webui did not make (a cancel) comes back blank, without infotext
+                save_gen_image(image, _cell_path(folder, cells[order]))
+                made += 1
+        if made == len(xyz.cells):
             info = PngInfo()
             info.add_text("parameters", result.infotext)
             atomic_save_image(result.grid, folder / "grid.png", pnginfo=info)
@@ -337,6 +345,20 @@ class EvalService:
         info = PngInfo()
         info.add_text("parameters", grid_infotext(plan, request, plan.xyz()))
         atomic_save_image(grid, folder / "grid.png", pnginfo=info)
+
+    def _register(self, name: str, run: str, plan: GridPlan) -> None:
+        """The plan's LoRA files that are not in the Lora folder yet, registered with their cards."""
+        from ..results.registry import register_files
+        from ..train.runner import Runs
+
+        project = self._project(name)
+        target = Path(self.host.lora_dir()) / "train-style" / project.name
+        missing = [e.path for e in plan.epochs if not (target / e.path.name).is_file()]
+        if missing:
+            meta = Runs(project).get(run).meta
+            register_files(missing, lora_dir=Path(self.host.lora_dir()), project=project.name,
+                           trigger_words=list(meta.get("trigger_words") or project.settings.trigger_words),
+                           description=f"Train Style run {run}", host=self.host)
 
     # --- the store --------------------------------------------------------------------------------------------------
     def _new_folder(self, name: str, request: GridRequest) -> Path:
