@@ -155,8 +155,9 @@ def test_a_grid_keeps_cells_with_infotext_and_composes_them_under_their_labels(s
     assert report["state"] == "done" and report["made"] == 12 == len(report["cells"])
     folder = project.root / report["grid"].rsplit("/", 1)[0]
     assert report["grid"].startswith("eval/") and (project.root / report["grid"]).is_file()
-    # one process a (LoRA, weight): six groups of the two prompt twins
-    assert sorted(len(c) for c in gen.calls) == [2] * 6
+    # one generator call (one sd-scripts process) for the whole checkpoint, LoRA by LoRA
+    assert [len(c) for c in gen.calls] == [12]
+    assert [r.loras[0].name for r in gen.calls[0]] == ["zq"] * 4 + ["zq-000001"] * 4 + ["zq-000002"] * 4
     for cell in report["cells"]:
         with Image.open(project.root / cell["image"]) as im:
             text = f"{cell['prompt']} <lora:{cell['lora']}:{float(cell['weight']):g}>"
@@ -252,6 +253,7 @@ def test_the_webuis_own_parser_restores_the_script_and_its_axes(setup):
 def test_cancel_mid_grid_leaves_a_consistent_folder_that_resume_completes(setup):
     host, project, run = setup
     service = EvalService(host)
+    service.chunk = 2
     cancel = threading.Event()
     report = service.run("demo", request(run), generator=PaintingGenerator(stop_after=2), cancel=cancel)
     folder = project.root / "eval" / report["id"]
@@ -275,6 +277,7 @@ def test_cancel_mid_grid_leaves_a_consistent_folder_that_resume_completes(setup)
 def test_a_crash_mid_grid_is_reported_interrupted_and_can_be_resumed(setup):
     host, project, run = setup
     service = EvalService(host)
+    service.chunk = 2
     with pytest.raises(RuntimeError):
         service.run("demo", request(run), generator=PaintingGenerator(fail_after=1))
     (listed,) = service.list("demo")
@@ -508,7 +511,9 @@ class CancelledGenerator(PaintingGenerator):
 
 def test_a_generator_stopping_with_cancelled_leaves_a_cancelled_grid_not_an_error(setup):
     host, project, run = setup
-    report = EvalService(host).run("demo", request(run), generator=CancelledGenerator())
+    service = EvalService(host)
+    service.chunk = 2
+    report = service.run("demo", request(run), generator=CancelledGenerator())
     assert report["state"] == "cancelled" and report["made"] == 2 and report["grid"]
 
 

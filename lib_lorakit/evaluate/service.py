@@ -20,6 +20,7 @@ import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Optional
 
@@ -163,6 +164,8 @@ _GRID_ID = re.compile(r"[A-Za-z0-9_-]{1,80}")
 
 
 class EvalService:
+    chunk = 16  # cells a generator call makes at most (saved, and report.json written, after each)
+
     def __init__(self, host: Host):
         self.host = host
 
@@ -299,7 +302,7 @@ class EvalService:
         cells = plan.cells()
         todo = [c for c in cells if not _cell_path(folder, c).is_file()]
         done = len(cells) - len(todo)
-        for group in _groups(todo):
+        for group in _groups(todo, self.chunk):
             if cancel is not None and cancel.is_set():
                 return
             made = gen.generate([cell_request(c, request) for c in group], cancel=cancel,
@@ -530,12 +533,17 @@ def save_gen_image(image: GenImage, path: Path) -> None:
     atomic_save_image(image.image, path, pnginfo=info)
 
 
-def _groups(cells: Sequence[Cell]) -> list[list[Cell]]:
-    """Cells that share a LoRA file, weight and checkpoint together (sd-scripts makes each group in one process)."""
-    def key(c: Cell) -> tuple[str, str, str]:
-        return c.epoch.name, c.weight, c.checkpoint or ""
+def _groups(cells: Sequence[Cell], chunk: int) -> list[list[Cell]]:
+    """Cells of one checkpoint together, LoRA by LoRA, at most `chunk` a call: sd-scripts makes each call in one
+    process (one model load, its LoRAs loaded once), and what a call made is saved before the next starts."""
+    def key(c: Cell) -> tuple[str, str, Decimal, int]:
+        return c.checkpoint or "", c.epoch.name, Decimal(c.weight), c.index
 
-    return [list(g) for _, g in itertools.groupby(sorted(cells, key=key), key=key)]
+    out: list[list[Cell]] = []
+    for _, same in itertools.groupby(sorted(cells, key=key), key=lambda c: c.checkpoint or ""):
+        same = list(same)
+        out += [same[i:i + chunk] for i in range(0, len(same), chunk)]
+    return out
 
 
 def _offset(progress: Optional[ProgressFn], base: int, size: int, total: int) -> Optional[ProgressFn]:
