@@ -6,7 +6,8 @@ options split at ` --`), writes one PNG per line named by its `--f` (size from `
 and the LoRA weights) and appends what it understood, one JSON object per process, to `$FAKE_GEN_RECORD`.
 
 FAKE_GEN_MODE: "ok" (default), "fail" (prints an error and exits 1 after the first image), "hang" (makes the
-first image, then waits to be stopped), "skip" (exits 0 without making the last image).
+first image, then waits to be stopped), "stall" (waits to be stopped before making any), "skip" (exits 0 without
+making the last image); "MODE:TEXT" applies MODE only to a process whose --ckpt contains TEXT.
 """
 
 import argparse
@@ -53,7 +54,9 @@ def parse_line(raw):
 
 def main():
     args = parse_args(sys.argv[1:])
-    mode = os.environ.get("FAKE_GEN_MODE", "ok")
+    mode, _, only = os.environ.get("FAKE_GEN_MODE", "ok").partition(":")
+    if only and only not in args.ckpt:
+        mode = "ok"
     lines = Path(args.from_file).read_text(encoding="utf-8").splitlines()
     items = [parse_line(d) for d in lines if d.strip() and d[0] != "#"]
     record = {"argv": sys.argv[1:], "args": vars(args), "items": items, "cwd": os.getcwd(), "pid": os.getpid()}
@@ -61,6 +64,8 @@ def main():
         with open(os.environ["FAKE_GEN_RECORD"], "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
     print("INFO     SDXL: False  load StableDiffusion checkpoint", flush=True)
+    while mode == "stall":
+        time.sleep(0.1)
     for n, item in enumerate(items):
         if mode == "skip" and n == len(items) - 1:
             break

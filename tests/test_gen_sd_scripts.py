@@ -262,6 +262,11 @@ def test_checkpoints_and_loras_outside_the_allowed_folders_are_refused(setup, tm
         setup.gen.generate([GenRequest(prompt="a", loras=(LoraUse("evil", 1, path=outside),))])
     with pytest.raises(LorakitError, match="no file named missing.safetensors"):
         setup.gen.generate([GenRequest(prompt="a", loras=(LoraUse("missing", 1),))])
+    setup.gen.local_user = True  # the machine's own user may name any file, but never one sd-scripts would unpickle
+    pickled = setup.tmp / "Lora" / "old.pt"
+    pickled.write_bytes(b"not opened")
+    with pytest.raises(PathNotAllowed, match="old.pt.*pickles"):
+        setup.gen.generate([GenRequest(prompt="a", checkpoint="base", loras=(LoraUse("old", 1, path=pickled),))])
     assert setup.records() == []
 
 
@@ -291,6 +296,19 @@ def test_progress_counts_images_and_cancel_keeps_what_was_made(setup, monkeypatc
     assert seen[0][:2] == (0, 3) and "Loading base.safetensors" in seen[0][2]
     assert (1, 3, "Made image 1 of 3 with sd-scripts") in seen
     assert not group_alive(setup.records()[0]["pid"])  # the fake and its process group are gone
+
+
+def test_after_a_cancel_images_pair_with_the_first_requests_by_position(setup, monkeypatch):
+    write_safetensors(setup.tmp / "models" / "Stable-diffusion" / "second.safetensors", SD1_KEYS)
+    monkeypatch.setenv("FAKE_GEN_MODE", "stall:second")  # the second checkpoint's process makes nothing
+    cancel = threading.Event()
+    reqs = [GenRequest(prompt=f"p{i}", seed=i, width=64, height=64, checkpoint=ckpt)
+            for i, ckpt in enumerate(["base", "second", "base"])]
+    images = setup.gen.generate(reqs, cancel=cancel,
+                                progress=lambda done, total, message: "second" in message and cancel.set())
+    assert cancel.is_set()
+    # p0 and p2 were made by the first process, p1 never: p2 would pair with the request for p1, so it is left out
+    assert [im.request.prompt for im in images] == ["p0"]
 
 
 def test_a_failing_gen_img_is_an_error_with_its_log_tail(setup, monkeypatch):
@@ -352,6 +370,7 @@ def random_sd15_lora(path: Path) -> Path:
             add(f"lora_unet_{block}_transformer_blocks_0_{proj}", width)
     for proj in ("q_proj", "v_proj"):
         add(f"lora_te_text_model_encoder_layers_0_self_attn_{proj}", 768)
+    path.parent.mkdir(parents=True, exist_ok=True)
     save_file(sd, str(path), metadata={"ss_network_module": "networks.lora", "ss_output_name": path.stem})
     return path
 

@@ -245,7 +245,9 @@ class SdScriptsGenerator:
     # --- the Generator protocol ----------------------------------------------------------------------------------
     def generate(self, requests: Sequence[GenRequest], *, progress: Optional[ProgressFn] = None,
                  cancel: Optional[CancelFlag] = None) -> list[GenImage]:
-        """One image per request, in order; on cancel, the images made so far (still in request order)."""
+        """One image per request, in order. On cancel, the images made so far for the first requests: the longest
+        run from the first request on with none missing (callers pair images with requests by position), so an
+        image a later process made before a gap is dropped."""
         # 1. check every request before anything runs; resolve files, draw seeds
         planned = self.plan(requests)
         if not planned:
@@ -259,13 +261,13 @@ class SdScriptsGenerator:
                 self._run_group(group, work / f"{n:02d}", made=made, total=len(planned), progress=progress,
                                 cancel=cancel)
         except Cancelled:
-            return [made[i] for i in sorted(made)]
+            return _leading(made)
         finally:
             if not self.keep_files and (len(made) == len(planned) or (cancel is not None and cancel.is_set())):
                 shutil.rmtree(work, ignore_errors=True)  # a failed group's folder stays: its error names the log
         if progress:
             progress(len(planned), len(planned), f"Made {len(planned)} images with sd-scripts")
-        return [made[i] for i in sorted(made)]
+        return _leading(made)
 
     # --- planning ------------------------------------------------------------------------------------------------
     def plan(self, requests: Sequence[GenRequest]) -> list[Planned]:
@@ -322,6 +324,9 @@ class SdScriptsGenerator:
         if path is not None:
             found = confine_model_path(self.host, path, local_user=self.local_user, what=f"LoRA {name}",
                                        extra_roots=roots).path
+            if found.suffix.lower() != ".safetensors":
+                raise PathNotAllowed(f"The LoRA {name} ({found.name}) is not a .safetensors file: other formats are "
+                                     "pickles whose loading can run any code they hold. Convert it.")
             if not found.is_file():
                 raise LorakitError(f"LoRA {name}: {path} does not exist.")
             return found
@@ -431,6 +436,14 @@ class SdScriptsGenerator:
             "Lora hashes": lora_hashes(pairs) or None, "sd-scripts sampler": item.sampler.gen_img,
         }
         return format_infotext(prompt=prompt_with_loras(req.prompt, req.loras), negative=req.negative, params=params)
+
+
+def _leading(made: Mapping[int, GenImage]) -> list[GenImage]:
+    """The images of requests 0, 1, 2, … up to the first one not made."""
+    out = []
+    while len(out) in made:
+        out.append(made[len(out)])
+    return out
 
 
 def checkpoint_family(path: Path) -> str:
