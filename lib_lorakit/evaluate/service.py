@@ -406,11 +406,12 @@ class EvalService:
         except (OSError, ValueError) as e:
             raise LorakitError(f"Grid {grid_id}'s report.json cannot be read ({type(e).__name__}); delete the "
                                "folder or repair the file.") from e
-        if not isinstance(report, dict) or not isinstance(report.get("cells"), list):
+        if not isinstance(report, dict) or not isinstance(report.get("cells"), list) or not all(
+                isinstance(c, dict) and isinstance(c.get("index"), int) for c in report["cells"]):
             raise LorakitError(f"Grid {grid_id}'s report.json is damaged; delete the folder or repair the file.")
         rel = f"eval/{folder.name}/"
         for cell in report["cells"]:
-            path = folder / "cells" / f"{int(cell.get('index', 0)):04d}.png"
+            path = folder / "cells" / f"{cell['index']:04d}.png"
             cell["image"] = rel + "cells/" + path.name if path.is_file() else None
         report["made"] = sum(1 for c in report["cells"] if c["image"])
         report["grid"] = rel + "grid.png" if (folder / "grid.png").is_file() else None
