@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # training is imported when a caller asks for it: the tagging
     from .direction.sorter import SortService
     from .doctor import DoctorReport
     from .embed.service import EmbedService
+    from .evaluate.inspect import InspectResult
     from .evaluate.reg import RegService
     from .evaluate.service import EvalService
     from .next_step import ProjectStatus
@@ -196,6 +197,22 @@ class Studio:
         target = Path(path) if local_user else resolve_inside(str(path), [*self.host.allowed_roots(),
                                                                           self.host.lora_dir()])
         return read_lora_info(target)
+
+    def inspect(self, path: str | Path, *, local_user: bool = False) -> InspectResult:
+        """PNG Info that knows our LoRAs: how an image was made, its LoRAs resolved to files, ours to their run. The
+        machine's own user (the CLI) may name any file; a web request only one inside the allowed folders, the Lora
+        folder or the projects home."""
+        from .evaluate.inspect import inspect_image
+
+        roots = [*self.host.allowed_roots(), self.host.lora_dir(), self.host.projects_home()]
+        target = Path(path) if local_user else resolve_inside(str(path), roots)
+        return inspect_image(target, lora_dir=self.host.lora_dir(), projects_home=self.host.projects_home())
+
+    def inspect_upload(self, data: bytes, *, name: str) -> InspectResult:
+        """As `inspect`, for a file's bytes sent by a client (`name`: the file's own name)."""
+        from .evaluate.inspect import inspect_bytes
+
+        return inspect_bytes(data, name=name, lora_dir=self.host.lora_dir(), projects_home=self.host.projects_home())
 
     def doctor(self, *, trainer_python: Optional[str] = None, tokenizer_cache_dir: Optional[Path] = None,
                config_file: Optional[Path] = None) -> DoctorReport:

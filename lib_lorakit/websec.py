@@ -327,6 +327,7 @@ def guarded_route_class(policy: WebPolicy, *, max_body: int = MAX_BODY_BYTES) ->
 
             return guarded
 
+    GuardedRoute.policy = policy  # a route that needs another body cap makes its own class with it
     return GuardedRoute
 
 

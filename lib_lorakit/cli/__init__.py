@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import crop as cli_crop
     from . import direction as cli_direction
     from . import embed as cli_embed
+    from . import inspect as cli_inspect
     from . import grid as cli_grid
     from . import reg as cli_reg
     from . import sort as cli_sort
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_direction.add_parsers(sub, common)
     cli_sort.add_parsers(sub, common)
     cli_embed.add_parsers(sub, common)
+    cli_inspect.add_parsers(sub, common)
     cli_grid.add_parsers(sub, common)
 
     rep = sub.add_parser("report", parents=[common], help="the dataset report")
@@ -135,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import crop as cli_crop
         from . import direction as cli_direction
         from . import embed as cli_embed
+        from . import inspect as cli_inspect
         from . import grid as cli_grid
         from . import reg as cli_reg
         from . import sort as cli_sort
@@ -148,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sort": cli_sort.handle, "embed": cli_embed.handle,
             "buckets": cli_buckets.handle,
             "crop": cli_crop.handle,
+            "inspect": cli_inspect.handle,
             **dict.fromkeys(("grid", "card"), cli_grid.handle),
             "reg": cli_reg.handle,
         }.get(args.command, cli_train.handle)
