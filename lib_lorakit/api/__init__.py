@@ -118,8 +118,8 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
     from . import captions as api_captions
     from . import crop as api_crop
     from . import direction as api_direction
-    from . import inspect as api_inspect
     from . import evaluate as api_evaluate
+    from . import inspect as api_inspect
     from . import reg as api_reg
     from . import sort as api_sort
     from . import train as api_train
@@ -130,8 +130,8 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
     api_sort.add_routes(r, studio, call)
     api_buckets.add_routes(r, studio, call)
     api_crop.add_routes(r, studio, call)
-    api_inspect.add_routes(r, studio, call)
     api_evaluate.add_routes(r, studio, call)
+    api_inspect.add_routes(r, studio, call)
     api_reg.add_routes(r, studio, call)
     return r
 

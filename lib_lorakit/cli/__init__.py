@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import crop as cli_crop
     from . import direction as cli_direction
     from . import embed as cli_embed
-    from . import inspect as cli_inspect
     from . import grid as cli_grid
+    from . import inspect as cli_inspect
     from . import reg as cli_reg
     from . import sort as cli_sort
     from . import train as cli_train
@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli_direction.add_parsers(sub, common)
     cli_sort.add_parsers(sub, common)
     cli_embed.add_parsers(sub, common)
-    cli_inspect.add_parsers(sub, common)
     cli_grid.add_parsers(sub, common)
+    cli_inspect.add_parsers(sub, common)
 
     rep = sub.add_parser("report", parents=[common], help="the dataset report")
     rep.add_argument("project")
@@ -137,8 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import crop as cli_crop
         from . import direction as cli_direction
         from . import embed as cli_embed
-        from . import inspect as cli_inspect
         from . import grid as cli_grid
+        from . import inspect as cli_inspect
         from . import reg as cli_reg
         from . import sort as cli_sort
         from . import train as cli_train
@@ -151,8 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sort": cli_sort.handle, "embed": cli_embed.handle,
             "buckets": cli_buckets.handle,
             "crop": cli_crop.handle,
-            "inspect": cli_inspect.handle,
             **dict.fromkeys(("grid", "card"), cli_grid.handle),
+            "inspect": cli_inspect.handle,
             "reg": cli_reg.handle,
         }.get(args.command, cli_train.handle)
         code, data, text = handler(Studio(host), args)
