@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from .. import gpu_use
 from ..errors import LorakitError, NotFound
 from ..fsutil import atomic_write_json, read_json
 from ..host import Host
@@ -191,6 +192,10 @@ class TrainQueue:
         busy = getattr(self.host, "busy", lambda: None)()
         if busy:
             raise LorakitError(f"Training waits: {busy}")
+        with gpu_use.training_may_start():  # not while a grid or other images are generated in this process
+            return self._start_now(entry)
+
+    def _start_now(self, entry: QueueEntry) -> RunSnapshot:
         runs = Runs(Workspace(self.host.projects_home()).open(entry.project))
         if self.unload_model and not (read_json(self.file, default={}) or {}).get("model_unloaded"):
             freed = self.host.unload_model()

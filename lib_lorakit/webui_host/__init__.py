@@ -7,11 +7,14 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .. import api, websec
 from ..errors import LorakitError
 from ..host import NETWORK_REFUSAL, Checkpoint, MemoryUse, ModelUnload, checkpoint_arch
+
+if TYPE_CHECKING:
+    from .generate import WebuiGenerator
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +130,12 @@ class WebuiHost:
         networks = sys.modules.get("networks")
         if networks is not None and hasattr(networks, "list_available_networks"):
             networks.list_available_networks()
+
+    def generator(self) -> WebuiGenerator:
+        """The webui's own txt2img and X/Y/Z plot, in this process (never while a Train Style run trains)."""
+        from .generate import WebuiGenerator
+
+        return WebuiGenerator(training_message=training_message, refresh_loras=self.refresh_loras)
 
     # --- the webui's own interrogators (the webui fetches their models itself) ---------------------
     def interrogators(self) -> list[str]:
