@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 
 from lib_lorakit import api
 from lib_lorakit.cli import main
+from lib_lorakit.crop.service import CropRequest
 from lib_lorakit.dataset.index import DatasetIndex
 from lib_lorakit.errors import LorakitError
 from lib_lorakit.evaluate import GenImage, GenRequest
@@ -121,6 +122,14 @@ def test_n_images_land_in_the_reg_set_with_captions_records_and_index(studio):
     assert [(c.name, c.images, c.repeats) for c in counts] == [("woman", 5, 2)]
     concepts = {c.folder: c.images for c in studio.report("demo").concepts if c.kind == "reg"}
     assert concepts == {"reg/2_woman": 5}
+    # crop works on them from their originals, which stay as they were
+    original = root / next(r["original"] for r in records.values() if r["image"].endswith("woman_00000.png"))
+    kept = original.read_bytes()
+    studio.crop.crop("demo", CropRequest.from_dict({"mode": "center", "images": ["reg/2_woman/woman_00000.png"],
+                                                    "aspect": "1:2"}))
+    with Image.open(files[0]) as im:
+        assert im.size == (32, 64)
+    assert original.read_bytes() == kept
 
 
 def test_seeds_are_the_same_for_every_maker_and_differ_per_index(tmp_path):
