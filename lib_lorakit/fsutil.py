@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
@@ -82,6 +83,13 @@ def atomic_save_image(image: Any, path: Path, **save_args: Any) -> None:
     """Save a PIL image through a temporary file; the format comes from `path`'s suffix."""
     with _atomic_file(path) as f:
         image.save(f, format=_pil_format(Path(path)), **save_args)
+
+
+def encoded_image(image: Any, **save_args: Any) -> bytes:
+    """A PIL image encoded in memory (`format=` in `save_args`), e.g. for a data URI: no file is written."""
+    buffer = io.BytesIO()
+    image.save(buffer, **save_args)
+    return buffer.getvalue()
 
 
 def _pil_format(path: Path) -> str:

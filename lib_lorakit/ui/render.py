@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import base64
+import mimetypes
 from collections.abc import Iterable, Sequence
 from html import escape
+from pathlib import Path
+
+from PIL import Image
 
 from ..dataset.balance import RepeatChange
 from ..dataset.report import DatasetReport
 from ..display import job_display
+from ..fsutil import encoded_image
 from ..jobs import JobState
 from ..next_step import NextStep
 from ..results.lora_info import LoraInfo
+
+
+def file_uri(path: Path) -> str:
+    """A small picture file (a cached thumbnail) as a data URI."""
+    mime = mimetypes.guess_type(path.name)[0] or "image/webp"
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+
+def image_uri(image: Image.Image, side: int) -> str:
+    """A picture shrunk to at most `side` pixels a side, as a JPEG data URI."""
+    small = image.convert("RGB")
+    small.thumbnail((side, side))
+    data = encoded_image(small, format="JPEG", quality=85)
+    return f"data:image/jpeg;base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[object]], cls: str = "ts-table") -> str:

@@ -5,21 +5,15 @@ served to the browser), and every overlay is placed in percent of its picture, f
 
 from __future__ import annotations
 
-import base64
-import io
-import mimetypes
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
-from pathlib import Path
 from typing import Any, Optional
-
-from PIL import Image
 
 from ..crop.bucket_preview import BucketReport, ImageBucket, SubjectCut
 from ..crop.buckets import BucketCount
 from ..crop.history import DeriveStep
-from .render import _table
+from .render import _table, file_uri, image_uri  # noqa: F401 (the panel uses them through this module)
 
 CARD_HEIGHT = 150  # px: the grid's pictures
 PAIR_HEIGHT = 140  # px: before/after pictures
@@ -29,21 +23,6 @@ HATCH = "repeating-linear-gradient(45deg, #f3f4f6 0 6px, #d1d5db 6px 12px)"  # p
 
 
 # --- pictures --------------------------------------------------------------------------------------------------------
-def file_uri(path: Path) -> str:
-    """A small picture file (a cached thumbnail) as a data URI."""
-    mime = mimetypes.guess_type(path.name)[0] or "image/webp"
-    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
-
-
-def image_uri(image: Image.Image, side: int) -> str:
-    """A picture shrunk to at most `side` pixels a side, as a JPEG data URI."""
-    small = image.convert("RGB")
-    small.thumbnail((side, side))
-    buf = io.BytesIO()
-    small.save(buf, format="JPEG", quality=85)
-    return f"data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
-
-
 def _pct(value: float, whole: float) -> str:
     return f"{100.0 * value / whole:.3f}%" if whole else "0%"
 

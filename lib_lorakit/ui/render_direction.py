@@ -8,15 +8,12 @@ panel's "Chosen images" box (the page script in direction_panel.PICK_JS); the bu
 
 from __future__ import annotations
 
-import base64
-import mimetypes
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from html import escape
-from pathlib import Path
 from typing import Any, Optional
 
-from .render import _table
+from .render import _table, file_uri  # noqa: F401 (the panel uses them through this module)
 
 GROUPS = (("left", "Faces left"), ("right", "Faces right"), ("front", "Front"), ("away", "Away"),
           ("unknown", "Unknown"))
@@ -54,12 +51,6 @@ class Group:
     title: str
     cards: list[Card] = field(default_factory=list)
     total: int = 0  # images in the group, shown or not
-
-
-def file_uri(path: Path) -> str:
-    """A small picture file (a cached thumbnail) as a data URI."""
-    mime = mimetypes.guess_type(path.name)[0] or "image/webp"
-    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
 
 
 def percent(value: Optional[float]) -> str:
