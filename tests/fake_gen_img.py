@@ -1,7 +1,8 @@
 """A stand-in for sd-scripts' gen_img.py in generator tests: plumbing only, no model.
 
 It takes gen_img.py's command line, reads the prompts file as gen_img.py v0.10.1 does (lines split by
-str.splitlines, blank lines and lines starting with `#` skipped, ` --d SEED` cut out, escaped braces restored,
+str.splitlines, blank lines and lines starting with `#` skipped, ` --d SEED` cut out, escaped braces restored
+(and, as there, a line with escaped braces but no `{x}` variant fails),
 options split at ` --`), writes one PNG per line named by its `--f` (size from `--w`/`--h`, colour from the seed
 and the LoRA weights) and appends what it understood, one JSON object per process, to `$FAKE_GEN_RECORD`.
 
@@ -41,8 +42,11 @@ def parse_line(raw):
     if m:
         seed = int(m.group(1).split(",")[0])
         raw = raw[: m.start()] + raw[m.end():]
-    if "\\{" in raw and re.search(r"\{.+?\}", raw):  # gen_img.py's variants pass restores escaped braces
-        raw = raw.replace("\\{", "{").replace("\\}", "}")
+    variants = re.findall(r"(?<!\\)\{[^{}|]+\}", raw)  # single-choice {x} variants (all the generator writes)
+    if ("\\{" in raw or "\\}" in raw) and not variants:
+        raise UnboundLocalError("cannot access local variable 'enumerating'")  # as gen_img.py v0.10.1 fails
+    if variants:  # the variants pass expands {x} to x and restores escaped braces
+        raw = re.sub(r"(?<!\\)\{([^{}|]+)\}", r"\1", raw).replace("\\{", "{").replace("\\}", "}")
     prompt, *options = raw.strip().split(" --")
     item = {"prompt": prompt, "negative": "", "seed": seed}
     for opt in options:

@@ -150,10 +150,13 @@ def prompt_line(item: Planned, group: Group) -> str:
               f"--d {item.seed}"]
     if group.networks:
         parts.append("--am " + ",".join(plain(w) for w in group.weights(item)))
-    parts.append(f"--f {output_name(item)}")
     line = " ".join(parts)
-    if re.search(r"\{.*\}", line):  # gen_img.py expands {a|b}; escaped, its braces come back as they were
-        line = line.replace("{", "\\{").replace("}", "\\}")
+    if "{" in line or "}" in line:
+        # gen_img.py expands {a|b} variants; escaped braces come back as they were, but only when the line also holds
+        # a variant (else v0.10.1 fails: "cannot access local variable 'enumerating'"): the file name is one
+        line = line.replace("{", "\\{").replace("}", "\\}") + f" --f {{{output_name(item)}}}"
+    else:
+        line += f" --f {output_name(item)}"
     return " " + line if line.startswith("#") else line  # a line starting with # is a comment to gen_img.py
 
 
