@@ -258,5 +258,7 @@ def test_api_runs_it_as_a_job_and_names_bad_fields(tmp_path):
     remote = client.post(url, json={"class_name": "woman", "prompt": PROMPT, "count": 2,
                                     "webui_url": "http://169.254.169.254"})
     assert remote.status_code == 400 and "command line" in remote.json()["detail"]
+    fields = {f["name"]: f for f in client.get("/train-style/v1/settings").json()["reg"]["fields"]}
+    assert fields["count"]["maximum"] == 10_000 and fields["prompt"]["reason"].startswith("What every image shows")
     assert client.post("/train-style/v1/projects/nope/reg/generate",
                        json={"class_name": "woman", "prompt": PROMPT, "count": 2}).status_code == 404

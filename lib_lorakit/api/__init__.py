@@ -141,12 +141,14 @@ def settings_catalog() -> dict:
     from ..captions.service import TAG_SCHEMA
     from ..direction.sorter import SORT_SCHEMA
     from ..embed.service import EMBED_SCHEMA
+    from ..evaluate.reg import REG_SCHEMA
     from ..project import PROJECT_SCHEMA
     from ..train.distributed import ACCELERATE_SCHEMA
     from ..train.options import SCHEMA as TRAINING
 
     schemas = {"training": TRAINING, "tagging": TAG_SCHEMA, "audit": AUDIT_SCHEMA, "multi_gpu": ACCELERATE_SCHEMA,
-               "project": PROJECT_SCHEMA, "embeddings": EMBED_SCHEMA, "sort": SORT_SCHEMA}
+               "project": PROJECT_SCHEMA, "embeddings": EMBED_SCHEMA, "sort": SORT_SCHEMA,
+               "reg": REG_SCHEMA}
     return {key: {"noun": s.noun, "groups": [{"key": k, "title": t} for k, t in s.groups], "fields": s.describe()}
             for key, s in schemas.items()}
 
