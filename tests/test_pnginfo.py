@@ -434,3 +434,13 @@ def post(client, url: str, body: bytes):
 
     key = "content" if "content" in inspect.signature(client.post).parameters else "data"
     return client.post(url, **{key: body})
+
+
+def test_other_formats_become_an_infotext_the_webui_reads(tmp_path):
+    """What the panel hands to the webui's paste for a ComfyUI image: parsed back, the same fields."""
+    info = read_image_info(png(tmp_path / "c.png", [("tEXt", "prompt", json.dumps(COMFY_PROMPT))]))
+    text = pnginfo.compose_infotext(info.parameters)
+    back = parse_infotext(text)
+    assert {k: back[k] for k in info.parameters if k != "Size"} == {k: v for k, v in info.parameters.items()
+                                                                    if k != "Size"}
+    assert back["Size-1"] == "512" and back["Model"] == "sd15.safetensors"

@@ -121,6 +121,23 @@ def parse_infotext(text: str) -> dict[str, str]:
     return res
 
 
+def quote(value: str) -> str:
+    """A value as the webui's infotext writes it: in JSON quotes when it holds a comma, a colon or a new line."""
+    return json.dumps(value, ensure_ascii=False) if any(c in value for c in ",:\n") else value
+
+
+def compose_infotext(params: dict[str, Any]) -> str:
+    """An infotext in the webui's format from parameters (for images that carry another format, so the webui's
+    paste mechanism can read them): prompt, `Negative prompt:`, then the other fields as `key: value` pairs."""
+    skip = {"Prompt", "Negative prompt", "Size-1", "Size-2"}
+    pairs = [f"{k}: {quote(str(v))}" for k, v in params.items() if k not in skip and str(v) != ""
+             and "\n" not in k and ":" not in k]
+    lines = [str(params.get("Prompt", ""))]
+    if params.get("Negative prompt"):
+        lines.append(f"Negative prompt: {params['Negative prompt']}")
+    return "\n".join([*lines, ", ".join(pairs)]) if pairs else "\n".join(lines)
+
+
 def lora_hashes(value: str) -> dict[str, str]:
     """`Lora hashes` ("name: hash, name2: hash2") as the webui's Lora extension reads it: name → short hash."""
     out = {}

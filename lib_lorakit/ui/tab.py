@@ -98,7 +98,7 @@ def build_tab(host: Host) -> gr.Blocks:
                 train = TrainPanel(studio, bar.project)
                 train.render()
             with gr.Tab("Inspect", elem_id="train_style_inspect_tab") as inspect_tab:
-                inspect = InspectPanel()
+                inspect = InspectPanel(studio)
                 inspect.render()
         bar.register()
         dataset.register()

@@ -137,6 +137,15 @@ class WebuiHost:
 
         return WebuiGenerator(training_message=training_message, refresh_loras=self.refresh_loras)
 
+    def bind_paste(self, *, button: Any, tab: str, text: Any, image: Any = None) -> None:
+        """`button` sends the infotext in the `text` component (and the picture in `image`) to the webui's `tab`
+        ("txt2img", "img2img") through the webui's own paste mechanism, as its PNG Info tab does: the webui parses
+        the text with its own parser and fills the fields when it connects the buttons after building the UI."""
+        from modules import infotext_utils
+
+        infotext_utils.register_paste_params_button(infotext_utils.ParamBinding(
+            paste_button=button, tabname=tab, source_text_component=text, source_image_component=image))
+
     # --- the webui's own interrogators (the webui fetches their models itself) ---------------------
     def interrogators(self) -> list[str]:
         found = []
