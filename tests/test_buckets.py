@@ -387,3 +387,16 @@ def test_detections_are_kept_by_content_and_made_again_for_a_changed_picture(hom
     third = Counting()
     bucket_preview(project, BucketRequest.from_dict({"detect": True}), detector=third)
     assert third.seen == [(512, 768)], "only the changed picture is analysed again"
+
+
+def test_a_small_project_previews_without_a_run(home):
+    """sd-scripts' default min_bucket_reso (256) is above a 64 px project's resolution: without a run the preview
+    takes limits that hold the resolution instead of refusing (the Crop tab of a test-sized project opened)."""
+    from lib_lorakit.project import Workspace
+
+    project = Workspace(home).open("demo")
+    project.update_settings(resolution=64)
+    report = bucket_preview(project, BucketRequest.from_dict({}))
+    settings = report.to_dict()["settings"]
+    assert settings["min_bucket_reso"] <= 64 <= settings["max_bucket_reso"]
+    assert all(max(b.placement.bucket) <= 64 for b in report.images)

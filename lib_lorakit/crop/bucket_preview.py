@@ -181,7 +181,11 @@ def resolve_settings(project: Project, request: BucketRequest) -> tuple[BucketSe
     from ..train.options import SCHEMA as TRAINING
 
     values: dict[str, Any] = {name: TRAINING[name].default for name in SETTING_NAMES}
-    values["resolution"] = project.settings.resolution
+    values["resolution"] = side = project.settings.resolution
+    # sd-scripts' defaults (256–1024) refuse a resolution outside them: a small test project (64 px) or a large
+    # one (1536 px) gets bucket limits that hold its resolution, as the presets for such sizes set them
+    values["min_bucket_reso"] = min(values["min_bucket_reso"], side)
+    values["max_bucket_reso"] = max(values["max_bucket_reso"], side)
     source = "the project's resolution and sd-scripts' bucket defaults"
     run = latest_run_settings(project)
     if run is not None:
