@@ -407,6 +407,8 @@ def test_cli_and_api(tmp_path):
     lora = subprocess.run([*cmd[:-1], str(ours["run"] / "mystyle.safetensors")], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert json.loads(lora.stdout)["kind"] == "lora"
+    plain = subprocess.run([c for c in cmd if c != "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert f"ours: mystyle/{ours['run'].name}/epoch 1" in plain.stdout and "Size: 64x64" in plain.stdout
 
     host = StandaloneHost(home=ours["home"], lora=ours["lora_dir"], models=tmp_path / "models",
                           extra_roots=[tmp_path / "allowed"])

@@ -264,10 +264,10 @@ def inspect_summary(result: InspectResult) -> str:
         if p.get(key) not in (None, ""):
             lines.append(f"{key}: {p[key]}")
     for m in result.loras:
-        lines.append(f"LoRA {m.name} (weight {_shown(m.weight)}, hash {m.hash or '?'}): "
-                     + (f"ours: {m.project}/{m.run}" + (f"/epoch {m.epoch}" if m.epoch is not None else "")
-                        + (f"/step {m.step}" if m.step is not None else "") if m.ours else "")
-                     + (f" {m.file}" if m.file else " not found in the Lora folder"))
+        where = [f"ours: {m.project}/{m.run}" + (f"/epoch {m.epoch}" if m.epoch is not None else "")
+                 + (f"/step {m.step}" if m.step is not None else "")] if m.ours else []
+        where.append(m.file or "not found in the Lora folder")
+        lines.append(f"LoRA {m.name} (weight {_shown(m.weight)}, hash {m.hash or '?'}): {' '.join(where)}")
     lines += result.info.notes
     return "\n".join(lines)
 
