@@ -420,6 +420,8 @@ def test_cli_and_api(tmp_path):
     assert r.status_code == 200, r.text
     assert r.json()["loras"][0]["project"] == "mystyle" and r.json()["file"] == "made.png"
     assert post(client, "/train-style/v1/inspect", b"not an image").status_code == 400
+    other_site = post(client, "/train-style/v1/inspect", body, headers={"Origin": "https://evil.example"})
+    assert other_site.status_code == 403  # the upload route keeps the API's web policy
     assert client.get("/train-style/v1/inspect", params={"path": str(ours["image"])}).status_code == 403
     sample = ours["run"] / "sample" / "mystyle_e000001_00_20240101000000_5.png"
     sample.parent.mkdir()
@@ -430,12 +432,12 @@ def test_cli_and_api(tmp_path):
     assert post(client, "/train-style/v1/inspect", big).status_code == 413
 
 
-def post(client, url: str, body: bytes):
+def post(client, url: str, body: bytes, **kwargs):
     """Raw bytes as the body (httpx's `content=`, requests' `data=` in older starlette test clients)."""
     import inspect
 
     key = "content" if "content" in inspect.signature(client.post).parameters else "data"
-    return client.post(url, **{key: body})
+    return client.post(url, **{key: body}, **kwargs)
 
 
 def test_other_formats_become_an_infotext_the_webui_reads(tmp_path):
