@@ -527,3 +527,73 @@ def test_the_webuis_own_generator_finds_every_compared_file_registered(setup):
     target = host.lora / "train-style" / "demo"
     assert sorted(p.name for p in target.glob("*.safetensors")) == ["zq-000001.safetensors", "zq.safetensors"]
     assert json.loads((target / "zq.json").read_text())["activation text"] == "zq"
+
+
+def _real_gen_parts():
+    try:
+        import test_gen_sd_scripts as real
+    except ImportError:
+        return None
+    ok = (real.REAL_TRAINER.setup_complete() and (real.MODELS / "sd15-random.safetensors").is_file()
+          and (real.ROOT / "sd-scripts" / "gen_img.py").is_file())
+    return real if ok else None
+
+
+@pytest.mark.skipif(_real_gen_parts() is None,
+                    reason="the real grid needs TRAIN_STYLE_TRAINER_VENV (a complete trainer setup), "
+                           "TRAIN_STYLE_SD15_DIR (the random SD1.5) and the sd-scripts submodule")
+def test_real_grid_through_sd_scripts_gen_img(workspace, tmp_path):
+    """Two saved files × weights 0 and 1 of a random SD1.5 LoRA at 64 px, made by sd-scripts' gen_img.py."""
+    pytest.importorskip("torch")
+    import time
+
+    from lib_lorakit.evaluate.pnginfo import lora_hashes, parse_infotext
+    from lib_lorakit.evaluate.sd_scripts_gen import SdScriptsGenerator
+
+    real = _real_gen_parts()
+    project = workspace.create("demo", trigger_words=("zq",))
+    runs = Runs(project)
+    run_dir = runs.new_dir("real")
+    runs.create(run_dir, RunSpec(argv=(), cwd=str(run_dir), output_name="rs"), files={},
+                meta={"trigger_words": ["zq"], "base_arch": "SD1"})
+    for name in ("rs-000001", "rs"):
+        real.random_sd15_lora(run_dir / f"{name}.safetensors")
+    data = read_json(run_dir / "run.json")
+    data.update(state="done", files=["rs-000001.safetensors", "rs.safetensors"])
+    atomic_write_json(run_dir / "run.json", data)
+    host = StandaloneHost(home=project.root.parent, lora=tmp_path / "Lora", models=real.MODELS)
+    gen = SdScriptsGenerator(host, trainer=real.REAL_TRAINER, tokenizer_cache_dir=real.MODELS / "tokenizers",
+                             env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}, local_user=True)
+    checkpoint = str(real.MODELS / "sd15-random.safetensors")
+    started = time.monotonic()
+    report = EvalService(host).run("demo", GridRequest.from_dict({
+        "run": run_dir.name, "prompts": ["a cat"], "weights": "0,1", "steps": 2, "width": 64, "height": 64,
+        "checkpoints": [checkpoint], "seeds": [1234]}), generator=gen)
+    print(f"real grid through gen_img.py: 4 images at 64 px in {time.monotonic() - started:.0f} s")
+    assert report["state"] == "done" and report["made"] == 4
+    pictures = {}
+    for cell in report["cells"]:
+        with Image.open(project.root / cell["image"]) as im:
+            assert im.size == (64, 64)
+            params = parse_infotext(im.info["parameters"])
+            pictures[(cell["lora"], cell["weight"])] = im.tobytes()
+        assert params["Seed"] == "1234" and params["Prompt"].endswith(f"<lora:{cell['lora']}:{cell['weight']}>")
+        assert cell["lora"] in lora_hashes(params["Lora hashes"])
+    assert pictures[("rs", "0")] != pictures[("rs", "1")]  # the weight changes the picture
+    with Image.open(project.root / report["grid"]) as grid:
+        assert grid.size[0] >= 2 * 64 and "Script: X/Y/Z plot" in grid.info["parameters"]
+
+
+@pytest.mark.parametrize("content", ['{"cells": [{"index": "0; rm"}]}', "[1, 2]", "{not json"])
+def test_a_damaged_report_is_listed_as_damaged_and_hides_no_other_grid(setup, content):
+    host, project, run = setup
+    service = EvalService(host)
+    good = service.run("demo", request(run, epochs="final"), generator=PaintingGenerator())
+    bad = project.root / "eval" / "0-damaged"
+    (bad / "cells").mkdir(parents=True)
+    (bad / "report.json").write_text(content)
+    listed = {g["id"]: g for g in service.list("demo")}
+    assert listed[good["id"]]["state"] == "done"
+    assert listed["0-damaged"]["state"] == "damaged" and "report.json" in listed["0-damaged"]["error"]
+    with pytest.raises(LorakitError, match="delete the folder or repair the file"):
+        service.show("demo", "0-damaged")
