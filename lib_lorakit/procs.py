@@ -275,3 +275,12 @@ def run_captured(argv: Sequence[Union[str, os.PathLike]], *, env: Mapping[str, s
 
 def _text(data: Optional[bytes]) -> str:
     return (data or b"").decode("utf-8", "replace")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container or `taskset` may allow fewer than the
+    machine has), at least 1. Thread pools that decode, hash or derive images are sized from it."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

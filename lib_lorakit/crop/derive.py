@@ -42,6 +42,7 @@ from PIL import Image, ImageFilter, ImageOps
 from ..errors import InvalidName, LorakitError, NotFound
 from ..fsutil import atomic_copy, atomic_save_image, atomic_write_bytes, read_json
 from ..images import FORMAT_SUFFIXES, IMAGE_SUFFIXES, ImageProblem, describe_image, open_training_image, read_header
+from ..procs import usable_cores
 from ..progress import ProgressFn
 from ..project import CONCEPT_FOLDER, KIND_FOLDERS, Project
 from .history import DeriveHistory, DeriveStep
@@ -478,7 +479,7 @@ def _derive_all(project: Project, jobs: Sequence[tuple[ImageRef, Mapping[str, An
                 cancel: Optional[threading.Event]) -> list[Union[Derived, Skipped]]:
     """Derive every job, in order, on `workers` threads (default: one per core)."""
     settings = project.settings
-    count = max(1, min(len(jobs), workers or _cpu_count()))
+    count = max(1, min(len(jobs), workers or usable_cores()))
     results: list[Union[Derived, Skipped]] = []
 
     def one(job: tuple[ImageRef, Mapping[str, Any], Steps]) -> Union[Derived, Skipped]:
@@ -498,12 +499,6 @@ def _derive_all(project: Project, jobs: Sequence[tuple[ImageRef, Mapping[str, An
                 progress(i + 1, len(jobs), result.image)
     return results
 
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 # --- the public operations ----------------------------------------------------------------------------------------

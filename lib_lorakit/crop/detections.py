@@ -11,13 +11,13 @@ detector could not read are not kept (they are tried again next time, with their
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..detect import Box, Detection, detect_image
 from ..fsutil import atomic_write_json, read_json
+from ..procs import usable_cores
 from ..project import Project
 
 CACHE_FILE = "detections.json"
@@ -50,7 +50,7 @@ def detect_many(project: Project, detector: Any, items: Sequence[tuple[str, str]
             todo.append((image, sha))
     if not todo:
         return out
-    with ThreadPoolExecutor(max_workers=workers or _cores()) as pool:
+    with ThreadPoolExecutor(max_workers=workers or usable_cores()) as pool:
         found = list(pool.map(lambda item: detect_image(detector, project.root / item[0]), todo))
     for (image, sha), detection in zip(todo, found, strict=True):
         out[image] = detection
@@ -85,10 +85,4 @@ def _from_json(data: Any) -> Detection:
                       score=float(b[5])) for b in data.get("boxes", ()) if isinstance(b, list) and len(b) == 6)
     return Detection(boxes=boxes, detector=str(data.get("detector", "")))
 
-
-def _cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 

@@ -59,6 +59,7 @@ from ..images import (
     describe_unsupported,
 )
 from ..paths import resolve_inside, safe_file_stem
+from ..procs import usable_cores
 from ..progress import ProgressFn
 from ..project import KIND_FOLDERS, ConceptKind, Project
 from .captions_io import CaptionRefused, CaptionTooLong, read_caption_text
@@ -418,11 +419,7 @@ class _StagingPool:
 def staging_workers() -> int:
     """Threads that stage files: twice the cores and two more, since each waits for the disk as long as it
     decodes (every original is fsynced before it is recorded: ~30 ms on a busy disk)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    return min(32, 2 * cpus + 2)
+    return min(32, 2 * usable_cores() + 2)
 
 
 def _stage(batch: _Batch, source: ImportSource, report: ImportReport) -> Optional[_Staged]:

@@ -17,6 +17,7 @@ from typing import Optional
 
 from ..fsutil import atomic_write_bytes, read_json
 from ..images import IMAGE_SUFFIXES, ImageProblem, describe_image
+from ..procs import usable_cores
 from ..progress import ProgressFn
 from ..project import KIND_FOLDERS, Project
 
@@ -138,12 +139,6 @@ class DatasetIndex:
             yield from (describe_file(self.project, p) for p in paths)
             return
         max_pixels = self.project.settings.max_image_pixels
-        with ThreadPoolExecutor(max_workers=min(len(paths), _cpu_count()), thread_name_prefix="index") as pool:
+        with ThreadPoolExecutor(max_workers=min(len(paths), usable_cores()), thread_name_prefix="index") as pool:
             yield from pool.map(lambda p: describe_file(self.project, p, max_pixels=max_pixels), paths)
 
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1

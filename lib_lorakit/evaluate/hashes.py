@@ -10,13 +10,13 @@ and reused while its size and modification time are unchanged (as the webui's ow
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
 from pathlib import Path
 from typing import Optional
 
+from ..dataset.index import file_sha256
 from ..fsutil import atomic_write_json, read_json
 from ..results.lora_info import read_header, webui_hash
 
@@ -39,7 +39,7 @@ class FileHashes:
 
     def checkpoint(self, path: Path) -> str:
         """The sha256 of the whole file (the webui's checkpoint hash; `Model hash` is its first 10 digits)."""
-        return self._cached("checkpoint", Path(path), _whole_file_sha256)
+        return self._cached("checkpoint", Path(path), file_sha256)
 
     def lora(self, path: Path) -> str:
         """`sshs_model_hash` from the LoRA's metadata, else the sha256 after its header (the webui's LoRA hash)."""
@@ -80,12 +80,6 @@ class FileHashes:
             logger.warning("Train Style: cannot keep file hashes in %s: %s", self.file, e)
 
 
-def _whole_file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _lora_sha256(path: Path) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import queue
 import threading
 import time
@@ -33,6 +32,7 @@ from typing import Union
 import numpy as np
 
 from ..images import DEFAULT_MAX_PIXELS, ImageProblem, open_training_image, read_header
+from ..procs import usable_cores
 from ..progress import ProgressFn
 from .base import ImageTags, Tagger
 
@@ -103,7 +103,7 @@ def default_workers(devices: Iterable[str], *, cpus: int | None = None) -> int:
     model (a ViT-B/16 at 448 px: ~1–2 s an image on 2 cores against ~30 ms to decode a photo; a small model:
     less than the decode), so one per core up to four, from where measurement moves it either way.
     """
-    cpus = cpus or _cpu_count()
+    cpus = cpus or usable_cores()
     if all(d.upper().startswith("CPU") for d in devices):
         return max(1, min(cpus, 4))
     return max(1, cpus)
@@ -111,7 +111,7 @@ def default_workers(devices: Iterable[str], *, cpus: int | None = None) -> int:
 
 def most_workers(*, cpus: int | None = None) -> int:
     """The most decoders sizing may start: twice the cores (a decoder also waits for the disk), at least 2."""
-    return max(2, min(64, 2 * (cpus or _cpu_count())))
+    return max(2, min(64, 2 * (cpus or usable_cores())))
 
 
 def default_batch_size(devices: Iterable[str]) -> int:
@@ -151,7 +151,7 @@ class DecoderSizing:
         if not 1 <= least <= most:
             raise ValueError(f"expected 1 <= least <= most, got least={least!r}, most={most!r}")
         self.least, self.most = least, most
-        self.cores = cores or _cpu_count()
+        self.cores = cores or usable_cores()
         self.count = min(most, max(least, start))
         self._seen: list[FeedWindow] = []  # windows at the current count, not yet used up
         self._trial: tuple[int, float] | None = None  # (count before the change being judged, its rate)
@@ -537,9 +537,3 @@ def _put_unless(q: queue.Queue, message: object, stop: threading.Event | None) -
             continue
     return False
 
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
