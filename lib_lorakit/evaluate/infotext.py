@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from ..errors import LorakitError
@@ -84,12 +85,19 @@ def format_infotext(*, prompt: str, negative: str, params: Mapping[str, Any]) ->
 def save_png(image: GenImage, path: Path, *, extra: Optional[Mapping[str, str]] = None) -> Path:
     """Save a made image as a PNG whose `parameters` chunk holds its infotext (what PNG Info reads), atomically;
     `extra`: more tEXt chunks."""
+    return save_picture(image.image, image.infotext, path, extra=extra)
+
+
+def save_picture(picture: Image.Image, infotext: str, path: Path, *,
+                 extra: Optional[Mapping[str, str]] = None) -> Path:
+    """Any picture (a cell, a drawn grid) as a PNG with `infotext` in its `parameters` chunk (none when empty)."""
     info = PngInfo()
-    info.add_text("parameters", image.infotext)
+    if infotext:
+        info.add_text("parameters", infotext)
     for key, value in (extra or {}).items():
         info.add_text(key, value)
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise LorakitError(f"Made images are saved as .png files (their infotext is a PNG chunk), not {path.name}.")
-    atomic_save_image(image.image, path, pnginfo=info)
+    atomic_save_image(picture, path, pnginfo=info)
     return path

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import LorakitError
+from .infotext import quote
 
 MAX_FILE_BYTES = 64 * 1024 * 1024  # far beyond any generated PNG/JPEG/WebP; a larger file is not read
 MAX_TEXT_BYTES = 4 * 1024 * 1024  # one text after inflation (ComfyUI graphs reach a few hundred kB)
@@ -119,11 +120,6 @@ def parse_infotext(text: str) -> dict[str, str]:
             res[key] = value
     res["Prompt"], res["Negative prompt"] = prompt, negative
     return res
-
-
-def quote(value: str) -> str:
-    """A value as the webui's infotext writes it: in JSON quotes when it holds a comma, a colon or a new line."""
-    return json.dumps(value, ensure_ascii=False) if any(c in value for c in ",:\n") else value
 
 
 def compose_infotext(params: dict[str, Any]) -> str:

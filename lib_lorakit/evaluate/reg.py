@@ -25,12 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from PIL.PngImagePlugin import PngInfo
-
 from ..dataset.captions_io import MAX_CAPTION_CHARS
 from ..dataset.importer import ImportReport, ImportSource, import_sources
 from ..errors import InvalidName, LorakitError
-from ..fsutil import atomic_save_image, atomic_write_json, atomic_write_text, pid_alive, read_json
+from ..fsutil import atomic_write_json, atomic_write_text, pid_alive, read_json
 from ..host import Host
 from ..jobs import JobState, job_manager
 from ..paths import check_name, safe_file_stem
@@ -38,6 +36,7 @@ from ..progress import CancelFlag, ProgressFn
 from ..project import MAX_REPEATS, Project, Workspace
 from ..schema import Field, InvalidSettings, Schema
 from . import Generator, GenImage, GenRequest
+from .infotext import save_picture
 
 MAX_COUNT = 10_000
 MAX_SEED = 2**31 - 1 - MAX_COUNT  # seed + index stays a 31-bit integer, which every generator takes
@@ -418,10 +417,7 @@ def _import_chunk(project: Project, req: RegRequest, plan: RegPlan, made: Sequen
     sources, names = [], {}
     for index, image in made:
         png = staging / f"{stem}_{index:05d}.png"
-        info = PngInfo()
-        if image.infotext:
-            info.add_text("parameters", image.infotext)
-        atomic_save_image(image.image.convert("RGB"), png, pnginfo=info)
+        save_picture(image.image.convert("RGB"), image.infotext, png)
         caption = png.with_suffix(".txt")
         atomic_write_text(caption, req.prompt + "\n")
         sources.append(ImportSource(path=png, display=png.name, captions=(caption,)))

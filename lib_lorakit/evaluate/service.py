@@ -25,18 +25,17 @@ from pathlib import Path
 from typing import Any, Optional
 
 from PIL import Image, ImageDraw, ImageFont
-from PIL.PngImagePlugin import PngInfo
 
 from .. import clock
 from ..errors import Cancelled, LorakitError, NotFound
-from ..fsutil import atomic_save_image, atomic_write_json, read_json
+from ..fsutil import atomic_write_json, read_json
 from ..host import Host
 from ..jobs import JobState, job_manager
 from ..paths import is_inside
 from ..progress import CancelFlag, ProgressFn
 from ..project import Project, Workspace
 from ..schema import Field, InvalidSettings, Schema
-from . import Generator, GenImage, GenRequest, LoraUse, XYZGenerator
+from . import Generator, GenRequest, LoraUse, XYZGenerator
 from .grid import (
     KINDS,
     Cell,
@@ -49,6 +48,7 @@ from .grid import (
     same_version,
     select_epochs,
 )
+from .infotext import quote, save_picture
 
 SAME_VERSION = "same-version"  # the checkpoints preset: every checkpoint of the run's SD version
 MAX_PROMPTS = 32
@@ -308,7 +308,7 @@ class EvalService:
             made = gen.generate([cell_request(c, request) for c in group], cancel=cancel,
                                 progress=_offset(progress, done, len(group), len(cells)))
             for cell, image in zip(group, made, strict=False):
-                save_gen_image(image, _cell_path(folder, cell))
+                save_picture(image.image, image.infotext, _cell_path(folder, cell))
             done += len(made)
             if progress:
                 progress(done, len(cells), f"{done} of {len(cells)} images")
@@ -329,12 +329,10 @@ class EvalService:
         made = 0
         for order, image in zip(xyz.cells, result.cells, strict=False):
             if image.infotext:  # a cell the webui did not make (a cancel) comes back blank, without infotext
-                save_gen_image(image, _cell_path(folder, cells[order]))
+                save_picture(image.image, image.infotext, _cell_path(folder, cells[order]))
                 made += 1
         if made == len(xyz.cells):
-            info = PngInfo()
-            info.add_text("parameters", result.infotext)
-            atomic_save_image(result.grid, folder / "grid.png", pnginfo=info)
+            save_picture(result.grid, result.infotext, folder / "grid.png")
             return True
         return False
 
@@ -345,9 +343,7 @@ class EvalService:
             images.append(Image.open(path) if path.is_file() else None)
         cols, rows = plan.layout()
         grid = compose_grid(images, cols, rows, size=(request.settings["width"], request.settings["height"]))
-        info = PngInfo()
-        info.add_text("parameters", grid_infotext(plan, request, plan.xyz()))
-        atomic_save_image(grid, folder / "grid.png", pnginfo=info)
+        save_picture(grid, grid_infotext(plan, request, plan.xyz()), folder / "grid.png")
 
     def _register(self, name: str, run: str, plan: GridPlan) -> None:
         """The plan's LoRA files that are not in the Lora folder yet, registered with their cards."""
@@ -526,14 +522,6 @@ def _gen_fields(request: GridRequest) -> dict:
             "width": s["width"], "height": s["height"]}
 
 
-def save_gen_image(image: GenImage, path: Path) -> None:
-    """A made image as PNG with its infotext in the `parameters` chunk (what PNG Info reads)."""
-    info = PngInfo()
-    if image.infotext:
-        info.add_text("parameters", image.infotext)
-    atomic_save_image(image.image, path, pnginfo=info)
-
-
 def _groups(cells: Sequence[Cell], chunk: int) -> list[list[Cell]]:
     """Cells of one checkpoint together, LoRA by LoRA, at most `chunk` a call: sd-scripts makes each call in one
     process (one model load, its LoRAs loaded once), and what a call made is saved before the next starts."""
@@ -601,12 +589,6 @@ def caption_prompts(project: Project, count: int) -> list[str]:
 
 
 # --- the grid picture and its infotext ------------------------------------------------------------------------------
-def quote(value: str) -> str:
-    """A value of the infotext's last line, quoted as the webui quotes it (JSON) when it holds , : or a newline."""
-    text = str(value)
-    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
-
-
 def grid_infotext(plan: GridPlan, request: GridRequest, xyz: Optional[XYZPlan]) -> str:
     """The grid's infotext in the webui's format: the base prompt, `Negative prompt:`, the settings and the X/Y/Z
     plot script's fields (`Script: X/Y/Z plot, X Type: Prompt S/R, X Values: …`), so PNG Info restores the axes."""
