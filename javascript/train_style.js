@@ -12,7 +12,8 @@
                        ["#train_style_tag_job", "#train_style_captions_refresh"],
                        ["#train_style_crop_job", "#train_style_crop_refresh"],
                        ["#train_style_direction_job", "#train_style_direction_refresh"],
-                       ["#train_style_reg_job", "#train_style_reg_refresh"]];
+                       ["#train_style_reg_job", "#train_style_reg_refresh"],
+                       ["#train_style_results_job", "#train_style_results_refresh"]];
 
     function root() {
         if (typeof gradioApp === "function") return gradioApp();

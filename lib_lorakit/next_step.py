@@ -237,6 +237,29 @@ def train_next(status: Optional[ProjectStatus], latest: Optional[RunSnapshot] = 
                     "choose a preset and a base model, press Check, then Train.")
 
 
+def results_next(status: Optional[ProjectStatus], latest: Optional[RunSnapshot] = None, saved: int = 0,
+                 grid: Optional[dict] = None) -> NextStep:
+    """The Results panel's line: `latest` is the newest run that saved files (`saved` of them), `grid` the newest
+    grid of the project as `EvalService.list` gives it (None: no grid yet)."""
+    if status is None:
+        return NextStep("", "Choose or create a project above.")
+    if latest is None or not saved:
+        return NextStep("No saved LoRA yet", "train in the Train tab; every epoch it saves can be compared here.")
+    files = f"{saved} file" if saved == 1 else f"{saved} files"
+    if grid is not None and grid.get("state") in ("queued", "running"):
+        return NextStep(f"Grid {grid.get('id')} is being made", "follow it below; Cancel keeps what it made.")
+    if grid is not None and grid.get("state") == "interrupted" and grid.get("run") == latest.id:
+        return NextStep(f"Grid {grid.get('id')} was interrupted", "pick it below and press Resume.")
+    if grid is not None and grid.get("state") == "done" and grid.get("run") == latest.id:
+        return NextStep(f"Grid {grid.get('id')} is made", "pick the best cell and press Use this cell: its weight "
+                                                          "becomes the card's preferred weight.", done=True)
+    if latest.active:
+        return NextStep(f"Run {latest.id} is {latest.state}, {files} saved so far",
+                        "make a grid of what it saved, or wait for it to finish.")
+    return NextStep(f"Run {latest.id} saved {files}", "make a grid to pick one: choose the weights and prompts, "
+                                                      "then press Make grid.")
+
+
 # --- the change stamp -----------------------------------------------------------------------------------------------
 def change_stamp(project: Project) -> str:
     """A short string that changes when an image or caption is added, replaced or removed in a concept folder, a

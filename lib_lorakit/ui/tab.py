@@ -25,6 +25,7 @@ from .crop_panel import CropPanel
 from .dataset_panel import DatasetPanel
 from .direction_panel import DirectionPanel
 from .inspect_panel import InspectPanel
+from .results_panel import ResultsPanel
 from .train_panel import TrainPanel
 
 
@@ -97,6 +98,9 @@ def build_tab(host: Host) -> gr.Blocks:
             with gr.Tab("Train", elem_id="train_style_train_tab") as train_tab:
                 train = TrainPanel(studio, bar.project)
                 train.render()
+            with gr.Tab("Results", elem_id="train_style_results_tab") as results_tab:
+                results = ResultsPanel(studio, bar.project)
+                results.render()
             with gr.Tab("Inspect", elem_id="train_style_inspect_tab") as inspect_tab:
                 inspect = InspectPanel(studio)
                 inspect.render()
@@ -107,8 +111,10 @@ def build_tab(host: Host) -> gr.Blocks:
         crop.register()
         direction.register()
         train.register()
+        results.register()
         wire_sync(studio, bar.project, [(dataset_tab, dataset), (captions_tab, captions), (crop_tab, crop),
-                                              (direction_tab, direction), (train_tab, train)],
+                                              (direction_tab, direction), (train_tab, train),
+                                              (results_tab, results)],
                   unsynced=[inspect_tab])
         bar.load_event(blocks)
         train.load_event(blocks)
