@@ -111,6 +111,7 @@ def test_the_run_and_its_epochs_are_listed_with_the_next_step(panel):
     assert shown["checkpoints"]["choices"] == ["one.safetensors", "two.safetensors", "xl.safetensors"]
     assert f"Run {run} saved 2 files" in shown["heading"] and "Make grid" in shown["heading"]
     assert shown["grids"]["choices"] == [] and "No grid chosen" in shown["grid"]
+    assert [u["value"] for u in p._size_of("demo")] == [64, 64]  # the project's training resolution
 
 
 def test_weights_are_spelled_out_and_problems_named_by_field(panel):

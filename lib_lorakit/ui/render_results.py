@@ -96,14 +96,14 @@ def report_html(project: str, report: Optional[dict], picture: str = "") -> str:
         image = (f'<a class="ts-grid-link" href="{full}" target="_blank" rel="noopener" '
                  f'title="Open the grid full size">'
                  f'<img class="ts-grid-picture" src="{escape(picture)}" alt="grid {escape(gid)}" '
-                 f'style="max-width:100%;cursor:zoom-in"></a>'
+                 f'style="max-width:100%;max-height:70vh;object-fit:contain;cursor:zoom-in"></a>'
                  '<p class="ts-note">Click the grid to open it full size.</p>')
     return (f'<div class="ts-grid" data-grid-id="{escape(gid)}">{head}{error}{compared}{image}'
             f'{cells_html(project, report)}</div>')
 
 
 def _compared(axes: dict) -> str:
-    rows = [(k, ", ".join(map(str, axes.get(k, [])))) for k in KINDS if axes.get(k)]
+    rows = [(k, ", ".join(map(str, axes[k]))) for k in KINDS if any(str(v) for v in axes.get(k) or [])]
     if not rows:
         return ""
     items = "".join(f"<li><b>{escape(k)}s</b>: {escape(v)}</li>" for k, v in rows)

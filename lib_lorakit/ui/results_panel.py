@@ -137,6 +137,7 @@ class ResultsPanel:
     def register(self) -> None:
         project = self.project
         bind(project.change, lambda name: self.draw_views(name, None, None), [project], self.views)
+        bind(project.change, self._size_of, [project], self.gen[-2:])
         bind(self.refresh.click, self.draw_views, [project, self.run, self.grids], self.views)
         bind(self.run.input, self._run_changed, [project, self.run], [self.epochs, self.size])
         for box in [self.epochs, self.weights, self.prompts, self.trigger, self.caption_prompts, self.checkpoints,
@@ -248,6 +249,13 @@ class ResultsPanel:
             return shown, draw.size_html(problems=e.problems)
         except LorakitError as e:
             return shown, draw.size_html(problems=[str(e)])
+
+    def _size_of(self, name: Optional[str]) -> tuple[Any, Any]:
+        """The images at the project's training resolution (what the LoRA learnt), until the user changes it."""
+        if not name:
+            return unchanged(2)
+        side = self.studio.settings(name).resolution
+        return gr.update(value=side), gr.update(value=side)
 
     def _run_changed(self, name: Optional[str], run: Optional[str]) -> tuple[Any, str]:
         snap = next((s for s in self._snapshots(name) if s.id == run_id_of(run)), None)
