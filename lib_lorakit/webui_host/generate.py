@@ -4,9 +4,8 @@ The same building blocks its txt2img tab and its API use: a `StableDiffusionProc
 `process_images`, under its queue lock, with the webui's progress state begun and ended around it; LoRAs as
 `<lora:NAME:W>` prompt text; another checkpoint through the request's override settings (restored afterwards);
 grids by the webui's own X/Y/Z plot script, so the grid carries the webui's own grid infotext. The webui's
-always-on scripts are left out (as an API call without `alwayson_scripts` leaves out their settings), so a grid
-shows the LoRA and nothing else. Never while a Train Style run trains, and training waits while this generates
-(`gpu_use`).
+always-on scripts are left out (an empty script runner), so a grid shows the LoRA and nothing else. Never while a
+Train Style run trains, and training waits while this generates (`gpu_use`).
 """
 
 from __future__ import annotations
@@ -123,7 +122,7 @@ def _distinct(requests: Sequence[GenRequest]) -> list[GenRequest]:
 
 def _processing(request: GenRequest) -> Any:
     """The webui's txt2img request for one image, built as its API builds one (nothing saved as a sample)."""
-    from modules import processing, shared
+    from modules import processing, scripts, shared
 
     sampler, scheduler = _sampler_and_scheduler(request.sampler)
     overrides: dict[str, Any] = {}
@@ -137,6 +136,9 @@ def _processing(request: GenRequest) -> Any:
         cfg_scale=float(request.cfg), width=int(request.width), height=int(request.height), batch_size=1, n_iter=1,
         override_settings=overrides, override_settings_restore_afterwards=True, do_not_save_samples=True,
         do_not_save_grid=True)
+    # no script of the user's runs, but a runner must be there: with none, the webui writes each image's infotext
+    # from the prompt after it took the <lora:…> text out (its UI and API always have one)
+    p.scripts = scripts.ScriptRunner()
     p.outpath_samples = shared.opts.outdir_txt2img_samples
     p.outpath_grids = shared.opts.outdir_txt2img_grids  # the X/Y/Z script saves its grid there when grid_save is on
     return p
