@@ -210,3 +210,54 @@ def test_epoch_words_and_the_results_next_step():
     assert "Choose or create a project" in next_step.results_next(None).action
     status = next_step.ProjectStatus(project="p", concepts=(), trigger_words=())
     assert "train in the Train tab" in next_step.results_next(status, None, 0).action
+
+
+class Waiter(Painter):
+    """Paints nothing until the grid is cancelled (a long grid the user stops)."""
+
+    def generate(self, requests, *, progress=None, cancel=None):
+        if progress:
+            progress(0, len(requests), "waiting")
+        cancel.wait(30)
+        return []
+
+
+def test_cancel_stops_the_grid_and_keeps_a_consistent_folder(panel):
+    p, project, run, _ = panel
+    p.studio.host.generator = lambda: Waiter()
+    p._make("demo", *form(run))
+    job = p._cancel("demo")
+    assert "data-job-id" in job
+    finish(p, "demo")
+    shown = views(p, p.draw_views("demo", None, None))
+    assert 'data-state="cancelled"' in shown["job"]
+    assert shown["grids"]["value"].endswith("cancelled (0/4)") and shown["cell"]["choices"] == []
+
+
+def test_a_refresh_keeps_the_epochs_ticked_for_the_same_run(panel):
+    p, _, run = panel[:3]
+    kept = views(p, p.draw_views("demo", f"{run} — done", None, ["epoch 2"]))
+    assert kept["epochs"]["value"] == ["epoch 2"]
+    other = views(p, p.draw_views("demo", "another — done", None, ["epoch 2"]))
+    assert other["epochs"]["value"] == ["epoch 1", "epoch 2"]
+
+
+def test_inside_the_webui_the_grid_infotext_goes_to_txt2img_through_its_paste_mechanism(tmp_path):
+    bound = []
+
+    class WebuiLike(StandaloneHost):
+        def bind_paste(self, *, button, tab, text, image=None):
+            bound.append((button, tab, text, image))
+
+    host = WebuiLike(home=tmp_path / "home", lora=tmp_path / "Lora", models=tmp_path / "models")
+    with gr.Blocks():
+        p = ResultsPanel(Studio(host), gr.Dropdown(choices=[]))
+        p.render()
+    [(button, tab, text, image)] = bound
+    assert button is p.send and button.value == "Send X/Y/Z to txt2img" and tab == "txt2img"
+    assert text is p.infotext and image is None
+    with gr.Blocks():
+        standalone = ResultsPanel(Studio(StandaloneHost(home=tmp_path / "h2", lora=tmp_path / "L",
+                                                        models=tmp_path / "m")), gr.Dropdown(choices=[]))
+        standalone.render()
+    assert not hasattr(standalone, "send") and standalone.infotext.show_copy_button

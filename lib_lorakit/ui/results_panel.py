@@ -138,7 +138,7 @@ class ResultsPanel:
         project = self.project
         bind(project.change, lambda name: self.draw_views(name, None, None), [project], self.views)
         bind(project.change, self._size_of, [project], self.gen[-2:])
-        bind(self.refresh.click, self.draw_views, [project, self.run, self.grids], self.views)
+        bind(self.refresh.click, self.draw_views, [project, self.run, self.grids, self.epochs], self.views)
         bind(self.run.input, self._run_changed, [project, self.run], [self.epochs, self.size])
         for box in [self.epochs, self.weights, self.prompts, self.trigger, self.caption_prompts, self.checkpoints,
                     self.seeds, *self.gen]:
@@ -150,14 +150,15 @@ class ResultsPanel:
         bind(self.grids.input, self._show, [project, self.grids], [self.grid, self.infotext, self.cell])
         bind(self.resume.click, self._resume, [project, self.grids], [self.job, self.message, *grid_views])
         bind(self.use.click, self._use, [project, self.grids, self.cell, self.unregister], [self.chosen])
-        self.sync_inputs = [self.stamp, self.run, self.grids]
+        self.sync_inputs = [self.stamp, self.run, self.grids, self.epochs]
         self.sync_outputs = self.views
 
-    def sync(self, name: Optional[str], stamp: str, run: Optional[str], grid: Optional[str]) -> tuple:
+    def sync(self, name: Optional[str], stamp: str, run: Optional[str], grid: Optional[str],
+             epochs: Optional[list] = None) -> tuple:
         """Redrawn when the project changed since `stamp` (a new run, new files); else as it is."""
         if name and stamp == self.studio.stamp(name):
             return unchanged(len(self.sync_outputs))
-        return self.draw_views(name, run, grid)
+        return self.draw_views(name, run, grid, epochs)
 
     # --- drawing ----------------------------------------------------------------------------------------------------
     def _snapshots(self, name: Optional[str]) -> list[RunSnapshot]:
@@ -167,13 +168,16 @@ class ResultsPanel:
         door = self.studio.training(local_user=False, start="later")  # listing only
         return [s for s in door.runs(name) if _epochs(s)]
 
-    def draw_views(self, name: Optional[str], run: Optional[str], grid: Optional[str]) -> tuple:
-        """The runs (`run` kept when it is still there), its epochs, the checkpoints, the grids (`grid` kept, else
-        the newest) with the one chosen drawn, the newest grid job's bar, the next step and the change stamp."""
+    def draw_views(self, name: Optional[str], run: Optional[str], grid: Optional[str],
+                   epochs: Optional[list] = None) -> tuple:
+        """The runs (`run` kept when it is still there), its epochs (those of `epochs` still there stay ticked when
+        the run is kept, else all), the checkpoints, the grids (`grid` kept, else the newest) with the one chosen
+        drawn, the newest grid job's bar, the next step and the change stamp."""
         stamp = self.studio.stamp(name) if name else ""
         snaps = self._snapshots(name)
         chosen = next((s for s in snaps if s.id == run_id_of(run)), snaps[0] if snaps else None)
         labels = [e.label for e in _epochs(chosen)] if chosen else []
+        kept = [e for e in (epochs or []) if e in labels] if chosen and chosen.id == run_id_of(run) else []
         grids = self.studio.evaluate.list(name) if name else []
         gid = draw.grid_id_of(grid)
         gid = gid if any(g.get("id") == gid for g in grids) else (grids[0].get("id") if grids else "")
@@ -182,7 +186,7 @@ class ResultsPanel:
         heading = draw_heading(self.studio.status(name) if name else None, snaps[0] if snaps else None,
                                grids[0] if grids else None)
         return (gr.update(choices=run_choices(snaps), value=run_choices([chosen])[0] if chosen else None),
-                gr.update(choices=labels, value=labels), gr.update(choices=names),
+                gr.update(choices=labels, value=kept or labels), gr.update(choices=names),
                 gr.update(choices=draw.grid_choices(grids), value=_choice(grids, gid)), shown, infotext, cells,
                 render.job_html(self._last_job(name), JOB_ID, with_error=False), heading, stamp)
 
