@@ -1,7 +1,8 @@
 """Generation inside a real AUTOMATIC1111 webui and against it by URL (opt-in, like tests/test_webui.py).
 
 Set TRAIN_STYLE_WEBUI (a webui 1.10 checkout whose venv starts offline) and TRAIN_STYLE_SD15_DIR (the random
-full-size SD1.5 of tests/sd15_builder.py); HF_HOME as /work/env/ENV.md says. One webui is started with --api, the
+full-size SD1.5 of tests/sd15_builder.py); HF_HOME as /work/env/ENV.md says; TRAIN_STYLE_FORGE adds the grid in
+Forge (tests/test_forge.py). One webui is started with --api, the
 random SD1.5 as its only checkpoint and this repository as an extension. Random SD1.5 LoRAs (networks.lora key
 names) are made by the tests; everything runs at 64 px with 2 steps.
 
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from test_forge import FORGE, _prepare
+from test_forge import _launch as _launch_kind
 from test_gen_sd_scripts import random_sd15_lora
 from test_webui import WEBUI, _data_dir, _get, _launch
 
@@ -29,8 +32,8 @@ from lib_lorakit.evaluate.pnginfo import lora_hashes, parse_infotext
 from lib_lorakit.evaluate.remote import remote_generator
 
 SD15_DIR = os.environ.get("TRAIN_STYLE_SD15_DIR")
+needs_webui = pytest.mark.skipif(not WEBUI, reason="opt-in: set TRAIN_STYLE_WEBUI to a webui 1.10 checkout")
 pytestmark = [pytest.mark.webui,
-              pytest.mark.skipif(not WEBUI, reason="opt-in: set TRAIN_STYLE_WEBUI to a webui 1.10 checkout"),
               pytest.mark.skipif(not (SD15_DIR and (Path(SD15_DIR) / "sd15-random.safetensors").is_file()),
                                  reason="needs TRAIN_STYLE_SD15_DIR with sd15-random.safetensors "
                                         "(tests/sd15_builder.py)")]
@@ -49,6 +52,7 @@ def webui(tmp_path_factory):
         yield url, data
 
 
+@needs_webui
 def test_remote_generator_makes_an_image_and_a_prompt_sr_grid_with_a_lora(webui):
     url, data = webui
     random_sd15_lora(data / "models" / "Lora" / "rnd.safetensors")  # the generator asks the webui to look again
@@ -98,8 +102,24 @@ def _make_run(home: Path, files: list[str]) -> str:
     return run_dir.name
 
 
+@needs_webui
 def test_a_grid_through_our_api_is_made_by_the_webuis_own_xyz_script_in_process(webui):
     url, data = webui
+    _grid_through_our_api(url, data, version="v1.10")
+    card = json.loads((data / "models" / "Lora" / "train-style" / "gen" / "gen.json").read_text())
+    assert card["activation text"] == "zkgen"
+
+
+@pytest.mark.skipif(not FORGE, reason="opt-in: set TRAIN_STYLE_FORGE to a Forge checkout (tests/test_forge.py)")
+def test_forge_makes_the_grid_in_process_with_its_own_axis_numbers(tmp_path_factory):
+    """Forge numbers the X/Y/Z axes differently (Prompt S/R is 8) and manages models its own way."""
+    data, checkpoints, _ = _prepare(tmp_path_factory.mktemp("forge-gen"))
+    for url, _proc in _launch_kind("forge", data, checkpoints, {}):
+        _grid_through_our_api(url, data, version="f2")
+
+
+def _grid_through_our_api(url: str, data: Path, *, version: str) -> list[dict]:
+    """A grid over a run's two files × weights 0 and 1 through our API; returns each cell's infotext fields."""
     run = _make_run(data / "train-style", ["gen-000001.safetensors", "gen.safetensors"])
     started = time.monotonic()
     status, body = _get(url + "/train-style/v1/projects/gen/eval",
@@ -112,7 +132,7 @@ def test_a_grid_through_our_api_is_made_by_the_webuis_own_xyz_script_in_process(
     while job["state"] in ("queued", "running") and time.monotonic() < deadline:
         time.sleep(2)
         job = _get(url + f"/train-style/v1/jobs/{job['id']}")[1]
-    print(f"in the webui: a 2 x 2 grid in {time.monotonic() - started:.0f} s")
+    print(f"in the webui ({version}): a 2 x 2 grid in {time.monotonic() - started:.0f} s")
     assert job["state"] == "done", job
     report = job["result"]
     assert report["generator"] == "webui" and report["state"] == "done", report
@@ -121,7 +141,7 @@ def test_a_grid_through_our_api_is_made_by_the_webuis_own_xyz_script_in_process(
         grid_text = im.text["parameters"]
     fields = parse_infotext(grid_text)
     assert fields["Script"] == "X/Y/Z plot" and fields["X Type"] == "Prompt S/R", grid_text
-    assert fields["Version"].startswith("v1.10")  # written by the webui itself, not composed by us
+    assert fields["Version"].startswith(version)  # written by the webui itself, not composed by us
     cells = sorted((folder / "cells").glob("*.png"))
     assert len(cells) == 4
     texts, pixels = [], []
@@ -136,5 +156,4 @@ def test_a_grid_through_our_api_is_made_by_the_webuis_own_xyz_script_in_process(
     used = {name for t in texts for name in lora_hashes(t.get("Lora hashes", ""))}
     assert {"gen-000001", "gen"} <= used, texts  # the webui applied both registered files
     assert len(set(pixels)) > 1
-    card = json.loads((data / "models" / "Lora" / "train-style" / "gen" / "gen.json").read_text())
-    assert card["activation text"] == "zkgen"
+    return texts
