@@ -110,6 +110,33 @@ def test_a_grid_through_our_api_is_made_by_the_webuis_own_xyz_script_in_process(
     assert card["activation text"] == "zkgen"
 
 
+@needs_webui
+def test_regularisation_images_are_made_by_the_webui_in_process_one_by_one(webui):
+    """The reg route asks the Host's generator for single images (WebuiGenerator.generate, not the X/Y/Z script)."""
+    from lib_lorakit.project import Workspace
+
+    url, data = webui
+    Workspace(data / "train-style").create("regp")
+    started = time.monotonic()
+    status, body = _get(url + "/train-style/v1/projects/regp/reg/generate",
+                        {"class_name": "cat", "prompt": "a cat", "count": 2, "seed": 3, "steps": 2, "resolution": 64})
+    assert status == 200, body
+    job = body["job"]
+    deadline = time.monotonic() + 600
+    while job["state"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(2)
+        job = _get(url + f"/train-style/v1/jobs/{job['id']}")[1]
+    print(f"in the webui: 2 regularisation images in {time.monotonic() - started:.0f} s")
+    assert job["state"] == "done", job
+    pictures = sorted((data / "train-style" / "regp" / "reg").glob("*_cat/*.png"))
+    assert len(pictures) == 2
+    for path, seed in zip(pictures, ("3", "4"), strict=True):
+        with Image.open(path) as im:
+            assert im.size == (64, 64)
+            fields = parse_infotext(im.text["parameters"])
+        assert fields["Prompt"] == "a cat" and fields["Seed"] == seed and fields["Version"].startswith("v1.10")
+
+
 @pytest.mark.skipif(not FORGE, reason="opt-in: set TRAIN_STYLE_FORGE to a Forge checkout (tests/test_forge.py)")
 def test_forge_makes_the_grid_in_process_with_its_own_axis_numbers(tmp_path_factory):
     """Forge numbers the X/Y/Z axes differently (Prompt S/R is 8) and manages models its own way."""
