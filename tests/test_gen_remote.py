@@ -117,7 +117,10 @@ class FakeWebui:
         if path == "/sdapi/v1/txt2img":
             if self.txt2img is not None:
                 return self._send(handler, 200, json.dumps(self.txt2img(body)).encode())
-            answer = _recorded(f"{self.kind}_txt2img_xyz") if body.get("script_name") else _single_answer(body["prompt"], 7)
+            if body.get("script_name"):
+                answer = _recorded(f"{self.kind}_txt2img_xyz")
+            else:
+                answer = _single_answer(body["prompt"], 7)
             return self._send(handler, 200, json.dumps(answer).encode())
         self._send(handler, 404, b'{"detail":"Not Found"}')
 
