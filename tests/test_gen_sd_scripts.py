@@ -408,3 +408,24 @@ def test_real_gen_img_makes_images_with_and_without_a_lora(tmp_path):
             assert im.text["prompt"] == "#1 {masterpiece} photo of a cat"
             assert im.text["negative-prompt"] == "blurry" and im.text["seed"] == "1234"
     assert lora.is_file()
+
+
+def test_standalone_images_hold_the_gpu_against_the_training_queue(setup, monkeypatch):
+    """While gen_img.py runs, the training queue sees a generation and waits (gpu_use); while a run trains, the
+    generator refuses before starting a process."""
+    from lib_lorakit import gpu_use
+
+    seen = []
+    setup.gen.generate([GenRequest(prompt="a cat", seed=3, width=64, height=64, steps=2)],
+                       progress=lambda done, total, message: seen.append(gpu_use.generating_now()))
+    assert seen and all(s and "sd-scripts" in s for s in seen[:-1]), seen
+    assert gpu_use.generating_now() is None
+
+    class Training:
+        def training_message(self):
+            return "Train Style is training on this GPU (project p, run r, step 1/9)."
+
+    monkeypatch.setattr("lib_lorakit.train.queue.TrainQueue", lambda host: Training())
+    with pytest.raises(LorakitError, match="No images now: Train Style is training"):
+        setup.gen.generate([GenRequest(prompt="a dog", seed=4, width=64, height=64, steps=2)])
+    assert len(setup.records()) == 1, "no gen_img.py process may start while a run trains"

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import secrets
 import shutil
 from collections import deque
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Optional
 
-from .. import clock, procs
+from .. import clock, gpu_use, procs
 from ..errors import Cancelled, LorakitError, PathNotAllowed
 from ..fsutil import atomic_write_text
 from ..host import Host, read_checkpoint_arch
@@ -260,9 +259,12 @@ class SdScriptsGenerator:
         self.last_work_dir = work
         made: dict[int, GenImage] = {}
         try:
-            for n, group in enumerate(plan_groups(planned)):
-                self._run_group(group, work / f"{n:02d}", made=made, total=len(planned), progress=progress,
-                                cancel=cancel)
+            # the GPU is the training queue's or ours: a queued run waits for these images, and none are made
+            # while a run trains (the queue's state is on disk, so this holds across the app, webui and CLI)
+            with gpu_use.generating(f"{len(planned)} images with sd-scripts", refuse=self._refusal):
+                for n, group in enumerate(plan_groups(planned)):
+                    self._run_group(group, work / f"{n:02d}", made=made, total=len(planned), progress=progress,
+                                    cancel=cancel)
         except Cancelled:
             return _leading(made)
         finally:
@@ -271,6 +273,12 @@ class SdScriptsGenerator:
         if progress:
             progress(len(planned), len(planned), f"Made {len(planned)} images with sd-scripts")
         return _leading(made)
+
+    def _refusal(self) -> Optional[str]:
+        from ..train.queue import TrainQueue
+
+        message = TrainQueue(self.host).training_message()
+        return f"No images now: {message}" if message else None
 
     # --- planning ------------------------------------------------------------------------------------------------
     def plan(self, requests: Sequence[GenRequest]) -> list[Planned]:
