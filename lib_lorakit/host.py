@@ -13,14 +13,11 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Optional, Protocol, runtime_checkable
+from typing import Any, Literal, Optional, Protocol, runtime_checkable
 
 from .errors import LorakitError
 from .paths import resolve_inside
 from .tomlio import read_toml
-
-if TYPE_CHECKING:
-    from .evaluate import Generator
 
 Arch = Literal["SD1", "SD2", "SDXL", "Unknown"]
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
@@ -89,7 +86,8 @@ class Host(Protocol):
     def interrogators(self) -> list[str]: ...
     def interrogate(self, name: str, images: Sequence[Any]) -> list[str]: ...
     def webui_pins(self) -> Optional[dict[str, str]]: ...  # the webui's pinned packages; None outside it
-    def generator(self) -> Generator: ...  # makes images (evaluate.Generator); LorakitError: what is missing
+    # A Host that makes images itself (the webui) also has `generator()`; evaluate.generators.host_generator
+    # falls back to sd-scripts' gen_img.py for the others.
 
 
 def resolve_server_path(host: Host, path: str) -> Path:
@@ -274,10 +272,3 @@ class StandaloneHost:
     def webui_pins(self) -> Optional[dict[str, str]]:
         """No webui venv to keep as it is here."""
         return None
-
-    def generator(self) -> Generator:
-        """sd-scripts' gen_img.py in the trainer environment; a LorakitError naming what is missing when the trainer
-        or the sd-scripts checkout is not set up."""
-        from .evaluate.sd_scripts_gen import standalone_generator
-
-        return standalone_generator(self)

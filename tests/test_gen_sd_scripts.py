@@ -330,17 +330,19 @@ def test_an_image_gen_img_did_not_make_is_an_error(setup, monkeypatch):
 # --- the Host hands it out ------------------------------------------------------------------------------------------
 
 def test_the_standalone_host_says_what_is_missing_before_it_hands_out_the_generator(tmp_path, monkeypatch):
+    from lib_lorakit.evaluate.generators import host_generator
+
     monkeypatch.delenv("TRAIN_STYLE_TRAINER_PYTHON", raising=False)
     monkeypatch.setenv("TRAIN_STYLE_SD_SCRIPTS", str(tmp_path / "sd-scripts"))
     host = StandaloneHost(home=tmp_path / "home", lora=tmp_path / "Lora", models=tmp_path / "models")
     with pytest.raises(LorakitError, match="trainer environment.*does not exist.*trainer setup"):
-        host.generator()
+        host_generator(host)
     fake_python(tmp_path / "home" / ".trainer" / "venv")
     with pytest.raises(LorakitError, match="gen_img.py.*does not exist.*submodule"):
-        host.generator()
+        host_generator(host)
     (tmp_path / "sd-scripts").mkdir()
     (tmp_path / "sd-scripts" / "gen_img.py").write_text("")
-    gen = host.generator()
+    gen = host_generator(host)
     assert isinstance(gen, Generator) and gen.name == "sd-scripts"
 
 

@@ -36,6 +36,7 @@ from ..progress import CancelFlag, ProgressFn
 from ..project import MAX_REPEATS, Project, Workspace
 from ..schema import Field, InvalidSettings, Schema
 from . import Generator, GenImage, GenRequest
+from .generators import host_generator
 from .infotext import save_picture
 
 MAX_COUNT = 10_000
@@ -245,11 +246,7 @@ class RegService:
                 raise LorakitError(f"webui_url: generating through a webui by URL is not available in this "
                                    f"version ({e}).") from e
             return remote_generator(req.webui_url)
-        make = getattr(self.host, "generator", None)
-        if make is None:
-            raise LorakitError(f"This {self.host.name} Host has no image generator yet; give a webui started with "
-                               "--api by --webui-url URL, or import regularisation images with `import --reg`.")
-        return make()
+        return host_generator(self.host)
 
 
 def _check_caller(req: RegRequest, *, local_user: bool) -> None:

@@ -36,6 +36,7 @@ from ..progress import CancelFlag, ProgressFn
 from ..project import Project, Workspace
 from ..schema import Field, InvalidSettings, Schema
 from . import Generator, GenRequest, LoraUse, XYZGenerator
+from .generators import host_generator
 from .grid import (
     KINDS,
     Cell,
@@ -501,15 +502,6 @@ def _unregister(target: Path, file_name: str, run_dir: Path) -> list[str]:
 
 
 # --- helpers shared with the front ends -----------------------------------------------------------------------------
-def host_generator(host: Host) -> Generator:
-    """The Host's generator (the webui's own, or sd-scripts' in the trainer environment)."""
-    make = getattr(host, "generator", None)
-    if make is None:
-        raise LorakitError("This Train Style host cannot generate images yet; give --webui-url URL to use a webui "
-                           "running with --api.")
-    return make()
-
-
 def cell_request(cell: Cell, request: GridRequest) -> GenRequest:
     return GenRequest(**{**_gen_fields(request), "prompt": cell.prompt.text, "seed": cell.seed,
                          "checkpoint": cell.checkpoint,
