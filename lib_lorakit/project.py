@@ -155,6 +155,16 @@ class Concept:
         return f"{KIND_FOLDERS[self.kind]}/{self.folder.name}"
 
 
+def image_key(image: str) -> str:
+    """What per-image state (crop steps, direction and sort labels, import records) is kept under:
+    `dataset/10_cats/a.png` → `dataset/cats/a`, so a change of repeats (the folder's number) or of the file's
+    extension (a letterbox writes PNG) keeps it; a rename of the concept moves it (image_state.py). A path of
+    another shape is its own key."""
+    parts = image.split("/")
+    match = CONCEPT_FOLDER.match(parts[1]) if len(parts) == 3 else None
+    return f"{parts[0]}/{match.group(2)}/{Path(parts[2]).stem}" if match else image
+
+
 def concept_folder_name(name: str, repeats: int) -> str:
     check_name(name, what="concept name")
     check_repeats(repeats)

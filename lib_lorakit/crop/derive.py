@@ -44,7 +44,7 @@ from ..fsutil import atomic_copy, atomic_save_image, atomic_write_bytes, read_js
 from ..images import FORMAT_SUFFIXES, IMAGE_SUFFIXES, ImageProblem, describe_image, open_training_image, read_header
 from ..procs import usable_cores
 from ..progress import ProgressFn
-from ..project import CONCEPT_FOLDER, KIND_FOLDERS, Project
+from ..project import CONCEPT_FOLDER, KIND_FOLDERS, Project, image_key
 from .history import DeriveHistory, DeriveStep
 
 STATE_FILE = "derive.json"
@@ -204,8 +204,7 @@ def ref_of(project: Project, image: str) -> ImageRef:
         raise NotFound(f"No image {image!r} in project {project.name!r}.")
     concept = CONCEPT_FOLDER.match(parts[1]).group(2)
     kind = next(k for k, v in KIND_FOLDERS.items() if v == parts[0])
-    return ImageRef(key=f"{parts[0]}/{concept}/{Path(parts[2]).stem}", rel=image, path=path, kind=kind,
-                    concept=concept)
+    return ImageRef(key=image_key(image), rel=image, path=path, kind=kind, concept=concept)
 
 
 def ref_of_key(project: Project, key: str) -> ImageRef:

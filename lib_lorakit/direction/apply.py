@@ -19,7 +19,7 @@ from ..errors import NotFound
 from ..fsutil import atomic_copy, atomic_write_json, read_json
 from ..images import CAPTION_SUFFIXES
 from ..project import CONCEPT_FOLDER, KIND_FOLDERS, Project
-from .sorter import STATE_DIR, ApplyReport, ApplyRequest, Prediction, SortState, concept_of_class
+from .sort_state import STATE_DIR, ApplyReport, ApplyRequest, Prediction, SortState, concept_of_class
 
 log = logging.getLogger(__name__)
 

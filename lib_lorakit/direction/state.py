@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from ..errors import LorakitError
 from ..fsutil import atomic_write_json, read_json
-from ..project import CONCEPT_FOLDER, Project
+from ..project import Project, image_key
 from .estimate import DIRECTIONS, MIRROR
 from .settings import DirectionSettings
 
@@ -35,12 +35,7 @@ def flipped_now(project: Project, images: Iterable[str]) -> set[str]:
     return out
 
 
-def label_key(image: str) -> str:
-    """What a label is kept under: `dataset/<concept>/<stem>`, so a change of repeats (the folder's name) or of the
-    file's extension (a letterbox writes PNG) keeps it, as the derivation records do."""
-    parts = image.split("/")
-    match = CONCEPT_FOLDER.match(parts[1]) if len(parts) == 3 else None
-    return f"{parts[0]}/{match.group(2)}/{Path(parts[2]).stem}" if match else image
+label_key = image_key  # the project's one per-image key
 
 
 class DirectionState:
