@@ -48,7 +48,7 @@ def test_crop_steps_labels_and_records_follow_a_renamed_concept(studio: Studio, 
 
     moved = "dataset/5_felines/p0.png"
     steps = studio.crop.steps("art", moved)
-    assert steps.crop is not None and steps.mode == "letterbox", "the letterbox recorded for the image must survive the rename"
+    assert steps.crop is not None and steps.mode == "letterbox", "the letterbox must survive the rename"
     assert studio.direction.labels("art")["labels"] == {"dataset/5_felines/p1.png": "left"}
     assert studio.sorter.labels("art") == {"dataset/5_felines/p1.png": "plain"}
     # the original is still found: resetting gives back the imported copy, not the letterboxed one
