@@ -39,7 +39,9 @@ from .base import ImageTags, Tagger
 log = logging.getLogger(__name__)
 
 GPU_BATCH = 8
-CPU_BATCH = 1  # on a CPU batching gains nothing measurable and makes cancelling and progress coarse
+CPU_BATCH = 1  # where a CPU run starts: a model that takes seconds an image (a ViT) stays at one image a batch
+CPU_MOST_BATCH = 8  # ... and a cheap one grows its batches up to this (onnxruntime's per-call cost is then shared)
+BATCH_TARGET_S = 0.05  # on a CPU, batches grow while one takes less than this (progress and cancel stay prompt)
 DRAFT_FACTOR = 2  # JPEGs are decoded at no less than twice the model's input size before the bicubic resize
 _POLL = 0.05  # seconds between looks at `cancel` while waiting
 OUTCOMES_AHEAD = 128  # batches of outcomes the model may run ahead of a slow `on_result` (caption writing)
@@ -218,7 +220,9 @@ def tag_images(items: Sequence[TagItem], taggers: Union[Mapping[str, Tagger], Se
     (in completion order, not input order), called in the calling thread like `progress`.
 
     `taggers` maps the name outcomes use (e.g. "wd14") to a Tagger; a plain list is keyed by each `name`.
-    `batch_size` defaults to what suits the device (see `default_batch_size`). `workers` fixes the number of
+    `batch_size` defaults to what suits the device (see `default_batch_size`); on a CPU, batches then double
+    while one takes under half of `BATCH_TARGET_S` (up to `CPU_MOST_BATCH`), so a cheap model shares
+    onnxruntime's per-call cost and a ViT stays at one image a batch. `workers` fixes the number of
     decoders; left out, it starts at `default_workers` and follows `DecoderSizing`.
     `reduced_jpeg_decode` lets JPEGs decode at 1/2–1/8 scale when still ≥ 2× the model's input size: ~1.4×
     faster on photos, but scores move by up to ~0.005 against a full decode, so a tag sitting right at a
@@ -239,13 +243,14 @@ def tag_images(items: Sequence[TagItem], taggers: Union[Mapping[str, Tagger], Se
         raise ValueError(f"batch_size and workers must be at least 1, got {batch_size!r} and {workers!r}")
     sizing = None if workers is not None else DecoderSizing(default_workers(devices.values()),
                                                             most=most_workers())
+    grow = batch_size is None and batch == CPU_BATCH  # a CPU run with the batch left to us: grown by measurement
     device = next(iter(devices.values())) if len(devices) == 1 else "; ".join(f"{k}: {d}" for k, d in
                                                                               devices.items())
     draft_side = _draft_side(named.values()) if reduced_jpeg_decode else None
     # 2. the feed (decoders → model thread) and the delivery of outcomes here
     run = _Run(items=list(items), taggers=named, limits=limits, batch=batch, progress=progress, cancel=cancel,
                on_result=on_result, max_pixels=max_pixels, background=background, draft_side=draft_side,
-               sizing=sizing)
+               sizing=sizing, most_batch=CPU_MOST_BATCH if grow else batch)
     run.decoders.resize(workers if sizing is None else sizing.count)
     model = threading.Thread(target=run.model_loop, name="tagger-model", daemon=True)
     model.start()
@@ -261,7 +266,8 @@ def tag_images(items: Sequence[TagItem], taggers: Union[Mapping[str, Tagger], Se
              "→".join(map(str, _runs_of(run.counts))))
     return TagRunReport(total=len(run.items), done=run.done, failed=run.failed, cancelled=run.cancelled,
                         seconds=seconds, images_per_second=run.done / seconds if seconds > 0 else 0.0,
-                        device=device, workers=max(run.counts), batch_size=batch, worker_counts=tuple(run.counts))
+                        device=device, workers=max(run.counts), batch_size=run.largest or batch,
+                        worker_counts=tuple(run.counts))
 
 
 def _runs_of(counts: list[int]) -> list[int]:
@@ -335,12 +341,15 @@ class _Run:
     def __init__(self, *, items: list[TagItem], taggers: dict[str, Tagger], limits: dict[str, int], batch: int,
                  progress: ProgressFn | None, cancel: threading.Event | None,
                  on_result: Callable[[TagOutcome], None] | None, max_pixels: int,
-                 background: tuple[int, int, int], draft_side: int | None, sizing: DecoderSizing | None):
+                 background: tuple[int, int, int], draft_side: int | None, sizing: DecoderSizing | None,
+                 most_batch: int | None = None):
         self.items, self.taggers, self.limits, self.batch = items, taggers, limits, batch
+        self.most_batch = max(batch, most_batch or batch)  # above `batch`: grown while batches are quick
+        self.largest = 0  # the largest batch predicted (the report's batch size)
         self.progress, self.cancel, self.on_result = progress, cancel, on_result
         self.max_pixels, self.background, self.draft_side = max_pixels, background, draft_side
         self.sizing = sizing
-        self.queue: queue.Queue = queue.Queue(maxsize=2 * batch + 2)  # a couple of batches ahead, no more
+        self.queue: queue.Queue = queue.Queue(maxsize=2 * self.most_batch + 2)  # a couple of batches ahead
         self.outcomes: queue.Queue = queue.Queue(maxsize=OUTCOMES_AHEAD)
         self.stop = threading.Event()
         self.decoders = _Decoders(self.work)
@@ -452,6 +461,13 @@ class _Run:
         return _Window()
 
     def _predict(self, prepared: list[_Prepared]) -> None:
+        began = time.perf_counter()
+        self.largest = max(self.largest, len(prepared))
+        self._predict_batch(prepared)
+        if self.batch < self.most_batch and time.perf_counter() - began < BATCH_TARGET_S / 2:
+            self.batch = min(self.most_batch, 2 * self.batch)  # quick batches: share the per-call cost more
+
+    def _predict_batch(self, prepared: list[_Prepared]) -> None:
         found: list[dict[str, ImageTags]] = [{} for _ in prepared]
         for key, tagger in self.taggers.items():
             inputs = [p.inputs[key] for p in prepared]

