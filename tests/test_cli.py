@@ -149,3 +149,25 @@ def test_project_settings_change_how_images_are_imported(tmp_path):
     assert big["source"].endswith("big.jpg") and "6 MP, above the limit of 5 MP" in big["reason"]
     bad = cli(home, "project", "set", "p", "resolution=12", check=False)
     assert bad.returncode == 1 and "resolution: expected an integer from 64 to 4096, got 12" in bad.stderr
+
+
+def test_each_command_loads_only_its_capability_and_the_table_matches_the_modules():
+    """`tag` must not pay for importing training, grids or crop; the command table is what the modules add."""
+    import argparse
+    import importlib
+    import subprocess
+    import sys
+
+    from lib_lorakit.cli import CAPABILITIES, COMMAND_MODULES
+
+    added = {}
+    for name in CAPABILITIES:
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(f"lib_lorakit.cli.{name}").add_parsers(sub, argparse.ArgumentParser(add_help=False))
+        added.update(dict.fromkeys(sub.choices, name))
+    assert added == COMMAND_MODULES
+    probe = ("import sys; from lib_lorakit.cli import build_parser; build_parser('tag').parse_args(['tag', 'p']); "
+             "print(sorted(m for m in sys.modules if m.startswith(('lib_lorakit.train', 'lib_lorakit.evaluate', "
+             "'lib_lorakit.crop', 'lib_lorakit.cli.'))))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['lib_lorakit.cli.captions', 'lib_lorakit.cli.output']", out

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ..errors import LorakitError
 from ..host import StandaloneHost
@@ -30,7 +30,41 @@ def _common() -> argparse.ArgumentParser:
     return p
 
 
-def build_parser() -> argparse.ArgumentParser:
+# The commands each capability module adds (`add_parsers`) and answers (`handle`): only the module of the command
+# given is imported, so `tag` does not pay for importing training, grids or crop (a test checks this table against
+# what the modules add).
+COMMAND_MODULES: dict[str, str] = {
+    **dict.fromkeys(("train", "train-differential", "runs", "run", "queue", "presets", "register", "trainer"),
+                    "train"),
+    **dict.fromkeys(("tag", "caption", "tags", "check"), "captions"),
+    **dict.fromkeys(("grid", "card"), "grid"),
+    **{name: name for name in ("buckets", "crop", "direction", "sort", "embed", "inspect", "reg")},
+}
+CAPABILITIES = ("train", "reg", "crop", "buckets", "captions", "direction", "sort", "embed", "grid", "inspect")
+
+
+def _modules_for(command: Optional[str]) -> list[Any]:
+    """The capability modules to build the parser from: the command's own, or every one (help, a typo)."""
+    import importlib
+
+    names = [COMMAND_MODULES[command]] if command in COMMAND_MODULES else list(CAPABILITIES)
+    return [importlib.import_module(f"{__name__}.{name}") for name in names]
+
+
+def _command_in(argv: Sequence[str]) -> Optional[str]:
+    """The command named in `argv` (the first word that is not an option or an option's value), if any."""
+    valued = {"--home", "--lora-dir", "--models-dir", "--config"}
+    words = iter(argv)
+    for word in words:
+        if word in valued:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The whole parser, or with `command` given only the capability module that command belongs to."""
     common = _common()
     p = argparse.ArgumentParser(prog="python -m lib_lorakit", parents=[common],
                                 description="Train Style: prepare datasets and train LoRAs of your own style.")
@@ -79,27 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     doc.add_argument("--trainer-python", help="check this trainer python instead of the configured one")
     doc.add_argument("--tokenizer-cache-dir", type=Path, help="the tokenizer folder a run would get")
 
-    from . import buckets as cli_buckets
-    from . import captions as cli_captions
-    from . import crop as cli_crop
-    from . import direction as cli_direction
-    from . import embed as cli_embed
-    from . import grid as cli_grid
-    from . import inspect as cli_inspect
-    from . import reg as cli_reg
-    from . import sort as cli_sort
-    from . import train as cli_train
-
-    cli_train.add_parsers(sub, common)
-    cli_reg.add_parsers(sub, common)
-    cli_crop.add_parsers(sub, common)
-    cli_buckets.add_parsers(sub, common)
-    cli_captions.add_parsers(sub, common)
-    cli_direction.add_parsers(sub, common)
-    cli_sort.add_parsers(sub, common)
-    cli_embed.add_parsers(sub, common)
-    cli_grid.add_parsers(sub, common)
-    cli_inspect.add_parsers(sub, common)
+    for module in _modules_for(command):
+        module.add_parsers(sub, common)
 
     rep = sub.add_parser("report", parents=[common], help="the dataset report")
     rep.add_argument("project")
@@ -125,36 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(_command_in(argv)).parse_args(argv)
     as_json = getattr(args, "json", False)
     try:
         if args.command == "ui":
             return _ui(args)
         host = StandaloneHost.from_options(home=args.home, lora_dir=args.lora_dir, models_dir=args.models_dir,
                                            allow_roots=[os.path.abspath(os.sep)], config=args.config)
-        from . import buckets as cli_buckets
-        from . import captions as cli_captions
-        from . import crop as cli_crop
-        from . import direction as cli_direction
-        from . import embed as cli_embed
-        from . import grid as cli_grid
-        from . import inspect as cli_inspect
-        from . import reg as cli_reg
-        from . import sort as cli_sort
-        from . import train as cli_train
-
         handler: Callable[[Studio, argparse.Namespace], tuple[int, Any, str]] = {
             "project": _project, "import": _import, "report": _report, "concept": _concept,
             "lora-info": _lora_info, "doctor": _doctor,
-            **dict.fromkeys(("tag", "caption", "tags", "check"), cli_captions.handle),
-            "direction": cli_direction.handle,
-            "sort": cli_sort.handle, "embed": cli_embed.handle,
-            "buckets": cli_buckets.handle,
-            "crop": cli_crop.handle,
-            **dict.fromkeys(("grid", "card"), cli_grid.handle),
-            "inspect": cli_inspect.handle,
-            "reg": cli_reg.handle,
-        }.get(args.command, cli_train.handle)
+        }.get(args.command) or _modules_for(args.command)[0].handle
         code, data, text = handler(Studio(host), args)
     except LorakitError as e:
         say(f"error: {e}", file=sys.stderr)
