@@ -195,7 +195,8 @@ PARSE = textwrap.dedent("""
 
 
 def trainer_python() -> str | None:
-    for candidate in (os.environ.get("TRAIN_STYLE_TRAINER_PYTHON"), "/work/env/trainer-venv/bin/python"):
+    venv = os.environ.get("TRAIN_STYLE_TRAINER_VENV")
+    for candidate in (os.environ.get("TRAIN_STYLE_TRAINER_PYTHON"), venv and f"{venv}/bin/python"):
         if candidate and Path(candidate).is_file():
             return candidate
     return None
@@ -205,7 +206,7 @@ def trainer_python() -> str | None:
 def test_sd_scripts_own_parser_reads_alpha_mask_per_subset(project):
     python = trainer_python()
     if not python:
-        pytest.skip("sd-scripts' trainer environment is absent (set TRAIN_STYLE_TRAINER_PYTHON to its python)")
+        pytest.skip("sd-scripts' trainer environment is absent (set TRAIN_STYLE_TRAINER_VENV)")
     run_crop(project, CropRequest.from_dict({"mode": "letterbox", "concept": "art", "aspect": "2:3"}))
     run_dir = project.root / "runs" / "r1"
     files = cf.build_run_files(project, resolve("style-sd15-lora"), run_dir=run_dir,

@@ -23,7 +23,7 @@ from lib_lorakit.evaluate.inspect import inspect_image
 from lib_lorakit.evaluate.pnginfo import decode_user_comment, parse_infotext, read_image_info
 
 ROOT = Path(__file__).resolve().parents[1]
-WEBUI = Path(os.environ.get("TRAIN_STYLE_WEBUI") or "/work/env/webui")
+WEBUI = Path(os.environ.get("TRAIN_STYLE_WEBUI") or "/nonexistent-webui")  # opt-in: a webui 1.10 checkout
 WEBUI_PYTHON = Path(os.environ.get("TRAIN_STYLE_WEBUI_PYTHON") or WEBUI / "venv" / "bin" / "python")
 
 INFOTEXT = ('masterpiece, "quoted", <lora:mystyle:0.7>, sks\nsecond line of the prompt\n'
