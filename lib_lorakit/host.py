@@ -2,7 +2,7 @@
 
 The core asks the Host for folders, checkpoints and the roots a user allowed; later steps also ask it to free
 the GPU, refresh the webui's Lora list and generate images. `StandaloneHost` serves the CLI and the standalone
-app; `lib_lorakit.webui_host.WebuiHost` serves the webui; that package alone imports its `modules`.
+app; `lib_lorakit.webui_host.WebuiHost` serves the webui; that module alone imports its `modules`.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "lib_lorakit"
-MAY_IMPORT_UI = ("ui/", "webui_host/")
+MAY_IMPORT_UI = ("ui/", "webui_host.py")
 
 
 def _imports(path: Path) -> set[str]:

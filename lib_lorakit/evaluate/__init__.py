@@ -2,7 +2,7 @@
 
 The one generation interface every part codes against (issue 11): a `Generator` turns `GenRequest`s into
 `GenImage`s with their infotext. Three implementations: in the webui (its own txt2img processing under its queue
-lock, `webui_host/generate.py`, the only code beside the Host that imports the webui), a webui elsewhere by URL
+lock, `webui_host.py`, the only core module that imports the webui), a webui elsewhere by URL
 (`evaluate/remote.py`, `/sdapi/v1/txt2img`), and standalone through sd-scripts' own `gen_img.py` /
 `sdxl_gen_img.py` in the trainer environment (`evaluate/sd_scripts_gen.py`). A generator that can make a whole X/Y/Z
 grid itself (the webui's X/Y/Z plot script) also implements `XYZGenerator`.

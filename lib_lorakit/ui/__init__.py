@@ -1,1 +1,1 @@
-"""The gradio tab. Only this package and `webui_host/` may import gradio."""
+"""The gradio tab. Only this package and `webui_host.py` may import gradio."""
