@@ -158,6 +158,14 @@ class Field:
         return f"{self.name}: expected {self.expected}, got {value!r}"
 
 
+def text_list(value: Any, name: str, what: str) -> tuple[str, ...]:
+    """A request's list of texts (image paths, class names), refused by name when it is anything else (a lone
+    string included: `"a.png"` is not `["a.png"]`)."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise LorakitError(f"{name}: expected a list of {what}, got {value!r}")
+    return tuple(value)
+
+
 def range_words(lo: float | None, hi: float | None) -> str:
     def num(x: float) -> str:
         return str(int(x)) if float(x).is_integer() else f"{x:g}"

@@ -29,6 +29,7 @@ from ..errors import LorakitError, NotFound
 from ..images import IMAGE_SUFFIXES, ImageProblem, open_training_image
 from ..progress import ProgressFn
 from ..project import KIND_FOLDERS, Project
+from ..schema import text_list
 from . import derive as dv
 from . import modes
 from .history import DeriveHistory
@@ -69,10 +70,7 @@ class CropRequest:
         mode = d.get("mode")
         if mode not in CROP_MODES:
             raise LorakitError(f"mode: expected one of {', '.join(CROP_MODES)}, got {mode!r}")
-        images = d.get("images", ())
-        if isinstance(images, str) or not isinstance(images, (list, tuple)) or \
-                not all(isinstance(i, str) for i in images):
-            raise LorakitError(f"images: expected a list of image paths, got {images!r}")
+        images = text_list(d.get("images", ()), "images", "image paths")
         if len(images) > MAX_IMAGES:
             raise LorakitError(f"images: {len(images):,} given; at most {MAX_IMAGES:,} at once")
         for key in ("concept", "aspect", "fill", "tag"):

@@ -12,7 +12,7 @@ from ..errors import InvalidName, LorakitError, NotFound
 from ..fsutil import atomic_write_json, read_json
 from ..paths import check_name
 from ..project import MAX_REPEATS, Project, image_key
-from ..schema import Field, Schema
+from ..schema import Field, Schema, text_list
 
 STATE_DIR = "sorter"
 MAX_CLASSES = 64
@@ -74,9 +74,8 @@ class ApplyRequest:
             raise LorakitError(f"Expected the apply options as an object, got {type(data).__name__}.")
         options = dict(data)
         classes = options.pop("classes", None)
-        if classes is not None and (isinstance(classes, str) or not isinstance(classes, (list, tuple))
-                                    or not all(isinstance(c, str) for c in classes)):
-            raise LorakitError(f"classes: expected a list of class names, got {classes!r}")
+        if classes is not None:
+            classes = text_list(classes, "classes", "class names")
         chosen = SORT_SCHEMA.from_dict(options)
         if chosen["move"] and chosen["into"] in ("tags", "discard"):
             raise LorakitError(f"move: only with into concepts or reg (into {chosen['into']} moves nothing).")

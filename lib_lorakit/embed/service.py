@@ -13,7 +13,7 @@ from ..host import Host
 from ..jobs import JobState, ProgressFn, job_manager
 from ..paths import resolve_inside
 from ..project import Project, Workspace
-from ..schema import Field, Schema
+from ..schema import Field, Schema, text_list
 from .models import DEFAULT_EMBEDDER, OpenClipEmbedder, parse_spec
 
 EMBED_SCHEMA = Schema(noun="embedding option", groups=(("embed", "Embeddings"),), fields=(
@@ -37,9 +37,8 @@ class EmbedRequest:
             raise LorakitError(f"Expected the embedding options as an object, got {type(data).__name__}.")
         options = dict(data)
         images = options.pop("images", None)
-        if images is not None and (isinstance(images, str) or not isinstance(images, (list, tuple))
-                                   or not all(isinstance(i, str) for i in images)):
-            raise LorakitError(f"images: expected a list of project-relative image paths, got {images!r}")
+        if images is not None:
+            images = text_list(images, "images", "project-relative image paths")
         if options.get("embedder") in (None, ""):
             options.pop("embedder", None)
         chosen = EMBED_SCHEMA.from_dict(options)
