@@ -7,7 +7,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ..errors import LorakitError
 from ..studio import Studio
@@ -26,6 +26,23 @@ SET_HELP = ("override a preset option, or pass any other sd-scripts argument (e.
 WITHOUT_TRIGGER_HELP = "also sample each prompt without the trigger words (default: yes)"
 
 
+
+def _run_args(p: argparse.ArgumentParser, *, set_help: str, output_help: Optional[str], dry_run_help: str,
+              wait_help: str) -> None:
+    """The arguments `train` and `train-differential` share."""
+    p.add_argument("project")
+    p.add_argument("--preset", required=True)
+    p.add_argument("--base-model", required=True, help=BASE_MODEL_HELP)
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help=set_help)
+    p.add_argument("--output-name", help=output_help)
+    p.add_argument("--sample", action="append", default=[], metavar="PROMPT", help="a sample prompt (repeatable)")
+    p.add_argument("--without-trigger", action=argparse.BooleanOptionalAction, default=None,
+                   help=WITHOUT_TRIGGER_HELP)
+    p.add_argument("--accept-missing-captions", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help=dry_run_help)
+    p.add_argument("--wait", action="store_true", help=wait_help)
+    add_accelerate_args(p)
+
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     pr = sub.add_parser("presets", parents=[common], help="list, show or save training presets")
     pr.add_argument("action", nargs="?", choices=("list", "show", "save"), default="list")
@@ -38,37 +55,19 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     q.add_argument("project", nargs="?")
     q.add_argument("run", nargs="?")
     t = sub.add_parser("train", parents=[common], help="train a LoRA on a project")
-    t.add_argument("project")
-    t.add_argument("--preset", required=True)
-    t.add_argument("--base-model", required=True, help=BASE_MODEL_HELP)
-    t.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help=SET_HELP)
-    t.add_argument("--output-name")
-    t.add_argument("--sample", action="append", default=[], metavar="PROMPT", help="a sample prompt (repeatable)")
-    t.add_argument("--without-trigger", action=argparse.BooleanOptionalAction, default=None,
-                   help=WITHOUT_TRIGGER_HELP)
-    t.add_argument("--accept-missing-captions", action="store_true")
-    t.add_argument("--dry-run", action="store_true", help="write the TOMLs and print the command; start nothing")
-    t.add_argument("--wait", action="store_true", help="stay until the run ends, showing progress")
-    add_accelerate_args(t)
+    _run_args(t, set_help=SET_HELP, output_help=None,
+              dry_run_help="write the TOMLs and print the command; start nothing",
+              wait_help="stay until the run ends, showing progress")
     d = sub.add_parser("train-differential", parents=[common],
                        help="two-stage training: a base LoRA on some concepts, then the targets with it merged in")
-    d.add_argument("project")
-    d.add_argument("--preset", required=True)
-    d.add_argument("--base-model", required=True, help=BASE_MODEL_HELP)
+    _run_args(d, set_help=SET_HELP + "; both stages", output_help="stage 2's LoRA name (stage 1's is NAME-base)",
+              dry_run_help="write both runs' TOMLs and print the commands",
+              wait_help="stay until both runs end, showing progress")
     d.add_argument("--target-concepts", required=True, metavar="A,B", help="what stage 2 learns")
     d.add_argument("--stage1-concepts", default="", metavar="A,B",
                    help="what stage 1 learns, the look to remove (default: every other concept)")
-    d.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help=SET_HELP + "; both stages")
     d.add_argument("--stage1-set", action="append", default=[], metavar="OPTION=VALUE",
                    help="override for stage 1 only")
-    d.add_argument("--output-name", help="stage 2's LoRA name (stage 1's is NAME-base)")
-    d.add_argument("--sample", action="append", default=[], metavar="PROMPT", help="a sample prompt (repeatable)")
-    d.add_argument("--without-trigger", action=argparse.BooleanOptionalAction, default=None,
-                   help=WITHOUT_TRIGGER_HELP)
-    d.add_argument("--accept-missing-captions", action="store_true")
-    d.add_argument("--dry-run", action="store_true", help="write both runs' TOMLs and print the commands")
-    d.add_argument("--wait", action="store_true", help="stay until both runs end, showing progress")
-    add_accelerate_args(d)
     r = sub.add_parser("runs", parents=[common], help="list a project's runs")
     r.add_argument("project")
     run = sub.add_parser("run", parents=[common], help="status, stop or resume one run")
