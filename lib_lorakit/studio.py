@@ -33,6 +33,7 @@ from .paths import resolve_inside
 from .project import Concept, ConceptKind, Project, ProjectListing, ProjectSettings, Workspace
 
 if TYPE_CHECKING:  # training is imported when a caller asks for it: the tagging and import commands start faster
+    from .autopilot.service import AutopilotService
     from .crop.bucket_preview import BucketReport, BucketRequest
     from .crop.service import CropService
     from .direction.service import DirectionService
@@ -42,6 +43,7 @@ if TYPE_CHECKING:  # training is imported when a caller asks for it: the tagging
     from .evaluate.inspect import InspectResult
     from .evaluate.reg import RegService
     from .evaluate.service import EvalService
+    from .judge.service import JudgeService
     from .next_step import ProjectStatus
     from .results.lora_info import LoraInfo
     from .train.door import Start, TrainingDoor
@@ -96,6 +98,20 @@ class Studio:
         from .evaluate.service import EvalService
 
         return EvalService(self.host)
+
+    @property
+    def judge(self) -> JudgeService:
+        """Copy detection, style strength and adherence over a grid; the recommended epoch × weight (judge/)."""
+        from .judge.service import JudgeService
+
+        return JudgeService(self.host)
+
+    @property
+    def autopilot(self) -> AutopilotService:
+        """From a folder to a judged, registered LoRA in one chain that resumes after a restart (autopilot/)."""
+        from .autopilot.service import AutopilotService
+
+        return AutopilotService(self.host)
 
     @property
     def sorter(self) -> SortService:
