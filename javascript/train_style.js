@@ -13,7 +13,8 @@
                        ["#train_style_crop_job", "#train_style_crop_refresh"],
                        ["#train_style_direction_job", "#train_style_direction_refresh"],
                        ["#train_style_reg_job", "#train_style_reg_refresh"],
-                       ["#train_style_results_job", "#train_style_results_refresh"]];
+                       ["#train_style_results_job", "#train_style_results_refresh"],
+                       ["#train_style_judge_job", "#train_style_judge_refresh"]];
 
     function root() {
         if (typeof gradioApp === "function") return gradioApp();
