@@ -114,6 +114,7 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
     def cancel(job_id: str) -> dict:
         return studio.jobs.cancel(job_id).to_dict()
 
+    from . import autopilot as api_autopilot
     from . import buckets as api_buckets
     from . import captions as api_captions
     from . import crop as api_crop
@@ -133,6 +134,7 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
     api_evaluate.add_routes(r, studio, call)
     api_inspect.add_routes(r, studio, call)
     api_reg.add_routes(r, studio, call)
+    api_autopilot.add_routes(r, studio, call)
     return r
 
 

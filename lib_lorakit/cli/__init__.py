@@ -38,9 +38,10 @@ COMMAND_MODULES: dict[str, str] = {
                     "train"),
     **dict.fromkeys(("tag", "caption", "tags", "check"), "captions"),
     **dict.fromkeys(("grid", "card"), "grid"),
-    **{name: name for name in ("buckets", "crop", "direction", "sort", "embed", "inspect", "reg")},
+    **{name: name for name in ("buckets", "crop", "direction", "sort", "embed", "inspect", "reg", "autopilot")},
 }
-CAPABILITIES = ("train", "reg", "crop", "buckets", "captions", "direction", "sort", "embed", "grid", "inspect")
+CAPABILITIES = ("train", "reg", "crop", "buckets", "captions", "direction", "sort", "embed", "grid", "inspect",
+                "autopilot")
 
 
 def _modules_for(command: Optional[str]) -> list[Any]:
