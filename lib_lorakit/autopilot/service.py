@@ -106,31 +106,11 @@ class AutopilotRequest:
             nested[key] = data.get(key) or {}
             if not isinstance(nested[key], Mapping):
                 problems.append(f"{key}: expected an object of settings, got {type(nested[key]).__name__}")
+                nested[key] = {}
+        problems += _step_problems(nested, retag=values.get("retag", False))
         if problems:
             raise InvalidSettings(problems)
-        req = cls(**values, **{k: dict(v) for k, v in nested.items()})
-        req.check_steps()
-        return req
-
-    def check_steps(self) -> None:
-        """The steps' own requests built once now, so a bad tagging, training or judge setting is refused before
-        anything is imported."""
-        from ..captions.service import TagRequest
-        from ..judge.service import JudgeRequest
-        from ..train.service import TrainRequest
-
-        problems: list[str] = []
-        for key, build in (("tag", lambda: TagRequest.from_dict(self.tag_data())),
-                           ("overrides", lambda: TrainRequest.from_dict(self.train_data(), project="autopilot")),
-                           ("judge", lambda: JudgeRequest.from_dict(dict(self.judge)))):
-            try:
-                build()
-            except InvalidSettings as e:  # the training request names its own fields (overrides.x, extra_args.x)
-                problems += [p if p.startswith(key) or key == "overrides" else f"{key}.{p}" for p in e.problems]
-            except LorakitError as e:
-                problems.append(str(e) if str(e).startswith(f"{key}:") else f"{key}: {e}")
-        if problems:
-            raise InvalidSettings(problems)
+        return cls(**values, **{k: dict(v) for k, v in nested.items()})
 
     def tag_data(self) -> dict[str, Any]:
         return {**dict(self.tag), "overwrite": self.retag}
@@ -142,6 +122,28 @@ class AutopilotRequest:
     def to_dict(self) -> dict[str, Any]:
         return {**{f.name: getattr(self, f.name) for f in AUTOPILOT_SCHEMA.fields},
                 **{k: dict(getattr(self, k)) for k in NESTED}}
+
+
+def _step_problems(nested: Mapping[str, Mapping[str, Any]], *, retag: bool) -> list[str]:
+    """The steps' own requests built once now, so a bad tagging, training or judge setting is refused, by its field,
+    before anything is imported."""
+    from ..captions.service import TagRequest
+    from ..judge.service import JudgeRequest
+    from ..train.service import TrainRequest
+
+    train = {"preset": "checked-later", "base_model": "checked-later", "overrides": dict(nested["overrides"]),
+             "extra_args": dict(nested["extra_args"])}
+    problems: list[str] = []
+    for key, build in (("tag", lambda: TagRequest.from_dict({**nested["tag"], "overwrite": retag})),
+                       ("overrides", lambda: TrainRequest.from_dict(train, project="autopilot")),
+                       ("judge", lambda: JudgeRequest.from_dict(dict(nested["judge"])))):
+        try:
+            build()
+        except InvalidSettings as e:  # the training request names its own fields (overrides.x, extra_args.x)
+            problems += [p if p.startswith(key) or key == "overrides" else f"{key}.{p}" for p in e.problems]
+        except LorakitError as e:
+            problems.append(str(e) if str(e).startswith(f"{key}:") else f"{key}: {e}")
+    return problems
 
 
 @dataclass
