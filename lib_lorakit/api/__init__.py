@@ -121,6 +121,7 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
     from . import direction as api_direction
     from . import evaluate as api_evaluate
     from . import inspect as api_inspect
+    from . import overfit as api_overfit
     from . import reg as api_reg
     from . import sort as api_sort
     from . import train as api_train
@@ -135,6 +136,7 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
     api_inspect.add_routes(r, studio, call)
     api_reg.add_routes(r, studio, call)
     api_autopilot.add_routes(r, studio, call)
+    api_overfit.add_routes(r, studio, call)
     return r
 
 

@@ -38,10 +38,11 @@ COMMAND_MODULES: dict[str, str] = {
                     "train"),
     **dict.fromkeys(("tag", "caption", "tags", "check"), "captions"),
     **dict.fromkeys(("grid", "card"), "grid"),
-    **{name: name for name in ("buckets", "crop", "direction", "sort", "embed", "inspect", "reg", "autopilot")},
+    **{name: name for name in ("buckets", "crop", "direction", "sort", "embed", "inspect", "reg", "autopilot",
+                                   "overfit")},
 }
 CAPABILITIES = ("train", "reg", "crop", "buckets", "captions", "direction", "sort", "embed", "grid", "inspect",
-                "autopilot")
+                "autopilot", "overfit")
 
 
 def _modules_for(command: Optional[str]) -> list[Any]:
