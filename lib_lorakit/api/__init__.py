@@ -121,6 +121,7 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
     from . import direction as api_direction
     from . import evaluate as api_evaluate
     from . import inspect as api_inspect
+    from . import judge as api_judge
     from . import overfit as api_overfit
     from . import reg as api_reg
     from . import sort as api_sort
@@ -137,6 +138,7 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
     api_reg.add_routes(r, studio, call)
     api_autopilot.add_routes(r, studio, call)
     api_overfit.add_routes(r, studio, call)
+    api_judge.add_routes(r, studio, call)
     return r
 
 

@@ -39,10 +39,10 @@ COMMAND_MODULES: dict[str, str] = {
     **dict.fromkeys(("tag", "caption", "tags", "check"), "captions"),
     **dict.fromkeys(("grid", "card"), "grid"),
     **{name: name for name in ("buckets", "crop", "direction", "sort", "embed", "inspect", "reg", "autopilot",
-                                   "overfit")},
+                                   "overfit", "judge")},
 }
 CAPABILITIES = ("train", "reg", "crop", "buckets", "captions", "direction", "sort", "embed", "grid", "inspect",
-                "autopilot", "overfit")
+                "autopilot", "overfit", "judge")
 
 
 def _modules_for(command: Optional[str]) -> list[Any]:

@@ -171,9 +171,10 @@ class JudgeService:
         """`run` as a job (the grid is planned first, so a bad request fails here, not in the job)."""
         grid = self.grid_request(name, run, request)
         plan = self.evals.plan(name, grid)
+        clip = _clip_embedder(self.host, request.settings["embedder"])  # a path outside the allowed folders: now
 
         def work(progress: ProgressFn, cancel: threading.Event) -> dict:
-            return self.run(name, run, request, generator=generator, progress=progress, cancel=cancel)
+            return self.run(name, run, request, generator=generator, embedder=clip, progress=progress, cancel=cancel)
 
         return job_manager(self.host.projects_home()).start(
             kind="judge", project=name, work=work, title=f"Judge {run}: a grid of {plan.size} images, then scores")
@@ -265,9 +266,10 @@ class JudgeService:
     def start_judge(self, name: str, grid_id: str, request: JudgeRequest) -> JobState:
         """`judge` as a job."""
         report = self.evals.show(name, grid_id)  # NotFound now, not in the job
+        clip = _clip_embedder(self.host, request.settings["embedder"])  # a path outside the allowed folders: now
 
         def work(progress: ProgressFn, cancel: threading.Event) -> dict:
-            return self.judge(name, grid_id, request, progress=progress, cancel=cancel)
+            return self.judge(name, grid_id, request, embedder=clip, progress=progress, cancel=cancel)
 
         return job_manager(self.host.projects_home()).start(
             kind="judge", project=name, work=work, title=f"Judge grid {grid_id} ({report['made']} images)")
@@ -292,6 +294,8 @@ class JudgeService:
         """judge.json as it stands (NotFound when the grid has none); a "running" report of a process that is gone
         reads "interrupted"."""
         path = self._path(name, grid_id)
+        if not (path.parent / "report.json").is_file():
+            raise NotFound(f"No grid {grid_id!r} in project {name!r}.")
         if not path.is_file():
             raise NotFound(f"Grid {grid_id!r} of project {name!r} has not been judged; judge it first "
                            f"(judge {name} grid {grid_id}).")
