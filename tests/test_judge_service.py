@@ -27,7 +27,7 @@ import pytest
 from PIL import Image
 
 from lib_lorakit.errors import LorakitError, NotFound
-from lib_lorakit.evaluate import GenImage
+from lib_lorakit.evaluate import GenImage, GenRequest, LoraUse
 from lib_lorakit.evaluate.service import EvalService
 from lib_lorakit.fsutil import atomic_write_json, read_json
 from lib_lorakit.host import StandaloneHost
@@ -391,3 +391,54 @@ def test_a_judge_job_loads_the_requests_clip_and_descriptor(setup):
     assert doc["state"] == "done" and TINY_MODEL in doc["embedder"]
     c = cell(doc, "epoch 1", "1")
     assert c["clip_score"] is not None and c["strength"] is not None and len(c["samples"]) == 8
+
+
+class BlockingDescriptor(PerceptualDescriptor):
+    def __init__(self, entered: threading.Event, release: threading.Event):
+        super().__init__()
+        self.entered, self.release = entered, release
+
+    def embed_images(self, images):
+        self.entered.set()
+        assert self.release.wait(60)
+        return super().embed_images(images)
+
+
+def test_one_grid_is_judged_once_at_a_time_and_reads_running_meanwhile(setup):
+    grid = made_grid(setup)
+    entered, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def first():
+        try:
+            setup.judge.judge("demo", grid, setup.request(), descriptor=BlockingDescriptor(entered, release),
+                              embedder=ColourClip())
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert entered.wait(60)
+        assert setup.judge.show("demo", grid)["state"] == "running"
+        with pytest.raises(LorakitError, match="being judged already"):
+            setup.judge.judge("demo", grid, setup.request(), **setup.fakes())
+    finally:
+        release.set()
+        thread.join(60)
+    assert not errors and setup.judge.show("demo", grid)["state"] == "done"
+
+
+def test_overfit_checks_a_folder_of_samples_against_the_training_images(setup, tmp_path):
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    training_image(2).resize((48, 48)).save(samples / "copy.png")
+    fresh = GenRequest(prompt="a city street at night", seed=1, loras=(LoraUse(name="zq", weight=0.0),))
+    HealthyGenerator().paint(fresh).save(samples / "fresh.png")
+    from lib_lorakit.judge.memorise import OverfitRequest
+
+    report = setup.judge.overfit("demo", OverfitRequest.from_dict({"samples": str(samples),
+                                                                   "descriptor": "perceptual"}), local_user=True)
+    by_name = {Path(m.image).name: m for m in report.samples}
+    assert by_name["copy.png"].copy and by_name["copy.png"].nearest == "dataset/1_art/t2.png"
+    assert not by_name["fresh.png"].copy and report.copy_rate == 0.5 and report.descriptor == "perceptual"

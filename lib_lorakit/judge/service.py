@@ -117,6 +117,7 @@ class JudgeRequest:
 JUDGE_FILE = "judge.json"
 SAMPLE_BATCH = 16  # cell images embedded per call
 _RUNNING_HERE: set[str] = set()  # "project/grid" this process is judging (a "running" judge.json of another is not)
+_LOCK = threading.Lock()
 _GRID_ID = re.compile(r"[A-Za-z0-9_-]{1,80}")
 
 
@@ -188,13 +189,14 @@ class JudgeService:
         if report["state"] in ("queued", "running"):
             raise LorakitError(f"Grid {grid_id} is still {report['state']}; judge it when it has finished.")
         key = f"{name}/{grid_id}"
-        if key in _RUNNING_HERE:
-            raise LorakitError(f"Grid {grid_id} is being judged already; wait for it.")
+        with _LOCK:
+            if key in _RUNNING_HERE:
+                raise LorakitError(f"Grid {grid_id} is being judged already; wait for it to finish.")
+            _RUNNING_HERE.add(key)
         doc = self._new_doc(name, grid_id, report.get("run") or "", request)
         started = clock.monotonic()
-        _RUNNING_HERE.add(key)
-        self._write(name, grid_id, doc)
         try:
+            self._write(name, grid_id, doc)
             self._judge(name, grid_id, report, request, doc, descriptor=descriptor, embedder=embedder,
                         progress=progress, cancel=cancel)
             doc["state"] = "done"
