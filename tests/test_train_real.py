@@ -200,3 +200,33 @@ def test_differential_two_stages_with_base_weights(service, workspace):
     assert len(extra) == 36 and modules(final1) <= modules(final2)
     assert sum("time_emb_proj" in m for m in extra) == 22 and sum("conv_shortcut" in m for m in extra) == 14
     assert any("time_emb_proj" in w for w in two.meta["warnings"])
+
+
+def test_validation_split_records_validation_loss(service, project):
+    """Issue 12 part 3: validation_split 0.34 of the three squares holds one out (sd-scripts: ceil(3 × 0.66) = 2
+    trained, round(3 × 0.34) = 1 validated, no overlap); each of the 3 epochs ends with a validation check whose
+    loss lands in the run's state beside the training loss, and in the LoRA's metadata."""
+    import json
+
+    from lib_lorakit.ui.render_train import run_html
+
+    quiet = {"max_train_steps": None, "max_train_epochs": 3, "validation_split": 0.34, "save_every_n_steps": None,
+             "sample_every_n_steps": None, "sample_every_n_epochs": None, "save_state": False}
+    plan = service.plan(project, request(**quiet))
+    assert not plan.blocked, plan.findings
+    assert (plan.steps.train_images, plan.steps.validation_images, plan.steps.total_steps) == (2, 1, 6)
+    started = time.monotonic()
+    snap = service.create_run(project, request(**quiet))
+    final = run_queue(service, project, snap.id)
+    assert final.state == "succeeded", (final.error, final.log_tail[-15:])
+    print(f"validation run: {time.monotonic() - started:.0f} s; points {final.val_losses}")
+    log = (final.dir / "train.log").read_text(errors="replace")
+    assert "num validation images * repeats / 学習画像の数×繰り返し回数: 1" in log
+    assert [(e, s) for e, s, _ in final.val_losses] == [(1, 2), (2, 4), (3, 6)]
+    assert all(0 < v < 10 for _, _, v in final.val_losses)
+    assert final.progress["step"] == final.progress["total"] == 6
+    meta = read_lora_info(final.dir / "demo.safetensors").metadata
+    assert meta["ss_validation_split"] == "0.34" and meta["ss_validation_seed"] == "42"
+    assert meta["ss_num_validation_images"] == "1"
+    assert json.loads(json.dumps(final.to_dict()))["val_losses"] == final.val_losses
+    assert 'class="ts-loss-validation"' in run_html(final)

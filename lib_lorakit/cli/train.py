@@ -14,7 +14,8 @@ from ..studio import Studio
 from ..train.distributed import ACCELERATE_SCHEMA
 from ..train.door import TrainingDoor
 from ..train.environment import setup_trainer
-from ..train.options import parse_set
+from ..train.options import FLAGS, parse_set
+from ..train.options import SCHEMA as OPTIONS_SCHEMA
 from ..train.runner import RunSnapshot
 from ..train.service import set_items
 
@@ -41,6 +42,8 @@ def _run_args(p: argparse.ArgumentParser, *, set_help: str, output_help: Optiona
     p.add_argument("--accept-missing-captions", action="store_true")
     p.add_argument("--dry-run", action="store_true", help=dry_run_help)
     p.add_argument("--wait", action="store_true", help=wait_help)
+    OPTIONS_SCHEMA.add_arguments(p.add_argument_group("training options with a flag (any option: --set)"),
+                                 names=FLAGS)
     add_accelerate_args(p)
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -103,6 +106,7 @@ def door(studio: Studio, args: argparse.Namespace) -> TrainingDoor:
 def request_data(args: argparse.Namespace) -> dict[str, Any]:
     """The training request as plain data (TrainRequest.from_dict), from the command line."""
     overrides, extra = set_items(args.set)
+    overrides.update({n: getattr(args, n) for n in FLAGS if getattr(args, n, None) is not None})
     data: dict[str, Any] = {"preset": args.preset, "base_model": args.base_model, "overrides": overrides,
                             "extra_args": extra, "output_name": args.output_name, "samples": list(args.sample),
                             "accept_missing_captions": args.accept_missing_captions, "dry_run": args.dry_run}
@@ -221,7 +225,9 @@ def _follow(training: TrainingDoor, project: str, run_id: str) -> RunSnapshot:
 def _describe(snap: Any) -> str:
     lines = [f"Run {snap.id}: {snap.display.text}"]
     lines += [f"  saved {f}" for f in snap.files]
-    for text in (snap.notice, snap.meta.get("resume_note")):
+    if snap.val_losses:
+        lines.append("  validation loss: " + ", ".join(f"epoch {e} {v:.4g}" for e, _, v in snap.val_losses))
+    for text in (snap.notice, snap.meta.get("resume_note"), sign.message if (sign := snap.memorising) else ""):
         if text:
             lines.append(f"  {text}")
     if snap.error:

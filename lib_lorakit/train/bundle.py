@@ -733,7 +733,8 @@ def _import(project: Project, path: Path, reader: _Reader, root: str, manifest: 
                 "meta": meta, "created": clock.now_iso(), "finished": clock.now_iso(), "files": files,
                 "samples": sorted(f"sample/{Path(n).name}" for n in found.samples),
                 "progress": reader_log.progress.to_dict() if found.log else {},
-                "losses": reader_log.losses[-5000:], "log_tail": reader_log.tail[-40:],
+                "losses": reader_log.losses[-5000:], "val_losses": reader_log.val_losses[-5000:],
+                "log_tail": reader_log.tail[-40:],
                 "error": "" if final else (f"The bundle holds no final {output_name}.safetensors (training stopped "
                                            "early?); its epoch/step saves were imported.")}
         atomic_write_text(run_dir / "README.txt", f"Imported from {path.resolve()} (bundle of project "

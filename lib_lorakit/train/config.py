@@ -233,6 +233,7 @@ def build_args_config(settings: Mapping[str, Any], *, pretrained_model: str, dat
         if settings[o.name] is not None and (sample_prompts is not None or o.name not in SAMPLE_KEYS):
             sections[o.group][o.toml_key] = settings[o.name]
     sections["training"]["train_batch_size"] = settings["train_batch_size"]  # also in the dataset TOML
+    _validation_args(sections["dataset"], settings)
     if network_args(settings):
         sections["network"]["network_args"] = network_args(settings)
     sections["saving"] = {"output_dir": str(output_dir), "output_name": output_name, "save_model_as": "safetensors",
@@ -244,6 +245,22 @@ def build_args_config(settings: Mapping[str, Any], *, pretrained_model: str, dat
         sections["logging"]["training_comment"] = training_comment
     _add_extra(sections, extra_args or {})
     return {name: body for name, body in sections.items() if body}
+
+
+def _validation_args(section: dict[str, Any], settings: Mapping[str, Any]) -> None:
+    """validation_split as sd-scripts reads it, with the run's seed as validation_seed, or nothing when it is 0.
+
+    Both go into the arguments, not the dataset TOML: sd-scripts v0.10.1 falls back from a dataset's own keys to
+    the arguments for them (config_util.BlueprintGenerator), so our DreamBooth-style subsets are split, and the
+    LoRA's metadata (ss_validation_split, ss_validation_seed) records what was used. The seed fixes which images
+    are held out: each dataset (training, validation) shuffles its paths with it before splitting, so without it
+    the two would be shuffled differently and share images, and a resumed run would hold out others.
+    Regularisation subsets are never split (train_util.DreamBoothDataset); only training images are held out."""
+    if not settings.get("validation_split"):
+        section.pop("validation_split", None)
+        section.pop("max_validation_steps", None)
+        return
+    section["validation_seed"] = settings["seed"]
 
 
 def _add_extra(sections: dict[str, dict[str, Any]], extra: Mapping[str, Any]) -> None:

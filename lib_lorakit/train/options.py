@@ -122,6 +122,11 @@ OPTIONS: tuple[Option, ...] = (
        minimum=0, maximum=1, where="dataset"),
     _o("caption_tag_dropout_rate", float, 0.0, "Share of tags dropped from each caption.", "dataset",
        minimum=0, maximum=1, where="dataset"),
+    _o("validation_split", float, 0.0, "Share of each concept's images held out to measure validation loss every "
+       "epoch (e.g. 0.1; 0 is off); the same images on resume (the run's seed); regularisation sets are never "
+       "split.", "dataset", minimum=0, maximum=1),
+    _o("max_validation_steps", int, None, "Validation batches per check at most (none: every held-out image, each "
+       "at 4 timesteps); caps the time validation adds.", "dataset", minimum=1, maximum=1_000_000),
     # --- saving ---------------------------------------------------------------------------------------------------
     _o("save_every_n_epochs", int, 1, "Keep a LoRA file every n epochs so an earlier, less overcooked one can be "
        "picked.", "saving", minimum=1, maximum=10_000, optional=True),
@@ -282,6 +287,8 @@ FORM_GROUPS: tuple[tuple[str, str], ...] = (
     ("basics", "Basics"), ("network", "Network"), ("optimizer", "Optimizer and schedule"),
     ("dataset", "Dataset and buckets"), ("saving", "Saving and samples"), ("advanced", "Advanced"),
 )
+# options that also have a flag of their own on the command line (`--validation-split 0.1`), besides `--set`
+FLAGS = ("validation_split",)
 # the basics, in the order the panel shows them
 BASICS = ("learning_rate", "network_dim", "network_alpha", "max_train_epochs", "train_batch_size", "resolution")
 _FORM_GROUP = {"network": "network", "optimizer": "optimizer", "training": "advanced", "dataset": "dataset",

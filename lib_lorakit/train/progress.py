@@ -15,6 +15,14 @@ from ..procs import LineSplitter
 # steps:  50%|█████     | 2/4 [00:03<00:03,  1.52s/it, avr_loss=0.113]
 _STEPS = re.compile(r"^\s*steps:\s*(?P<pct>\d+)%\|[^|]*\|\s*(?P<step>\d+)/(?P<total>\d+)\s*"
                     r"\[(?P<elapsed>[\d:]+)<(?P<remaining>[\d:?]+),?\s*(?P<rate>[^,\]]*)(?P<post>[^\]]*)\]")
+# epoch validation steps: 100%|██████████| 4/4 [00:01<00:00,  3.02it/s, val_epoch_avg_loss=0.0912, timestep=800]
+# (train_network.py: the average over this check's batches × 4 timesteps once the bar is full; "validation steps"
+# is the same bar every validate_every_n_steps, whose average mixes checks, so only its redraws are kept out)
+# (a nested bar: each redraw is "\n\r<bar>\x1b[A", the cursor moved down and back up again)
+_ANSI = r"(?:\x1b\[[0-9;]*[A-Za-z])*"
+_VAL_EPOCH = re.compile(rf"^{_ANSI}\s*epoch validation steps:\s*\d+%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)\s*"
+                        r"\[(?P<post>[^\]]*)\]")
+_VAL_BAR = re.compile(rf"^{_ANSI}\s*(epoch )?validation steps:\s*\d+%\|")
 _EPOCH = re.compile(r"^\s*epoch (\d+)/(\d+)\s*$")
 _SAVED = re.compile(r"saving checkpoint: (.+\.safetensors)")
 _SAMPLE = re.compile(r"generating sample images at step[^:]*:\s*(\d+)")
@@ -73,6 +81,7 @@ class LogReader:
 
     progress: Progress = field(default_factory=Progress)
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, avr_loss) once per step
+    val_losses: list[tuple[int, int, float]] = field(default_factory=list)  # (epoch, step, val_epoch_avg_loss)
     saved: list[str] = field(default_factory=list)
     samples_at: list[int] = field(default_factory=list)
     skipped_steps: int = 0  # where a resumed run began ("skipping N steps")
@@ -81,6 +90,7 @@ class LogReader:
     saving: Optional[Save] = None  # the save sd-scripts is writing now, as far as its output tells
     tail: list[str] = field(default_factory=list)
     tail_lines: int = 60
+    _val_post_before: Optional[dict] = field(default=None, repr=False, compare=False)
     _lines: LineSplitter = field(default_factory=LineSplitter, repr=False, compare=False)
 
     def feed(self, data: str | bytes) -> None:
@@ -101,6 +111,10 @@ class LogReader:
             self.saving = None  # training goes on: whatever was being saved is written
             self._on_steps(m)
             return  # redraws would flood the tail
+        if _VAL_BAR.match(line):
+            if m := _VAL_EPOCH.match(line):
+                self._on_validation(m)
+            return
         self.tail.append(line[:500])
         del self.tail[:-self.tail_lines]
         self._track_save(line)
@@ -137,6 +151,31 @@ class LogReader:
                                 elapsed_s=_clock(m.group("elapsed")), eta_s=_clock(m.group("remaining")))
         if loss is not None and step > 0 and (not self.losses or self.losses[-1][0] != step):
             self.losses.append((step, loss))
+
+
+    def _on_validation(self, m: re.Match) -> None:
+        """A full epoch-validation bar: this epoch's validation loss (a later check of the same epoch, as after a
+        resume, replaces it and the points after it).
+
+        Per timestep sd-scripts calls `update(1)`, which may draw the bar one further with the postfix before, and
+        then `set_postfix`, which draws the new average: a full bar whose postfix is the one drawn before it is that
+        first draw, and is skipped (its average lacks the last loss); a bar still filling averages this check's
+        losses with the last check's (train_util.LossRecorder). The last check's bar is closed, and drawn full once
+        more, only when the next check's bar replaces it, after that one's empty draw: a full bar is taken only
+        after a partly filled one of the same check."""
+        post = dict(_POSTFIX.findall(m.group("post")))
+        n, total = int(m.group("n")), int(m.group("total"))
+        if n == 0 or n < total:
+            self._val_post_before = post if n else None
+            return
+        before = self._val_post_before
+        if before is not None and post != before and "val_epoch_avg_loss" in post:
+            self.add_validation(self.progress.epoch, self.progress.step, float(post["val_epoch_avg_loss"]))
+
+    def add_validation(self, epoch: int, step: int, loss: float) -> None:
+        """One validation point (also used to carry a resumed run's earlier points over)."""
+        self.val_losses = [p for p in self.val_losses if p[0] < epoch]
+        self.val_losses.append((epoch, step, loss))
 
 
 def _clock(text: str) -> Optional[int]:

@@ -1,7 +1,8 @@
 """Runs: folders under `<project>/runs/<id>/` holding everything about one training.
 
     launch.json   the pure description: argv, env, cwd, output dir and name (what `supervise` executes)
-    run.json      state, pids, progress, losses, files, samples, error and advice (written by `supervise`)
+    run.json      state, pids, progress, losses, validation losses, files, samples, error and advice (written by
+                  `supervise`)
     train.log     sd-scripts' complete output
     *.toml, sample_prompts.txt, <name>*.safetensors, sample/…
 
@@ -19,12 +20,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from .. import clock, procs
 from ..display import Display, run_display
 from ..errors import LorakitError, NotFound
 from ..fsutil import atomic_write_json, atomic_write_text, pid_alive, read_json
 from ..project import Project
+from .validation import MemorisingSign, memorising_sign
 
 ACTIVE = ("queued", "starting", "running")
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -60,6 +63,12 @@ class RunSnapshot:
     losses: list[list[float]]
     meta: dict
     notice: str = ""  # what the supervisor is doing now that the user should know (e.g. a stop waiting for a save)
+    val_losses: list[list[float]] = field(default_factory=list)  # [epoch, step, validation loss] per check
+
+    @property
+    def memorising(self) -> Optional[MemorisingSign]:
+        """Validation loss rising while training loss falls (validation.py), or None."""
+        return memorising_sign(self.losses, self.val_losses, self.files)
 
     @property
     def active(self) -> bool:
@@ -69,7 +78,8 @@ class RunSnapshot:
         return {"id": self.id, "project": self.project, "dir": str(self.dir), "state": self.state,
                 "progress": self.progress, "files": self.files, "samples": self.samples, "error": self.error,
                 "advice": self.advice, "log_tail": self.log_tail, "meta": self.meta, "notice": self.notice,
-                "display": self.display.to_dict()}
+                "display": self.display.to_dict(), "val_losses": self.val_losses,
+                "memorising": sign.to_dict() if (sign := self.memorising) else None}
 
     @property
     def display(self) -> Display:
@@ -131,7 +141,8 @@ class Runs:
         return RunSnapshot(id=run_dir.name, project=self.project.name, dir=run_dir, state=data["state"],
                            progress=data["progress"], files=data["files"], samples=data["samples"],
                            error=data["error"], advice=data["advice"], log_tail=data["log_tail"],
-                           losses=data["losses"], meta=data["meta"], notice=data["notice"])
+                           losses=data["losses"], meta=data["meta"], notice=data["notice"],
+                           val_losses=data["val_losses"])
 
     def list(self) -> list[RunSnapshot]:
         if not self.root.is_dir():
@@ -244,6 +255,9 @@ _FIELDS = {
     "losses": ([], lambda v: isinstance(v, list) and all(isinstance(p, list) and len(p) == 2 and
                                                           all(_is_number(x) for x in p) for p in v),
                "a list of [step, loss] pairs"),
+    "val_losses": ([], lambda v: isinstance(v, list) and all(isinstance(p, list) and len(p) == 3 and
+                                                              all(_is_number(x) for x in p) for p in v),
+                   "a list of [epoch, step, validation loss] triples"),
     "meta": ({}, lambda v: isinstance(v, dict), "an object"),
     "notice": ("", lambda v: isinstance(v, str), "a text"),
 }

@@ -42,7 +42,8 @@ from .queue import TrainQueue
 from .registration import register_run
 from .runner import Runs, RunSnapshot, RunSpec
 from .states import StateChoice, choose_state
-from .steps import StepPlan, plan_project
+from .steps import StepPlan, plan_project, project_counts
+from .validation import split_problems
 from .vram import estimate_vram
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -518,6 +519,9 @@ def preflight(project: Project, req: TrainRequest, *, settings: _presets.Resolve
                              "no activation text and the style will be tied to no word.",
                              "Set trigger words in the project settings."))
     found += _bucket_steps(settings)
+    found += [Finding(p.code, p.severity, p.message, p.fix) for p in split_problems(
+        [(c.name, c.images) for c in project_counts(project, req.concepts) if not c.is_reg],
+        settings.values["validation_split"])]
     # c. the trainer and sd-scripts, as the doctor finds them (a dry run only warns)
     found += trainer_findings(trainer_report, dry_run=req.dry_run)
     # d. disk and name collisions

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 from ..errors import LorakitError
 from ..project import Concept, Project
+from .validation import split_concept
 
 # what sd-scripts globs in a subset folder (library/train_util.py IMAGE_EXTENSIONS, without the optional avif)
 SD_SCRIPTS_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
@@ -81,6 +82,7 @@ class StepPlan:
     steps_per_image: float
     warnings: tuple[StepWarning, ...]
     note: str
+    validation_images: int = 0  # held out of the training concepts by validation_split (validation.py)
 
     def codes(self) -> list[str]:
         return [w.code for w in self.warnings]
@@ -92,14 +94,17 @@ APPROXIMATION_NOTE = ("sd-scripts rounds up per aspect-ratio bucket, so with bat
 
 def plan_steps(concepts: Iterable[ConceptCount | tuple[int, int]], *, epochs: int | None = 10,
                max_train_steps: int | None = None, batch_size: int = 1, gradient_accumulation_steps: int = 1,
-               num_processes: int = 1, buckets: int = 1) -> StepPlan:
+               num_processes: int = 1, buckets: int = 1, validation_split: float = 0.0) -> StepPlan:
     """Steps per epoch and in all for concepts given as ConceptCount or `(images, repeats)` pairs.
 
     `epochs` wins over `max_train_steps` as in sd-scripts; with `epochs=None` the run lasts `max_train_steps`
-    and the epochs are what sd-scripts would report (rounded up).
+    and the epochs are what sd-scripts would report (rounded up). With `validation_split` the training concepts
+    count only the images sd-scripts trains on (validation.split_concept).
     """
     counts = [c if isinstance(c, ConceptCount) else ConceptCount(images=c[0], repeats=c[1]) for c in concepts]
     _check_inputs(counts, epochs, max_train_steps, batch_size, gradient_accumulation_steps, num_processes, buckets)
+    splits = [split_concept(c.images, validation_split) for c in counts if not c.is_reg]
+    counts = [c if c.is_reg else replace(c, images=split_concept(c.images, validation_split).train) for c in counts]
     train = [c for c in counts if not c.is_reg]
     epoch_images = sum(c.images * c.repeats for c in train)
     reg_images = reg_epoch_images(epoch_images, [c for c in counts if c.is_reg])
@@ -117,7 +122,8 @@ def plan_steps(concepts: Iterable[ConceptCount | tuple[int, int]], *, epochs: in
     plan = StepPlan(train_images=train_images, epoch_images=epoch_images, reg_epoch_images=reg_images,
                     batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
                     epochs=run_epochs, steps_per_epoch=per_epoch, steps_per_epoch_max=per_epoch_max,
-                    total_steps=total, steps_per_image=round(views, 2), warnings=(), note=APPROXIMATION_NOTE)
+                    total_steps=total, steps_per_image=round(views, 2), warnings=(), note=APPROXIMATION_NOTE,
+                    validation_images=sum(s.validation for s in splits))
     return _with_warnings(plan, counts)
 
 
@@ -251,7 +257,7 @@ def plan_project(project: Project, settings: Mapping[str, Any], *, num_processes
     return plan_steps(project_counts(project, concepts), epochs=settings["max_train_epochs"],
                       max_train_steps=settings["max_train_steps"], batch_size=settings["train_batch_size"],
                       gradient_accumulation_steps=settings["gradient_accumulation_steps"],
-                      num_processes=num_processes)
+                      num_processes=num_processes, validation_split=settings.get("validation_split") or 0.0)
 
 
 def select_concepts(project: Project, names: Sequence[str] | None = None) -> list[Concept]:

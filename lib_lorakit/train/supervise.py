@@ -39,6 +39,8 @@ class Supervisor:
         self.spec = read_json(self.run_dir / "launch.json")
         self.state = read_json(self.run_dir / "run.json", default={}) or {}
         self.reader = LogReader()
+        for point in _val_points(self.state.get("val_losses")):  # a resumed run keeps its earlier checks
+            self.reader.add_validation(*point)
         self.child: subprocess.Popen | None = None
         self.stop_requested = False
         self.stop_note = ""  # what the stop waited for, for the verdict
@@ -95,6 +97,7 @@ class Supervisor:
         name = self.spec["output_name"]
         self.state.update(
             progress=self.reader.progress.to_dict(), losses=self.reader.losses[-5000:],
+            val_losses=self.reader.val_losses[-5000:],
             log_tail=self.reader.tail[-40:],
             files=sorted(p.name for p in out.glob(f"{name}*.safetensors")) if out.is_dir() else [],
             samples=sorted(p.relative_to(out).as_posix() for p in (out / "sample").glob("*.png"))
@@ -150,6 +153,14 @@ class Supervisor:
         if self._save_state is None:
             self._save_state = bool(_arg(self.run_dir / "args.toml", "save_state"))
         return self._save_state
+
+
+def _val_points(value: object) -> list[tuple[int, int, float]]:
+    """run.json's (epoch, step, loss) validation points, those of the right kind."""
+    if not isinstance(value, list):
+        return []
+    return [(int(p[0]), int(p[1]), float(p[2])) for p in value if isinstance(p, list) and len(p) == 3
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in p)]
 
 
 def _newest_mtime_ns(folder: Path) -> int:

@@ -54,6 +54,8 @@ def steps_html(plan: TrainPlan) -> str:
             ("gradient accumulation", s.gradient_accumulation_steps), ("epochs", s.epochs),
             ("steps per epoch", s.steps_per_epoch), ("total steps", s.total_steps),
             ("steps per image", f"{s.steps_per_image:.0f}")]
+    if plan.settings.values.get("validation_split"):
+        rows.insert(1, ("validation images (held out)", s.validation_images))
     body = "".join(f'<tr><th>{escape(k)}</th><td data-key="{_attr(k)}">{_cell(v)}</td></tr>' for k, v in rows)
     warnings = "".join(f'<li class="ts-{_attr(w.level)}" data-code="{_attr(w.code)}">{escape(w.message)}</li>'
                        for w in s.warnings)
@@ -116,7 +118,10 @@ def run_html(snap: Optional[RunSnapshot]) -> str:
                      + escape("\n".join(snap.log_tail[-30:])) + "</pre></details>")
     if snap.files:
         parts.append(f'<p class="ts-files">Saved: {escape(", ".join(snap.files))}</p>')
-    parts.append(loss_svg(snap.losses))
+    if (sign := snap.memorising) is not None:
+        parts.append(f'<p class="ts-warning ts-memorising" data-code="VALIDATION_LOSS_RISING">'
+                     f"{escape(sign.message)}</p>")
+    parts.append(loss_svg(snap.losses, snap.val_losses))
     parts.append("</div>")
     return "".join(parts)
 
@@ -141,26 +146,52 @@ def _meta_line(meta: Mapping) -> str:
     return " · ".join(bits)
 
 
-def loss_svg(losses: Sequence[Sequence[float]], width: int = 480, height: int = 140) -> str:
-    """sd-scripts' average loss over the steps as an inline SVG polyline (empty until two points exist)."""
+VALIDATION_COLOUR = "#d9480f"  # the validation curve; the training curve takes the text colour
+
+
+def loss_svg(losses: Sequence[Sequence[float]], val_losses: Sequence[Sequence[float]] = (), width: int = 480,
+             height: int = 140) -> str:
+    """sd-scripts' average training loss over the steps as an inline SVG polyline, and with it, on the same axes in
+    another colour, the validation loss of each check ([epoch, step, loss]) with a legend. Empty until there are
+    two training points; only numbers and fixed words go into the SVG."""
     points = [(float(s), float(v)) for s, v in losses or () if v == v]  # v == v drops NaN
+    checks = [(float(s), float(v)) for _, s, v in val_losses or () if v == v]
     if len(points) < 2:
         return ""
     pad = 28
-    (x0, x1), (y0, y1) = _span([x for x, _ in points]), _span([y for _, y in points])
+    (x0, x1) = _span([x for x, _ in points + checks])
+    (y0, y1) = _span([y for _, y in points + checks])
 
-    def px(x: float, y: float) -> str:
-        return (f"{pad + (x - x0) / (x1 - x0) * (width - 2 * pad):.1f},"
-                f"{height - pad - (y - y0) / (y1 - y0) * (height - 2 * pad):.1f}")
+    def at(x: float, y: float) -> tuple[float, float]:
+        return pad + (x - x0) / (x1 - x0) * (width - 2 * pad), height - pad - (y - y0) / (y1 - y0) * (height - 2 * pad)
 
-    line = " ".join(px(x, y) for x, y in points)
+    line = " ".join("{:.1f},{:.1f}".format(*at(x, y)) for x, y in points)
+    title = "training and validation loss by step" if checks else "average loss by step"
     return (f'<svg class="ts-loss" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
-            f'aria-label="average loss by step"><title>average loss by step</title>'
-            f'<polyline fill="none" stroke="currentColor" stroke-width="1.5" points="{line}"/>'
-            f'<text x="2" y="{pad - 8}" font-size="10">{y1:.3g}</text>'
+            f'aria-label="{title}"><title>{title}</title>'
+            f'<polyline class="ts-loss-train" fill="none" stroke="currentColor" stroke-width="1.5" points="{line}"/>'
+            + _validation_marks([at(x, y) for x, y in checks])
+            + f'<text x="2" y="{pad - 8}" font-size="10">{y1:.3g}</text>'
             f'<text x="2" y="{height - pad + 4}" font-size="10">{y0:.3g}</text>'
             f'<text x="{pad}" y="{height - 6}" font-size="10">step {x0:g}</text>'
             f'<text x="{width - pad}" y="{height - 6}" font-size="10" text-anchor="end">step {x1:g}</text></svg>')
+
+
+def _validation_marks(checks: Sequence[tuple[float, float]]) -> str:
+    """The validation curve from its checks in SVG coordinates (a dot each, joined) and the legend naming both
+    curves."""
+    if not checks:
+        return ""
+    dots = "".join(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{VALIDATION_COLOUR}"/>' for x, y in checks)
+    joined = " ".join(f"{x:.1f},{y:.1f}" for x, y in checks)
+    line = (f'<polyline class="ts-loss-validation" fill="none" stroke="{VALIDATION_COLOUR}" stroke-width="1.5" '
+            f'stroke-dasharray="4 2" points="{joined}"/>' if len(checks) > 1 else "")
+    legend = ('<g class="ts-loss-legend" font-size="10">'
+              '<line x1="300" y1="10" x2="316" y2="10" stroke="currentColor" stroke-width="1.5"/>'
+              '<text x="320" y="13">training</text>'
+              f'<line x1="380" y1="10" x2="396" y2="10" stroke="{VALIDATION_COLOUR}" stroke-width="1.5" '
+              'stroke-dasharray="4 2"/><text x="400" y="13">validation</text></g>')
+    return line + dots + legend
 
 
 def _span(values: Sequence[float]) -> tuple[float, float]:
