@@ -46,6 +46,7 @@ class JudgePanel:
         gr.Markdown("Judge a LoRA: do its samples copy training images, how strong is the style, does it still "
                     "follow prompts it was not trained on — and which epoch and weight to use.")
         self.stamp = gr.State("")
+        self.watch = gr.State("")  # the judge job started here: its grid is shown when it ends
         with gr.Row():
             self.run = gr.Dropdown(label="Run (its saved epochs are judged)", choices=[], interactive=True,
                                    elem_id="train_style_judge_run")
@@ -95,31 +96,31 @@ class JudgePanel:
     @property
     def views(self) -> list[Any]:
         """What `draw_views` redraws."""
-        return [self.run, self.grid, self.judged, self.report, self.job, self.stamp]
+        return [self.run, self.grid, self.judged, self.report, self.job, self.stamp, self.watch]
 
     # --- events -----------------------------------------------------------------------------------------------------
     def register(self) -> None:
         project = self.project
-        bind(project.change, lambda name: self.draw_views(name, None, None, None, False), [project], self.views)
+        bind(project.change, lambda name: self.draw_views(name, None, None, None), [project], self.views)
         bind(project.change, self._size_of, [project], self.gen[-2:])
-        keep = [project, self.run, self.grid, self.judged, self.all_samples]
+        keep = [project, self.run, self.grid, self.judged, self.all_samples, self.watch]
         bind(self.refresh.click, self.draw_views, keep, self.views)
-        started = [self.job, self.message, self.judged, self.report]
+        started = [self.job, self.message, self.judged, self.report, self.watch]
         bind(self.judge_run.click, self._judge_run, [project, self.run, *self.form], started)
         bind(self.judge_grid.click, self._judge_grid, [project, self.grid, *self.form], started)
         bind(self.cancel.click, self._cancel, [project], [self.job])
         bind(self.judged.input, self._show, [project, self.judged, self.all_samples], [self.report])
         bind(self.all_samples.input, self._show, [project, self.judged, self.all_samples], [self.report])
         bind(self.apply.click, self._apply, [project, self.judged], [self.applied])
-        self.sync_inputs = [self.stamp, self.run, self.grid, self.judged, self.all_samples]
+        self.sync_inputs = [self.stamp, self.run, self.grid, self.judged, self.all_samples, self.watch]
         self.sync_outputs = self.views
 
     def sync(self, name: Optional[str], stamp: str, run: Optional[str], grid: Optional[str], judged: Optional[str],
-             all_samples: bool = False) -> tuple:
+             all_samples: bool = False, watch: str = "") -> tuple:
         """Redrawn when the project changed since `stamp` (a new run, a new grid); else as it is."""
         if name and stamp == self.studio.stamp(name):
             return unchanged(len(self.sync_outputs))
-        return self.draw_views(name, run, grid, judged, all_samples)
+        return self.draw_views(name, run, grid, judged, all_samples, watch)
 
     # --- drawing ----------------------------------------------------------------------------------------------------
     def _snapshots(self, name: Optional[str]) -> list[RunSnapshot]:
@@ -130,10 +131,13 @@ class JudgePanel:
         return [s for s in door.runs(name) if epoch_files(s.dir, s.files)]
 
     def draw_views(self, name: Optional[str], run: Optional[str], grid: Optional[str], judged: Optional[str],
-                   all_samples: bool = False) -> tuple:
+                   all_samples: bool = False, watch: str = "") -> tuple:
         """The runs (`run` kept while it is there), the grids (`grid` kept), the judged grids (`judged` kept, else
-        the newest) with its report drawn, the newest judge job's bar, and the change stamp."""
+        the newest; the grid of the job `watch` once it has ended) with its report drawn, the newest judge job's bar,
+        the change stamp and the job still watched."""
         stamp = self.studio.stamp(name) if name else ""
+        ended, watch = self._ended(watch)
+        judged = ended or judged
         snaps = self._snapshots(name)
         chosen = next((s for s in snaps if s.id == run_id_of(run)), snaps[0] if snaps else None)
         grids = self.studio.evaluate.list(name) if name else []
@@ -142,7 +146,20 @@ class JudgePanel:
         judged_update, report = self._judged_views(name, draw.grid_id_of(judged), all_samples)
         return (gr.update(choices=run_choices(snaps), value=run_choices([chosen])[0] if chosen else None),
                 gr.update(choices=grid_choices(grids), value=_choice(grid_choices(grids), grids, gid)),
-                judged_update, report, render.job_html(self._last_job(name), JOB_ID, with_error=False), stamp)
+                judged_update, report, render.job_html(self._last_job(name), JOB_ID), stamp, watch)
+
+    def _ended(self, watch: str) -> tuple[str, str]:
+        """(the grid the watched job judged, once it has ended and made one, else ""; the job still watched)."""
+        if not watch:
+            return "", ""
+        try:
+            job = self.studio.jobs.get(watch)
+        except LorakitError:
+            return "", ""
+        if job.active:
+            return "", watch
+        grid = (job.result or {}).get("grid") if isinstance(job.result, dict) else None
+        return (grid if isinstance(grid, str) else ""), ""
 
     def _judged_views(self, name: Optional[str], gid: str, all_samples: bool) -> tuple[Any, str]:
         """The judged grids (`gid` kept when judged, else the newest) and its report."""
@@ -217,7 +234,7 @@ class JudgePanel:
         job = self.studio.judge.start_run(name, run_id_of(run), self._request(*form))
         return (render.job_html(job, JOB_ID), draw.started_html(f"Judging run {run_id_of(run)}: making its grid, "
                                                                 "then scoring it"),
-                *self._judged_views(name, "", False))
+                *self._judged_views(name, "", False), job.id)
 
     def _judge_grid(self, name: Optional[str], grid: Optional[str], *form: Any) -> tuple:
         gid = grid_choice_id(grid)
@@ -225,14 +242,13 @@ class JudgePanel:
             raise LorakitError("Choose a grid of this project first (or judge a run).")
         job = self.studio.judge.start_judge(name, gid, self._request(*form))
         return (render.job_html(job, JOB_ID), draw.started_html("Judging an existing grid", gid),
-                *self._judged_views(name, gid, False))
+                *self._judged_views(name, gid, False), job.id)
 
     def _cancel(self, name: Optional[str]) -> str:
         jobs = [j for j in self.studio.jobs.list(name) if j.active and _is_judge(j)] if name else []
         for job in jobs:
             self.studio.jobs.cancel(job.id)
-        return render.job_html(self.studio.jobs.get(jobs[0].id) if jobs else self._last_job(name), JOB_ID,
-                               with_error=False)
+        return render.job_html(self.studio.jobs.get(jobs[0].id) if jobs else self._last_job(name), JOB_ID)
 
     def _show(self, name: Optional[str], judged: Optional[str], all_samples: bool) -> str:
         return self._report(name, draw.grid_id_of(judged), bool(all_samples))

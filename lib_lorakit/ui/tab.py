@@ -25,6 +25,7 @@ from .crop_panel import CropPanel
 from .dataset_panel import DatasetPanel
 from .direction_panel import DirectionPanel
 from .inspect_panel import InspectPanel
+from .judge_panel import JudgePanel
 from .results_panel import ResultsPanel
 from .train_panel import TrainPanel
 
@@ -101,6 +102,9 @@ def build_tab(host: Host) -> gr.Blocks:
             with gr.Tab("Results", elem_id="train_style_results_tab") as results_tab:
                 results = ResultsPanel(studio, bar.project)
                 results.render()
+            with gr.Tab("Judge", elem_id="train_style_judge_tab") as judge_tab:
+                judge = JudgePanel(studio, bar.project)
+                judge.render()
             with gr.Tab("Inspect", elem_id="train_style_inspect_tab") as inspect_tab:
                 inspect = InspectPanel(studio)
                 inspect.render()
@@ -112,9 +116,10 @@ def build_tab(host: Host) -> gr.Blocks:
         direction.register()
         train.register()
         results.register()
+        judge.register()
         wire_sync(studio, bar.project, [(dataset_tab, dataset), (captions_tab, captions), (crop_tab, crop),
                                               (direction_tab, direction), (train_tab, train),
-                                              (results_tab, results)],
+                                              (results_tab, results), (judge_tab, judge)],
                   unsynced=[inspect_tab])
         bar.load_event(blocks)
         train.load_event(blocks)
