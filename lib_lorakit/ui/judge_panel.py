@@ -144,9 +144,12 @@ class JudgePanel:
         gid = grid_choice_id(grid)
         gid = gid if any(g.get("id") == gid for g in grids) else ""
         judged_update, report = self._judged_views(name, draw.grid_id_of(judged), all_samples)
+        last = self._last_job(name)
+        if not watch and last is not None and last.active:  # a reload while judging: shown when it ends
+            watch = last.id
         return (gr.update(choices=run_choices(snaps), value=run_choices([chosen])[0] if chosen else None),
                 gr.update(choices=grid_choices(grids), value=_choice(grid_choices(grids), grids, gid)),
-                judged_update, report, render.job_html(self._last_job(name), JOB_ID), stamp, watch)
+                judged_update, report, render.job_html(last, JOB_ID), stamp, watch)
 
     def _ended(self, watch: str) -> tuple[str, str]:
         """(the grid the watched job judged, once it has ended and made one, else ""; the job still watched)."""
