@@ -77,6 +77,8 @@ def test_no_recommendation_says_why():
     assert "No recommendation." in html and "every cell copies more than 10 % of samples" in html
     assert 'data-recommended="none"' in html and "Recommended:" not in html
     assert "No recommendation yet." in draw.report_html(judged(recommendation=None, state="running"))
+    assert "the judging is interrupted. Judge the grid again." in draw.report_html(
+        judged(recommendation=None, state="interrupted"))
 
 
 def test_per_epoch_table_marks_the_first_copying_epoch():

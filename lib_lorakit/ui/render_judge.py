@@ -87,8 +87,12 @@ def recommendation_html(report: Mapping) -> str:
     """The recommended epoch and weight with its reasons in words and numbers, or why there is none."""
     rec = report.get("recommendation")
     if not isinstance(rec, dict):
-        if report.get("state") not in ("done", None, ""):
+        state = report.get("state")
+        if state in ("queued", "running"):
             return '<div class="ts-judge-rec" data-recommended="none"><p>No recommendation yet.</p></div>'
+        if state not in ("done", None, ""):
+            return (f'<div class="ts-judge-rec" data-recommended="none"><p class="ts-warning">No recommendation: the '
+                    f"judging is {text(state)}. Judge the grid again.</p></div>")
         why = report.get("why_none") or "The judge found no epoch and weight to recommend."
         return (f'<div class="ts-judge-rec" data-recommended="none"><p class="ts-warning"><b>No recommendation.</b> '
                 f"{text(why)}</p></div>")
