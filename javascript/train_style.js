@@ -6,7 +6,7 @@
     window.trainStyleLoaded = true;
     const ACTIVE = ["queued", "running"];
     const RUN_ACTIVE = ["queued", "starting", "running"];
-    // [job box, the hidden button that redraws its panel]
+    // [job box, the hidden button that redraws its panel (also whenever the job's count moves: "each step")]
     const JOB_BOXES = [["#train_style_job", "#train_style_refresh"],
                        ["#train_style_setup_job", "#train_style_train_refresh"],
                        ["#train_style_tag_job", "#train_style_captions_refresh"],
@@ -14,7 +14,8 @@
                        ["#train_style_direction_job", "#train_style_direction_refresh"],
                        ["#train_style_reg_job", "#train_style_reg_refresh"],
                        ["#train_style_results_job", "#train_style_results_refresh"],
-                       ["#train_style_judge_job", "#train_style_judge_refresh"]];
+                       ["#train_style_judge_job", "#train_style_judge_refresh"],
+                       ["#train_style_autopilot_job", "#train_style_autopilot_refresh", "each step"]];
 
     function root() {
         if (typeof gradioApp === "function") return gradioApp();
@@ -37,7 +38,7 @@
         if (text) text.textContent = shown.text || "";  // a failure's reason: the panel's redraw shows it, once
     }
 
-    async function pollJob(boxSelector, refreshSelector) {
+    async function pollJob(boxSelector, refreshSelector, eachStep) {
         const box = root().querySelector(boxSelector);
         const id = box && box.dataset.jobId;
         if (!id || !ACTIVE.includes(box.dataset.state)) return;
@@ -45,7 +46,9 @@
         if (!r.ok) return;
         const job = await r.json();
         renderJob(box, job);
-        if (!ACTIVE.includes(job.state)) click(refreshSelector);
+        const moved = eachStep && box.dataset.done !== undefined && box.dataset.done !== String(job.done);
+        box.dataset.done = String(job.done);
+        if (!ACTIVE.includes(job.state) || moved) click(refreshSelector);
     }
 
     async function pollRun() {
@@ -85,9 +88,9 @@
     }
 
     async function poll() {
-        for (const [box, refresh] of JOB_BOXES) {
+        for (const [box, refresh, eachStep] of JOB_BOXES) {
             try {
-                await pollJob(box, refresh);
+                await pollJob(box, refresh, eachStep);
             } catch (e) {
                 console.debug("Train Style: job poll failed", e);
             }

@@ -65,13 +65,14 @@ class Setup:
     def judge_settings(self) -> dict:
         from tiny_clip import TINY_CONFIG, TINY_MODEL, register_tiny_clip, save_tiny_checkpoint
 
-        config = self.tmp / "clip" / f"{TINY_MODEL}.json"
+        folder = self.models / "train-style" / "clip"  # the CLIP models' own folder: allowed to every caller
+        config = folder / f"{TINY_MODEL}.json"
         if not config.is_file():
-            config.parent.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
             config.write_text(json.dumps(TINY_CONFIG))
-            register_tiny_clip(self.tmp / "clip")
-            save_tiny_checkpoint(self.tmp / "clip" / "tiny.pt")
-        return {"descriptor": "perceptual", "embedder": f"{config}:{self.tmp / 'clip' / 'tiny.pt'}",
+            register_tiny_clip(folder)
+            save_tiny_checkpoint(folder / "tiny.pt")
+        return {"descriptor": "perceptual", "embedder": f"{config}:{folder / 'tiny.pt'}",
                 "weights": "1", "seeds": "1", "caption_samples": 1, "width": 64, "height": 64, "steps": 2,
                 "prompts": ["a cat riding a bicycle"]}
 
@@ -142,13 +143,11 @@ def test_the_cli_goes_from_a_folder_to_a_registered_lora_whose_card_carries_the_
     assert registered and all(p.is_file() and str(p).startswith(str(s.lora)) for p in registered)
     grid = steps["judge"]["grid"]
     assert (s.home / PROJECT / "eval" / grid / "judge.json").is_file()
-    recommendation = steps["judge"]["recommendation"]
-    if recommendation:  # the card carries the judge's weight and a note naming the grid
-        card = read_json(Path(steps["card"]["card"]))
-        assert card["preferred weight"] == pytest.approx(float(recommendation["weight"]))
-        assert grid in json.dumps(card)
-    else:
-        assert states(record)["card"] == "skipped" and steps["card"]["why_none"]
+    recommendation = steps["judge"]["recommendation"]  # the card carries the judge's weight and its reasons
+    assert recommendation and states(record)["card"] == "done"
+    card = read_json(Path(steps["card"]["card"]))
+    assert card["preferred weight"] == pytest.approx(float(recommendation["weight"])) == steps["card"]["weight"]
+    assert grid in json.dumps(card) and recommendation["reasons"][0] in json.dumps(card, ensure_ascii=False)
     shown = s.cli("autopilot", PROJECT, "show").stdout
     assert f"run {run}" in shown and f"grid {grid}" in shown
 
