@@ -19,6 +19,7 @@ import gradio as gr
 from ..errors import LorakitError
 from ..host import Host
 from ..studio import Studio
+from .autopilot_panel import AutopilotPanel
 from .captions_panel import CaptionsPanel
 from .compat import QUIET, bind
 from .crop_panel import CropPanel
@@ -105,6 +106,9 @@ def build_tab(host: Host) -> gr.Blocks:
             with gr.Tab("Judge", elem_id="train_style_judge_tab") as judge_tab:
                 judge = JudgePanel(studio, bar.project)
                 judge.render()
+            with gr.Tab("Autopilot", elem_id="train_style_autopilot_tab") as autopilot_tab:
+                autopilot = AutopilotPanel(studio, bar.project)
+                autopilot.render()
             with gr.Tab("Inspect", elem_id="train_style_inspect_tab") as inspect_tab:
                 inspect = InspectPanel(studio)
                 inspect.render()
@@ -117,9 +121,11 @@ def build_tab(host: Host) -> gr.Blocks:
         train.register()
         results.register()
         judge.register()
+        autopilot.register()
         wire_sync(studio, bar.project, [(dataset_tab, dataset), (captions_tab, captions), (crop_tab, crop),
                                               (direction_tab, direction), (train_tab, train),
-                                              (results_tab, results), (judge_tab, judge)],
+                                              (results_tab, results), (judge_tab, judge),
+                                              (autopilot_tab, autopilot)],
                   unsynced=[inspect_tab])
         bar.load_event(blocks)
         train.load_event(blocks)
