@@ -107,19 +107,22 @@ def test_a_run_whose_supervisor_died_unwatched_is_marked_interrupted(project):
 
 
 def test_reattach_from_another_process_sees_live_progress(project):
-    runs, snap = make_run(project, "success", delay=0.15)
+    runs, snap = make_run(project, "success", delay=0.06)
     runs.start(snap.id)
     seen = set()
+    total = expected_progress().progress.total
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        s = Runs(project).get(snap.id)
+        s = Runs(project).get(snap.id)  # a fresh reader each time, as another process would be
         seen.add((s.state, s.progress.get("step")))
-        if not s.active:
+        if not s.active or any(state == "running" and step and step < total for state, step in seen):
             break
         time.sleep(0.05)
-    total = expected_progress().progress.total
     midway = {step for state, step in seen if state == "running" and step and step < total}
     assert midway, seen  # progress was visible while it ran, not only at the end
+    runs.stop(snap.id)  # seen: no need to wait for the rest of the fake run
+    while Runs(project).get(snap.id).active and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def test_a_supervisor_that_died_before_sd_scripts_spoke_shows_its_own_log(tmp_path):
