@@ -73,8 +73,8 @@ def with_validation(chunks: list[bytes], name: str) -> list[bytes]:
 
     for chunk in chunks:
         m = re.match(rb"\s*epoch (\d+)/(\d+)", chunk)
-        if m and int(m.group(1)) > 1:
-            check(int(m.group(1)) - 1)
+        if m and epoch:  # the end of the epoch before (a resumed run starts at a later epoch, checked by none)
+            check(epoch)
         if m:
             epoch = int(m.group(1))
         elif epoch and not last_done and final_save.search(chunk):

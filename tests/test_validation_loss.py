@@ -256,3 +256,57 @@ def test_a_rising_validation_curve_gives_the_memorising_finding_in_the_run_view(
     status = cli(workspace.home, "run", "status", "demo", final.id)
     assert "validation loss: epoch 1 0.3, epoch 2 0.25, epoch 3 0.27, epoch 4 0.29, epoch 5 0.31" in status.stdout
     assert "Validation loss has risen since epoch 2" in status.stdout
+
+
+def test_the_api_takes_the_split_as_an_override_and_returns_the_runs_validation_points(tmp_path):
+    from test_api import make_client
+
+    from lib_lorakit.project import Workspace
+
+    client, host = make_client(tmp_path)
+    project = Workspace(host.projects_home()).create("demo", trigger_words=("zkstyle",))
+    folder = project.add_concept("demo", 1).folder
+    for i in range(3):
+        Image.new("RGB", (64, 64), (80 * i, 100, 200)).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(f"zkstyle, shape {i}")
+    api = "/train-style/v1/projects/demo"
+    body = {"preset": "style-sd15-lora", "base_model": "base.safetensors", "overrides": {"validation_split": 0.1}}
+    plan = client.post(f"{api}/train/plan", json=body)
+    assert plan.status_code == 200, plan.text
+    codes = {f["code"]: f for f in plan.json()["findings"]}
+    assert plan.json()["blocked"] and codes["VALIDATION_SPLIT_NO_IMAGES"]["severity"] == "error"
+    assert "Use validation_split 0.34" in codes["VALIDATION_SPLIT_NO_IMAGES"]["fix"]
+    body["overrides"] = {"validation_split": 0.34}
+    plan = client.post(f"{api}/train/plan", json=body).json()
+    assert not [f for f in plan["findings"] if f["code"].startswith("VALIDATION")]
+    assert (plan["steps"]["train_images"], plan["steps"]["validation_images"]) == (2, 1)
+    bad = client.post(f"{api}/train/plan", json={**body, "overrides": {"validation_split": -0.1}})
+    assert bad.status_code == 400 and "overrides.validation_split" in bad.text
+    final = run_with_split(project, RECORDED)
+    shown = client.get(f"{api}/runs/{final.id}").json()
+    assert shown["val_losses"] == [[1, 3, 0.19], [2, 4, 0.18]] and shown["memorising"] is None
+
+
+def test_a_resumed_run_keeps_its_earlier_checks_and_replaces_the_epochs_it_trains_again(squares_project, tmp_path):
+    first = run_with_split(squares_project, five_epochs(tmp_path / "five.log"),
+                           env={"FAKE_TRAINER_VAL_LOSSES": "0.30,0.25,0.27,0.29,0.31"})
+    assert first.memorising is not None
+    # resumed from the epoch-3 state: sd-scripts skips 6 steps, its bar counts the 4 left, epochs 4 and 5 again
+    resumed = ["skipping 6 steps / 6ステップをスキップします\n", bar("steps", 0, 4)]
+    for epoch, steps in ((4, (1, 2)), (5, (3, 4))):
+        resumed.append(f"\nepoch {epoch}/5\n")
+        resumed += [bar("steps", n, 4, f", avr_loss={0.14 - 0.01 * n:.3g}") for n in steps]
+        resumed.append("\nsaving checkpoint: /tmp/out/demo-000004.safetensors\n" if epoch == 4 else "")
+    resumed.append("\nsaving checkpoint: /tmp/out/demo.safetensors\nmodel saved.\n")
+    (tmp_path / "resumed.log").write_text("".join(resumed), encoding="utf-8")
+    runs = Runs(squares_project)
+    launch = json.loads((first.dir / "launch.json").read_text())
+    launch["argv"][3] = str(tmp_path / "resumed.log")
+    launch["env"] = {"FAKE_TRAINER_VAL_LOSSES": "0.30,0.25,0.27,0.22,0.21"}
+    (first.dir / "launch.json").write_text(json.dumps(launch))
+    runs.mark(first.id, "stopped")
+    runs.start(first.id)
+    final = runs.wait(first.id, timeout=60)
+    assert final.state == "succeeded", final
+    assert final.val_losses == [[1, 2, 0.3], [2, 4, 0.25], [3, 6, 0.27], [4, 8, 0.22], [5, 10, 0.21]]
+    assert final.memorising is None and "ts-memorising" not in render.run_html(final)

@@ -162,14 +162,15 @@ class LogReader:
         first draw, and is skipped (its average lacks the last loss); a bar still filling averages this check's
         losses with the last check's (train_util.LossRecorder). The last check's bar is closed, and drawn full once
         more, only when the next check's bar replaces it, after that one's empty draw: a full bar is taken only
-        after a partly filled one of the same check."""
+        after a partly filled one of the same check. A check before any epoch line (none in sd-scripts' output) has
+        no epoch to belong to and is skipped."""
         post = dict(_POSTFIX.findall(m.group("post")))
         n, total = int(m.group("n")), int(m.group("total"))
         if n == 0 or n < total:
             self._val_post_before = post if n else None
             return
         before = self._val_post_before
-        if before is not None and post != before and "val_epoch_avg_loss" in post:
+        if before is not None and post != before and "val_epoch_avg_loss" in post and self.progress.epoch:
             self.add_validation(self.progress.epoch, self.progress.step, float(post["val_epoch_avg_loss"]))
 
     def add_validation(self, epoch: int, step: int, loss: float) -> None:
