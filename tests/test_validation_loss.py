@@ -310,3 +310,19 @@ def test_a_resumed_run_keeps_its_earlier_checks_and_replaces_the_epochs_it_train
     assert final.state == "succeeded", final
     assert final.val_losses == [[1, 2, 0.3], [2, 4, 0.25], [3, 6, 0.27], [4, 8, 0.22], [5, 10, 0.21]]
     assert final.memorising is None and "ts-memorising" not in render.run_html(final)
+
+
+def test_the_plan_view_counts_the_held_out_images():
+    from lib_lorakit.train.service import Finding, TrainPlan
+    from lib_lorakit.train.steps import plan_steps
+
+    split = split_problems([("art", 3)], 0.1)
+    plan = TrainPlan(settings=resolve("style-sd15-lora", {"validation_split": 0.34, "max_train_epochs": 10}),
+                     steps=plan_steps([(3, 10)], epochs=10, validation_split=0.34), base_arch="SD1",
+                     findings=tuple(Finding(p.code, p.severity, p.message, p.fix) for p in split))
+    html = render.plan_html(plan, {})
+    assert '<th>validation images (held out)</th><td data-key="validation images (held out)">1</td>' in html
+    assert '<td data-key="training images">2</td>' in html and '<td data-key="total steps">200</td>' in html
+    assert 'data-code="VALIDATION_SPLIT_NO_IMAGES"' in html and "Training is blocked" in html
+    off = TrainPlan(settings=resolve("style-sd15-lora"), steps=plan_steps([(3, 10)]), base_arch="SD1", findings=())
+    assert "validation images" not in render.plan_html(off, {})
