@@ -24,11 +24,18 @@ def build_app(host: StandaloneHost):
 
     css = asset_path("style.css").read_text(encoding="utf-8")
     script = asset_path("javascript/train_style.js").read_text(encoding="utf-8")
-    with gr.Blocks(title="Train Style", css=css, analytics_enabled=False) as app:
+    with gr.Blocks(title="Train Style", css=css, analytics_enabled=False, theme=_offline_theme(gr)) as app:
         gr.Markdown("## Train Style")
         build_tab(host)  # a Blocks created inside another renders into it
         on_load_js(app, script)
     return app
+
+
+def _offline_theme(gr):
+    """gradio's default look with the machine's own fonts: its theme otherwise makes every page fetch a font from
+    fonts.googleapis.com, which a machine without internet waits on, and which tells Google each time the app opens."""
+    return gr.themes.Default(font=[gr.themes.Font("system-ui"), "ui-sans-serif", "sans-serif"],
+                             font_mono=[gr.themes.Font("ui-monospace"), "Consolas", "monospace"])
 
 
 def serve(host: StandaloneHost, *, host_name: str = "127.0.0.1", port: int = 7861, block: bool = True,
