@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+SERVER_LOGS: list[Path] = []  # the logs of the apps running now: a failing browser test shows their tails (conftest)
+PAGE_EVENTS: list[str] = []  # the open pages' console messages and failed requests, the latest last
 
 
 def free_port() -> int:
@@ -36,6 +38,7 @@ def running_app(home: Path, log_dir: Path, *ui_args: str, env: dict | None = Non
     with open(log_file, "w") as log:
         proc = subprocess.Popen(argv, env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
     url = f"http://127.0.0.1:{port}"
+    SERVER_LOGS.append(log_file)
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -50,6 +53,7 @@ def running_app(home: Path, log_dir: Path, *ui_args: str, env: dict | None = Non
                 time.sleep(0.5)
         yield url
     finally:
+        SERVER_LOGS.remove(log_file)
         proc.terminate()
         try:
             proc.wait(10)
@@ -65,6 +69,8 @@ def open_page(url: str, *, height: int = 1000, project: str | None = None, tab: 
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM)
         page = browser.new_page(viewport={"width": 1400, "height": height})
+        page.on("console", lambda m: _note(f"console {m.type}: {m.text}"))
+        page.on("requestfailed", lambda r: _note(f"request failed: {r.method} {r.url} ({r.failure})"))
         page.goto(url)
         if project:
             page.wait_for_function(
@@ -75,3 +81,22 @@ def open_page(url: str, *, height: int = 1000, project: str | None = None, tab: 
             yield page
         finally:
             browser.close()
+
+
+def _note(text: str) -> None:
+    PAGE_EVENTS.append(f"{time.strftime('%H:%M:%S')} {text[:300]}")
+    del PAGE_EVENTS[:-60]
+
+
+def failure_sections() -> list[tuple[str, str]]:
+    """What a failing browser test should show besides its traceback: the app's log tail and the page's events."""
+    out = []
+    for log in SERVER_LOGS[-2:]:
+        try:
+            lines = log.read_text(errors="replace").splitlines()[-40:]
+        except OSError:
+            continue
+        out.append((f"app log {log.name} (last lines)", "\n".join(lines)))
+    if PAGE_EVENTS:
+        out.append(("page events (last)", "\n".join(PAGE_EVENTS[-40:])))
+    return out

@@ -39,3 +39,15 @@ def squares_project(workspace: Workspace) -> Project:
 def awkward(tmp_path: Path) -> Awkward:
     """A folder of awkward files (see tests/awkward.py) with what each must become."""
     return build_awkward_folder(tmp_path / "user")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing browser test also shows the app's log tail and the page's console (CI prints them)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and item.get_closest_marker("browser") is not None:
+        from appserver import failure_sections
+
+        for title, text in failure_sections():
+            report.sections.append((title, text))
