@@ -87,7 +87,7 @@ def test_near_copies_are_flagged_with_their_training_image_and_new_pictures_are_
     assert report.unit == d.UNITS["perceptual"] and report.training_images == len(training)
     assert report.diversity is not None and 0 < report.diversity < 2
     data = report.to_dict()
-    assert data["threshold"] == 0.75 and data["unit"].startswith("cosine similarity")
+    assert data["threshold"] == d.PERCEPTUAL_THRESHOLD and data["unit"].startswith("cosine similarity")
 
 
 def test_a_threshold_given_replaces_the_descriptors_own(setup):
@@ -224,7 +224,7 @@ def test_cli_overfit_json_and_the_copies_listed_first(setup):
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert {"samples", "copy_rate", "descriptor", "threshold", "unit"} <= set(data)
-    assert data["descriptor"] == "perceptual" and data["threshold"] == 0.75
+    assert data["descriptor"] == "perceptual" and data["threshold"] == d.PERCEPTUAL_THRESHOLD
     assert all(set(s) == {"image", "nearest", "similarity", "copy"} for s in data["samples"])
     flagged = {Path(s["image"]).name for s in data["samples"] if s["copy"]}
     assert flagged == {f for f, o in expected.items() if o}
@@ -289,6 +289,6 @@ def test_api_overfit_is_a_job_confined_to_the_allowed_folders(setup, tmp_path):
     job = wait_job(client, r.json()["job"]["id"])
     assert job["state"] == "done", job
     result = job["result"]
-    assert result["descriptor"] == "perceptual" and result["threshold"] == 0.75
+    assert result["descriptor"] == "perceptual" and result["threshold"] == d.PERCEPTUAL_THRESHOLD
     flagged = {Path(s["image"]).name for s in result["samples"] if s["copy"]}
     assert flagged == {f for f, o in expected.items() if o}

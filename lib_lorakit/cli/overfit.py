@@ -34,14 +34,12 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
 
 
 def handle(studio: Studio, args: argparse.Namespace) -> Result:
-    from ..judge.memorise import overfit
-
     data: dict[str, Any] = {"samples": args.samples[0] if len(args.samples) == 1 else list(args.samples),
                             "threshold": args.threshold, "descriptor": args.descriptor}
     if args.embedder:
         data["embedder"] = args.embedder
     request = OverfitRequest.from_dict(data)
-    report = overfit(studio.host, args.project, request, local_user=True, progress=_progress())
+    report = studio.judge.overfit(args.project, request, local_user=True, progress=_progress())
     return 0, report.to_dict(), summary(report)
 
 

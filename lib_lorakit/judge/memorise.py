@@ -18,7 +18,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from ..embed import Embedder
+from ..embed import Embedder, EmbeddingTable
 from ..errors import LorakitError, NotFound, PathNotAllowed
 from ..host import Host, resolve_server_path
 from ..images import IMAGE_SUFFIXES
@@ -101,36 +101,45 @@ def check_samples(project: Project, sample_paths: Sequence[Path], descriptor: De
                   progress: Optional[ProgressFn] = None, cancel: Optional[CancelFlag] = None) -> OverfitReport:
     """Each sample's nearest training image by `descriptor` and whether it is a copy (similarity ≥ `threshold`,
     default the descriptor's own). `shown_as`: what the report calls each sample (default: its path as given)."""
-    from ..embed.store import fill
-
     shown = [str(p) for p in sample_paths] if shown_as is None else [str(s) for s in shown_as]
     if len(shown) != len(sample_paths):
         raise ValueError("shown_as must name every sample")
     limit = float(descriptor.threshold if threshold is None else threshold)
-    try:  # the model stays loaded from the training images to the samples
-        kept = _KeepLoaded(descriptor)
-        training, _ = fill(project, kept, progress=_phase(progress, "training images"), cancel=cancel)
-        if training.images:
-            vectors, skipped = describe_samples(project, sample_paths, kept, progress=_phase(progress, "samples"),
-                                                cancel=cancel)
-    finally:
-        unload = getattr(descriptor, "unload", None)
-        if callable(unload):
-            unload()
-    if not training.images:
-        raise LorakitError(f"Project {project.name!r} has no training images to compare the samples with"
-                           + (f" ({len(training.skipped)} could not be read)" if training.skipped else "")
-                           + ". Import images into a concept first.")
+    training, vectors, skipped = _describe_both(project, sample_paths, descriptor, progress=progress, cancel=cancel)
     judged = [i for i in range(len(sample_paths)) if i in vectors]
     rows = np.stack([vectors[i] for i in judged]) if judged else np.zeros((0, training.vectors.shape[1]),
                                                                            dtype=np.float32)
-    idx, sims = nearest(rows, training.vectors)
+    idx, sims = nearest(rows, training.vectors)  # one matrix product
     matches = [SampleMatch(image=shown[i], nearest=training.images[int(j)], similarity=float(s),
                            copy=bool(s >= limit)) for i, j, s in zip(judged, idx, sims, strict=True)]
     return OverfitReport(samples=matches, copy_rate=copy_rate([m.similarity for m in matches], limit),
                          descriptor=descriptor.name, descriptor_id=descriptor.id, threshold=limit,
                          unit=descriptor.unit, diversity=diversity(rows), training_images=len(training.images),
                          skipped=[(shown[i], reason) for i, reason in skipped])
+
+
+def _describe_both(project: Project, sample_paths: Sequence[Path], descriptor: Descriptor, *,
+                   progress: Optional[ProgressFn], cancel: Optional[CancelFlag]) -> tuple[EmbeddingTable,
+                                                                                         dict[int, np.ndarray],
+                                                                                         list[tuple[int, str]]]:
+    """The training images' descriptors (from the store, computing what it lacks) and the samples'; the model
+    stays loaded between the two and is unloaded after."""
+    from ..embed.store import fill
+
+    kept = _KeepLoaded(descriptor)
+    try:
+        training, _ = fill(project, kept, progress=_phase(progress, "training images"), cancel=cancel)
+        if not training.images:
+            raise LorakitError(f"Project {project.name!r} has no training images to compare the samples with"
+                               + (f" ({len(training.skipped)} could not be read)" if training.skipped else "")
+                               + ". Import images into a concept first.")
+        vectors, skipped = describe_samples(project, sample_paths, kept, progress=_phase(progress, "samples"),
+                                            cancel=cancel)
+    finally:
+        unload = getattr(descriptor, "unload", None)
+        if callable(unload):
+            unload()
+    return training, vectors, skipped
 
 
 def describe_samples(project: Project, paths: Sequence[Path], descriptor: Embedder, *,
