@@ -36,7 +36,9 @@ and a new picture rarely is. A 90 % crop taken from a corner (a 5 % shift as wel
 the descriptor for those.
 
 Loading SSCD: `torch.jit.load` reads TorchScript with its own C++ deserialiser (code and tensors from the zip
-archive), not Python's pickle, so a model file cannot run Python code while it loads.
+archive; its data.pkl is read by torch's restricted C++ unpickler, which knows tensors and TorchScript types only),
+not Python's pickle: loading runs no Python code from the file, and its forward is TorchScript run by torch's own
+interpreter.
 """
 
 from __future__ import annotations
