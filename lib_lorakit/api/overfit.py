@@ -23,7 +23,5 @@ def add_routes(r: APIRouter, studio: Studio, guard: Callable) -> None:
     @r.post("/projects/{name}/overfit")
     def start(name: str, body: Any = Body(...)) -> dict:
         """Start the check (`{"job": …}`): poll `/jobs/{id}`, cancel with `/jobs/{id}/cancel`."""
-        from ..judge.memorise import start_overfit
-
         request = guard(lambda: OverfitRequest.from_dict(body))
-        return {"job": start_overfit(studio.host, name, request).to_dict()}
+        return {"job": studio.judge.start_overfit(name, request).to_dict()}

@@ -359,6 +359,12 @@ class JudgeService:
         return overfit(self.host, name, request, descriptor=descriptor, local_user=local_user, progress=progress,
                        cancel=cancel)
 
+    def start_overfit(self, name: str, request: Any, *, descriptor: Optional[Descriptor] = None) -> JobState:
+        """`overfit` as a job; the samples are checked against the allowed folders before it starts."""
+        from .memorise import start_overfit
+
+        return start_overfit(self.host, name, request, descriptor=descriptor)
+
 
 # --- helpers --------------------------------------------------------------------------------------------------------
 def _triggers(project: Project, run: str) -> list[str]:
