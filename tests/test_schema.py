@@ -148,4 +148,6 @@ def test_api_lists_every_declared_setting_for_forms(tmp_path):
     assert [g["title"] for g in data["training"]["groups"]][:2] == ["Basics", "Network"]
     audit = {f["name"]: f["default"] for f in data["audit"]["fields"]}
     assert audit["dominant_threshold"] == 0.6 and audit["max_tokens"] == 75
-    assert {"tagging", "multi_gpu", "project"} <= set(data)
+    assert {"tagging", "multi_gpu", "project", "grid", "judge", "autopilot"} <= set(data)
+    judge = {f["name"]: f for f in data["judge"]["fields"]}
+    assert judge["max_copy_rate"]["default"] == 0.1 and judge["goal"]["default"] == "style"

@@ -143,18 +143,21 @@ def make_router(host: Host, authorize: Optional[Callable[[Request], None]] = Non
 
 
 def settings_catalog() -> dict:
+    from ..autopilot.service import AUTOPILOT_SCHEMA
     from ..captions.audit import AUDIT_SCHEMA
     from ..captions.service import TAG_SCHEMA
     from ..direction.sorter import SORT_SCHEMA
     from ..embed.service import EMBED_SCHEMA
     from ..evaluate.reg import REG_SCHEMA
+    from ..evaluate.service import GRID_SCHEMA
+    from ..judge.service import JUDGE_SCHEMA
     from ..project import PROJECT_SCHEMA
     from ..train.distributed import ACCELERATE_SCHEMA
     from ..train.options import SCHEMA as TRAINING
 
     schemas = {"training": TRAINING, "tagging": TAG_SCHEMA, "audit": AUDIT_SCHEMA, "multi_gpu": ACCELERATE_SCHEMA,
                "project": PROJECT_SCHEMA, "embeddings": EMBED_SCHEMA, "sort": SORT_SCHEMA,
-               "reg": REG_SCHEMA}
+               "reg": REG_SCHEMA, "grid": GRID_SCHEMA, "judge": JUDGE_SCHEMA, "autopilot": AUTOPILOT_SCHEMA}
     return {key: {"noun": s.noun, "groups": [{"key": k, "title": t} for k, t in s.groups], "fields": s.describe()}
             for key, s in schemas.items()}
 
