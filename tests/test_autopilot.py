@@ -43,6 +43,8 @@ class Setup:
         self.home, self.models, self.lora = tmp / "home", tmp / "models", tmp / "lora"
         self.src = tmp / "src"
         self.base = write_safetensors(self.models / "Stable-diffusion" / "base.safetensors", SD1_KEYS)
+        # another checkpoint beside it: the judge must still generate with the one the LoRA was trained on
+        write_safetensors(self.models / "Stable-diffusion" / "other.safetensors", SD1_KEYS, payload=b"other")
         build_tiny_wd14(self.models / "train-style" / "taggers" / "tiny")
         self.host = StandaloneHost(home=self.home, lora=self.lora, models=self.models, extra_roots=[self.src])
         self.studio = Studio(self.host)
@@ -143,6 +145,8 @@ def test_the_cli_goes_from_a_folder_to_a_registered_lora_whose_card_carries_the_
     assert registered and all(p.is_file() and str(p).startswith(str(s.lora)) for p in registered)
     grid = steps["judge"]["grid"]
     assert (s.home / PROJECT / "eval" / grid / "judge.json").is_file()
+    generated = [json.loads(line) for line in (s.tmp / "gen.jsonl").read_text().splitlines()]
+    assert generated and {Path(g["args"]["ckpt"]).name for g in generated} == {"base.safetensors"}
     recommendation = steps["judge"]["recommendation"]  # the card carries the judge's weight and its reasons
     assert recommendation and states(record)["card"] == "done"
     card = read_json(Path(steps["card"]["card"]))

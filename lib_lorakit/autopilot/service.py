@@ -563,13 +563,25 @@ class _Context:
 
         run_id = self.chain.step("train").result["run"]
         report = self.studio.judge.run(self.name, run_id, JudgeRequest.from_dict(dict(self.request.judge)),
-                                       progress=self.progress_of(step), cancel=self.cancel)
+                                       generator=self._generator(run_id), progress=self.progress_of(step),
+                                       cancel=self.cancel)
         result = {"grid": report.get("grid"), "run": run_id, "state": report.get("state"),
                   "recommendation": report.get("recommendation"), "why_none": report.get("why_none", ""),
                   "first_copying_epoch": report.get("first_copying_epoch")}
         if report.get("state") not in ("done", "cancelled"):
             return Outcome(result, stop=f"the judge ended {report.get('state')}: {report.get('error') or '?'}")
         return Outcome(result)
+
+    def _generator(self, run_id: str):
+        """The Host's own generator (the webui's: None lets the judge take it); standalone, sd-scripts' gen_img.py
+        with the run's base model as the checkpoint: what the LoRA was trained on, whatever else the models folder
+        holds."""
+        if getattr(self.studio.host, "generator", None) is not None:
+            return None
+        from ..evaluate.sd_scripts_gen import standalone_generator
+
+        base = self.door.run(self.name, run_id).meta.get("base_model") or None
+        return standalone_generator(self.studio.host, default_checkpoint=base, local_user=self.local_user)
 
     def card(self, step: Step) -> Outcome:
         judged = self.chain.step("judge").result
