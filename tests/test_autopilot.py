@@ -274,6 +274,24 @@ def test_killed_mid_training_then_resume_finishes_without_redoing_import_or_tag(
     assert len(list((s.home / PROJECT / "dataset").rglob("*.png"))) == 3  # imported once
 
 
+def test_a_cancel_while_judging_then_resume_finishes_the_same_grid(setup, monkeypatch):
+    s = setup
+    s.folder(captions={0: "zkstyle, a square", 1: "zkstyle, a circle", 2: "zkstyle, a line"})
+    monkeypatch.setenv("FAKE_GEN_MODE", "hang")  # gen_img.py makes one image, then waits to be stopped
+    record, job = s.studio.autopilot.start(PROJECT, AutopilotRequest.from_dict(s.request(accept_warnings=True)))
+    wait_for(lambda: (s.tmp / "gen.jsonl").is_file(), what="the judge's generator")
+    s.studio.jobs.cancel(job.id)
+    assert s.studio.jobs.wait(job.id, timeout=60).state == "cancelled"
+    cancelled = s.studio.autopilot.show(PROJECT, record["id"])
+    assert cancelled["state"] == "cancelled" and states(cancelled)["judge"] == "cancelled"
+    (grid,) = [p.name for p in (s.home / PROJECT / "eval").iterdir()]
+    monkeypatch.delenv("FAKE_GEN_MODE")
+    done = s.studio.autopilot.resume(PROJECT, record["id"])
+    assert done["state"] == "done" and done["steps"][6]["result"]["grid"] == grid
+    assert [p.name for p in (s.home / PROJECT / "eval").iterdir()] == [grid]  # finished, not made again
+    assert len(s.runs()) == 1
+
+
 # --- the API ------------------------------------------------------------------------------------------------------
 
 def test_the_api_runs_the_chain_as_a_job_and_confines_the_folder(setup):
@@ -304,3 +322,7 @@ def test_a_folder_outside_the_allowed_ones_is_refused_to_the_tab_and_api_caller(
     s.folder(captions={})
     with pytest.raises(PathNotAllowed):
         s.studio.autopilot.start(PROJECT, AutopilotRequest.from_dict(s.request(folder="/etc")))
+    judge = {**s.judge_settings(), "embedder": f"{s.tmp / 'elsewhere' / 'clip.json'}:{s.tmp / 'elsewhere' / 'w.pt'}"}
+    with pytest.raises(PathNotAllowed):  # the judge's model files too: refused before anything is imported
+        s.studio.autopilot.start(PROJECT, AutopilotRequest.from_dict(s.request(judge=judge)))
+    assert not (s.home / PROJECT).exists()

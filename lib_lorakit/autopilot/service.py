@@ -296,6 +296,8 @@ class AutopilotService:
         against the allowed folders first (the CLI's own user may name any)."""
         if not local_user:
             self.studio.check_server_paths([request.folder])
+        if request.judge.get("embedder"):  # a file outside the allowed folders: refused now, not after training
+            self.studio.embeddings.embedder(request.judge["embedder"])
         if name not in {p.name for p in self.studio.projects()}:
             self.studio.create_project(name)
         if request.trigger:
@@ -431,8 +433,11 @@ class _Context:
         try:
             outcome = function(step)
         except LorakitError as e:
-            step.state, step.error = "failed", str(e)
-            self.chain.error = f"{STEP_TITLES[step.name]}: {e}"
+            if self.cancel.is_set():  # the work stopped at the cancel (errors.Cancelled or what it caused)
+                step.state = "cancelled"
+            else:
+                step.state, step.error = "failed", str(e)
+                self.chain.error = f"{STEP_TITLES[step.name]}: {e}"
         else:
             step.result = {**step.result, **outcome.result}
             if outcome.stop:
@@ -559,12 +564,29 @@ class _Context:
         return Outcome({"run": run_id, "registered": [r.to_dict() for r in done]})
 
     def judge(self, step: Step) -> Outcome:
+        """The judge's grid and scores. A grid this step began before a cancel or a restart is finished (only the
+        cells it lacks are made) and judged; it is not made again."""
         from ..judge.service import JudgeRequest
 
         run_id = self.chain.step("train").result["run"]
-        report = self.studio.judge.run(self.name, run_id, JudgeRequest.from_dict(dict(self.request.judge)),
-                                       generator=self._generator(run_id), progress=self.progress_of(step),
-                                       cancel=self.cancel)
+        request = JudgeRequest.from_dict(dict(self.request.judge))
+        grids = [g for g in self.studio.evaluate.list(self.name) if g.get("run") == run_id]
+        if "grids_before" not in step.result:  # the first attempt: the run's grids made before it are not ours
+            step.result["grids_before"] = [g["id"] for g in grids]
+            self.save()
+        ours = [g for g in grids if g["id"] not in step.result["grids_before"]]
+        progress, generator = self.progress_of(step), self._generator(run_id)
+        if ours:
+            grid = ours[0]["id"]  # newest first
+            if ours[0].get("state") != "done":
+                self.studio.evaluate.resume(self.name, grid, generator=generator, progress=progress,
+                                            cancel=self.cancel)
+                if self.cancel.is_set():
+                    return Outcome({"grid": grid, "run": run_id, "state": "cancelled"})
+            report = self.studio.judge.judge(self.name, grid, request, progress=progress, cancel=self.cancel)
+        else:
+            report = self.studio.judge.run(self.name, run_id, request, generator=generator, progress=progress,
+                                           cancel=self.cancel)
         result = {"grid": report.get("grid"), "run": run_id, "state": report.get("state"),
                   "recommendation": report.get("recommendation"), "why_none": report.get("why_none", ""),
                   "first_copying_epoch": report.get("first_copying_epoch")}
