@@ -326,3 +326,20 @@ def test_a_folder_outside_the_allowed_ones_is_refused_to_the_tab_and_api_caller(
     with pytest.raises(PathNotAllowed):  # the judge's model files too: refused before anything is imported
         s.studio.autopilot.start(PROJECT, AutopilotRequest.from_dict(s.request(judge=judge)))
     assert not (s.home / PROJECT).exists()
+
+
+def test_the_panel_shows_a_hostile_folder_name_and_error_as_text(setup):
+    from lib_lorakit.ui.autopilot_panel import steps_html
+
+    s = setup
+    hostile = s.src / "<img src=x onerror=alert(1)>"
+    hostile.mkdir(parents=True)
+    (hostile / "<b>x.png").write_bytes(b"<script>not an image</script>")
+    record = run_chain(s, folder=str(hostile))
+    html = steps_html(record)
+    assert record["state"] == "failed" and "<b>x.png" in json.dumps(record)  # skipped, with its reason
+    assert "<img src=x" not in html and "<b>" not in html.replace("<b>failed</b>", "") and "&lt;" in html
+    (s.src / "empty").mkdir()
+    empty = run_chain(s, folder=str(s.src / "empty"))  # nothing to import: the chain stops and says why, as text
+    assert empty["state"] == "failed" and "no image files were found" in empty["error"]
+    assert "no image files were found" in steps_html(empty)

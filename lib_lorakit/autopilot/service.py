@@ -307,6 +307,7 @@ class AutopilotService:
         now = clock.now_iso(timespec="microseconds")
         chain = Chain(id=uuid.uuid4().hex[:12], project=name, request=request, steps=[Step(s) for s in STEPS],
                       created=now, pid=os.getpid())
+        _RUNNING_HERE.add(chain.id)  # queued here: not read as interrupted before its drive begins
         self._save(chain)
         return chain
 
@@ -350,6 +351,7 @@ class AutopilotService:
         if changes:
             chain.request = AutopilotRequest.from_dict({**chain.request.to_dict(), **changes})
         chain.state, chain.error, chain.pid = "queued", "", os.getpid()
+        _RUNNING_HERE.add(chain.id)
         self._save(chain)
         return chain
 
@@ -357,10 +359,13 @@ class AutopilotService:
         def work(progress: ProgressFn, cancel: threading.Event) -> dict:
             return self._drive(chain, local_user=False, progress=progress, cancel=cancel)
 
-        _RUNNING_HERE.add(chain.id)  # queued here: not read as interrupted while the job's thread starts
-        job = job_manager(self.host.projects_home()).start(
-            kind="autopilot", project=chain.project, work=work,
-            title=f"{title}: {chain.request.folder} → {chain.request.preset} ({chain.project})")
+        try:
+            job = job_manager(self.host.projects_home()).start(
+                kind="autopilot", project=chain.project, work=work,
+                title=f"{title}: {chain.request.folder} → {chain.request.preset} ({chain.project})")
+        except BaseException:
+            _RUNNING_HERE.discard(chain.id)  # never driven: a later look reads it interrupted, and resume works
+            raise
         chain.job = job.id  # the same object the job drives: every later save keeps it
         self._save(chain)
         return chain.to_dict(), job
