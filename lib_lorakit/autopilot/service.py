@@ -164,7 +164,7 @@ class Step:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "title": STEP_TITLES[self.name], "state": self.state, "done": self.done,
-                "total": self.total, "message": self.message, "result": self.result, "error": self.error,
+                "total": self.total, "message": self.message, "result": dict(self.result), "error": self.error,
                 "started": self.started, "finished": self.finished}
 
 
@@ -356,7 +356,11 @@ class AutopilotService:
         return chain
 
     def _as_job(self, chain: Chain, title: str) -> tuple[dict, JobState]:
+        """The chain driven in a job's thread; its record here is taken before the thread touches it."""
+        ready = threading.Event()
+
         def work(progress: ProgressFn, cancel: threading.Event) -> dict:
+            ready.wait(30)  # the job's id is in the record before the drive's first save
             return self._drive(chain, local_user=False, progress=progress, cancel=cancel)
 
         try:
@@ -366,9 +370,11 @@ class AutopilotService:
         except BaseException:
             _RUNNING_HERE.discard(chain.id)  # never driven: a later look reads it interrupted, and resume works
             raise
-        chain.job = job.id  # the same object the job drives: every later save keeps it
+        chain.job = job.id
         self._save(chain)
-        return chain.to_dict(), job
+        record = chain.to_dict()
+        ready.set()
+        return record, job
 
     # --- driving -----------------------------------------------------------------------------------------------------
     def _drive(self, chain: Chain, *, local_user: bool, progress: Optional[ProgressFn],
