@@ -218,3 +218,20 @@ def test_a_grid_without_weight_zero_has_no_strength_nor_adherence():
     assert report["baseline"] is None
     assert all(c["strength"] is None and c["adherence"] is None for c in report["cells"])
     assert "not measured" in report["recommendation"]["reasons"][0]
+
+
+def test_a_clip_that_cannot_rate_the_prompts_says_so_instead_of_blaming_the_grid():
+    """A random-weight CLIP gives the base model a CLIP score at or below 0: adherence is then not a ratio of
+    anything, and the reasons must say why (not "no off-dataset prompts", which the grid has)."""
+    def blind(epoch, w, prompt, kind, seed):
+        d, c = healthy(epoch, w, prompt, kind, seed)
+        return d, c - 3 * PROMPTS.get(prompt, np.eye(D)[5])  # every sample points away from its own prompt
+
+    samples, vectors = grid(blind)
+    result = score(samples, vectors, Criteria(threshold=0.5))
+    assert result["baseline"]["clip_score"] < 0
+    cell = next(c for c in result["cells"] if c["weight"] == "0.8")
+    assert cell["adherence"] is None
+    assert "cannot rate these prompts" in cell["unmeasured"]["adherence"]
+    text = describe(cell)
+    assert "cannot rate these prompts" in text and "no off-dataset prompts" not in text

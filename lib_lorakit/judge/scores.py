@@ -176,12 +176,35 @@ def _cell(g: _Cell, samples: Sequence[Sample], vectors: Vectors, baseline: Optio
     clip_score = float(np.mean(off)) if off else None
     base_score = baseline.get("clip_score") if baseline else None
     adherence = _round(clip_score / base_score) if clip_score is not None and base_score and base_score > 0 else None
+    unmeasured = {"strength": _why_no_strength(baseline, strength), "adherence": _why_no_adherence(
+        clip_score, baseline, base_score, adherence)}
     div = diversity(np.asarray(vectors.descriptor)[g.rows])
     n_copies = int(sum(bool(copies[i]) for i in g.rows))
     return {"epoch": g.epoch, "weight": g.weight, "copy_rate": _round(n_copies / len(g.rows)),
             "copies": n_copies, "strength": strength, "adherence": adherence,
             "clip_score": None if clip_score is None else _round(clip_score),
-            "diversity": None if div is None else _round(div)}
+            "diversity": None if div is None else _round(div),
+            "unmeasured": {k: v for k, v in unmeasured.items() if v}}
+
+
+def _why_no_strength(baseline: Optional[dict], strength: Optional[float]) -> str:
+    if strength is not None:
+        return ""
+    if baseline is None:
+        return "no weight-0 cells"
+    return "the training images are no closer to their centre than the base model's samples are"
+
+
+def _why_no_adherence(clip_score: Optional[float], baseline: Optional[dict], base_score: Optional[float],
+                      adherence: Optional[float]) -> str:
+    if adherence is not None:
+        return ""
+    if clip_score is None:
+        return "no off-dataset prompts in this cell"
+    if baseline is None or base_score is None:
+        return "no weight-0 cells with off-dataset prompts"
+    return (f"the base model's CLIP score is {base_score:.3f}, not above 0: this CLIP model cannot rate these "
+            "prompts (random or unsuitable weights)")
 
 
 def _sample(s: Sample, nearest_image: str, similarity: float, is_copy: bool) -> dict[str, Any]:
@@ -260,11 +283,12 @@ def describe(cell: dict) -> str:
     0 of 8 samples copy"."""
     parts = []
     s = cell["strength"]
-    parts.append("strength not measured (no weight-0 cells)" if s is None
+    why = cell.get("unmeasured") or {}
+    parts.append(f"strength not measured ({why.get('strength') or 'no weight-0 cells'})" if s is None
                  else f"strength {s:.2f} ({round(s * 100)} % of the way to the training set)")
     a = cell["adherence"]
-    parts.append("adherence not measured (no off-dataset prompts or weight-0 cells)" if a is None
-                 else f"adherence {a:.2f} of the base model's")
+    parts.append(f"adherence not measured ({why.get('adherence') or 'no off-dataset prompts or weight-0 cells'})"
+                 if a is None else f"adherence {a:.2f} of the base model's")
     parts.append(f"{cell['copies']} of {len(cell['samples'])} samples copy")
     return f"{cell['epoch']} at {cell['weight']}: " + ", ".join(parts)
 
