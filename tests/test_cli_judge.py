@@ -168,3 +168,22 @@ def test_the_api_judges_as_a_job_shows_lists_and_applies(workspace, tmp_path):
     assert client.get(f"{base}/eval/..%2F..%2Fproject.toml/judge").status_code == 404
     assert client.get(f"{base}/eval/{grid}x/judge").status_code == 404
     assert client.post("/train-style/v1/projects/nope/judge", json=body).status_code == 404
+
+
+def test_a_standalone_grid_generates_with_the_runs_base_model_whatever_else_the_models_folder_holds(cli_setup):
+    """sd-scripts' gen_img.py takes one checkpoint; with two in the models folder a grid without a checkpoint axis
+    must use the one the run was trained on, not stop at "name the checkpoint"."""
+    from lib_lorakit.fsutil import atomic_write_json
+
+    s = cli_setup
+    models = s.host.models_dir() / "Stable-diffusion"
+    write_safetensors(models / "another.safetensors", SD1_KEYS)
+    record = s.host.home / "demo" / "runs" / s.run / "run.json"
+    data = read_json(record)
+    data["meta"]["base_model"] = str(models / "base.safetensors")
+    atomic_write_json(record, data)
+    out = s.cli("grid", "demo", s.run, "--weights", "1", "--prompt", "a cat", "--size", "64x64", "--steps", "2",
+                "--epochs", "final", "--json")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    calls = [json.loads(line) for line in Path(s.env["FAKE_GEN_RECORD"]).read_text().splitlines()]
+    assert calls and {Path(c["args"]["ckpt"]).name for c in calls} == {"base.safetensors"}

@@ -210,10 +210,20 @@ class EvalService:
         return tuple(dict.fromkeys(out))
 
     # --- running ----------------------------------------------------------------------------------------------------
+    def _generator(self, name: str, run: str) -> Generator:
+        """The Host's generator; standalone, with the run's base model for cells that name no checkpoint."""
+        from ..train.runner import Runs
+
+        try:
+            base = Runs(self._project(name)).get(run).meta.get("base_model") or None
+        except NotFound:
+            base = None
+        return host_generator(self.host, default_checkpoint=base)
+
     def start(self, name: str, request: GridRequest, *, generator: Optional[Generator] = None) -> JobState:
         """The grid as a job (progress, cancel); its result is the report."""
         plan = self.plan(name, request)
-        gen = generator or host_generator(self.host)
+        gen = generator or self._generator(name, request.run)
         folder = self._new_folder(name, request)
         self._write_report(folder, name, request, plan, gen, state="queued")
 
@@ -226,7 +236,7 @@ class EvalService:
     def start_resume(self, name: str, grid_id: str, *, generator: Optional[Generator] = None) -> JobState:
         """`resume` as a job."""
         report = self.show(name, grid_id)
-        gen = generator or host_generator(self.host)
+        gen = generator or self._generator(name, report["run"])
 
         def work(progress: ProgressFn, cancel: threading.Event) -> dict:
             return self.resume(name, grid_id, generator=gen, progress=progress, cancel=cancel)
@@ -248,7 +258,7 @@ class EvalService:
             progress: Optional[ProgressFn] = None, cancel: Optional[CancelFlag] = None) -> dict:
         """The grid made here and now (the command line); the report."""
         plan = self.plan(name, request)
-        gen = generator or host_generator(self.host)
+        gen = generator or self._generator(name, request.run)
         folder = self._new_folder(name, request)
         self._write_report(folder, name, request, plan, gen, state="queued")
         return self._make(folder, name, request, plan, gen, progress=progress, cancel=cancel)
@@ -264,7 +274,7 @@ class EvalService:
         plan = self.plan(name, request)
         if [c.to_dict() for c in plan.cells()] != [_plain_cell(c) for c in report["cells"]]:
             raise LorakitError(f"Grid {grid_id}'s run has changed since (its saved files differ); start a new grid.")
-        gen = generator or host_generator(self.host)
+        gen = generator or self._generator(name, request.run)
         return self._make(folder, name, request, plan, gen, progress=progress, cancel=cancel, force_cells=True)
 
     def _make(self, folder: Path, name: str, request: GridRequest, plan: GridPlan, gen: Generator, *,
