@@ -81,11 +81,16 @@ def request_data(args: argparse.Namespace) -> dict:
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
     if args.size:
-        m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", args.size)
-        if not m:
-            raise LorakitError(f"--size: expected WIDTHxHEIGHT, e.g. 512x768, got {args.size!r}")
-        data["width"], data["height"] = int(m.group(1)), int(m.group(2))
+        data["width"], data["height"] = parse_size(args.size)
     return data
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """`--size 512x768` as (width, height)."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)
+    if not m:
+        raise LorakitError(f"--size: expected WIDTHxHEIGHT, e.g. 512x768, got {text!r}")
+    return int(m.group(1)), int(m.group(2))
 
 
 def _generator(args: argparse.Namespace) -> Optional[Generator]:

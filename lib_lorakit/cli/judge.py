@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from typing import Any
 
@@ -57,10 +56,9 @@ def request_data(args: argparse.Namespace) -> dict:
     if args.prompt:
         data["prompts"] = list(args.prompt)
     if args.size:
-        m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", args.size)
-        if not m:
-            raise LorakitError(f"--size: expected WIDTHxHEIGHT, e.g. 512x768, got {args.size!r}")
-        data["width"], data["height"] = int(m.group(1)), int(m.group(2))
+        from .grid import parse_size
+
+        data["width"], data["height"] = parse_size(args.size)
     return data
 
 
