@@ -111,7 +111,7 @@ class Studio:
         """From a folder to a judged, registered LoRA in one chain that resumes after a restart (autopilot/)."""
         from .autopilot.service import AutopilotService
 
-        return AutopilotService(self.host)
+        return AutopilotService(self)
 
     @property
     def sorter(self) -> SortService:

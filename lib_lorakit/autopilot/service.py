@@ -25,11 +25,9 @@ from typing import Any, Optional
 from .. import clock
 from ..errors import LorakitError, NotFound
 from ..fsutil import atomic_write_json, pid_alive, read_json
-from ..host import Host
 from ..jobs import JobState, job_manager
 from ..progress import CancelFlag, ProgressFn
 from ..schema import Field, InvalidSettings, Schema
-from ..studio import Studio
 
 log = logging.getLogger(__name__)
 
@@ -223,9 +221,11 @@ class AutopilotService:
     """Chains of one Host's projects. `local_user` (the CLI's own user) may import from any folder and train from any
     model file; the tab and the API may not (the Studio's and the TrainingDoor's own confinement)."""
 
-    def __init__(self, host: Host):
-        self.host = host
-        self.studio = Studio(host)
+    def __init__(self, studio: Any):
+        """`studio`: the lib_lorakit.studio.Studio that hands itself in (Studio.autopilot) — the one door every step
+        goes through; the chain sits above it and does not import it."""
+        self.host = studio.host
+        self.studio = studio
 
     # --- records -----------------------------------------------------------------------------------------------------
     def _folder(self, name: str) -> Path:
