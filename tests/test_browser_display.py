@@ -54,7 +54,7 @@ def test_the_page_shows_the_servers_words_for_a_running_training(app, page):  # 
     page.click("#train_style_train")
     page.wait_for_function("() => document.querySelector('#train_style_run')?.dataset.runId?.endsWith('words-hang')",
                            timeout=20_000)
-    wait_state(page, ("running",), timeout=20)
+    wait_state(page, ("running",), timeout=60)  # queued → starting → running: the supervisor and trainer start
     run_id = page.locator("#train_style_run").get_attribute("data-run-id")
     try:
         # 1. while sd-scripts replays its log, what the page shows is what the server said

@@ -139,7 +139,7 @@ def test_stop_a_running_run(app, page):
     page.wait_for_function("() => document.querySelector('#train_style_run')?.dataset.runId?.endsWith('demo-hang')"
                            " || document.querySelector('#train_style_runs input')?.value.includes('demo-hang')",
                            timeout=20_000)
-    wait_state(page, ("running",), timeout=20)
+    wait_state(page, ("running",), timeout=60)  # queued → starting → running: the supervisor and trainer start
     page.locator("#train_style_run .ts-run-text", has_text="step").wait_for(timeout=20_000)
     page.click("#train_style_stop")
     assert wait_state(page, ("stopped",), timeout=40) == "stopped"
