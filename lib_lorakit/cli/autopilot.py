@@ -123,7 +123,7 @@ def _detail(step: dict) -> str:
         return f"run {r['run']}" + (f", resumed {r['resumed']}×" if r.get("resumed") else "")
     if step["name"] == "judge" and r.get("grid"):
         rec = r.get("recommendation")
-        return f"grid {r['grid']}" + (f": epoch {rec['epoch']} at weight {rec['weight']}" if rec else "")
+        return f"grid {r['grid']}" + (f": {rec['epoch']} at weight {rec['weight']}" if rec else "")
     if step["name"] == "card" and r.get("card"):
         return f"{r['card']}: preferred weight {r.get('weight')}"
     return step.get("message") or ""

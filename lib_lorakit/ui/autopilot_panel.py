@@ -202,9 +202,10 @@ def produced_html(project: str, step: dict) -> str:
     if name == "judge" and r.get("grid"):
         grid = quote(r["grid"], safe="")
         rec = r.get("recommendation")
-        words = (f"epoch {rec['epoch']} at weight {rec['weight']}" if rec else r.get("why_none") or "")
+        words = (f"{rec['epoch']} at weight {rec['weight']}" if rec else r.get("why_none") or "")
         return (_link(f"{base}/eval/{grid}/grid.png", f"grid {r['grid']}") + " · "
-                + _link(f"{base}/eval/{grid}", "report") + f" — {escape(str(words))}")
+                + _link(f"{base}/eval/{grid}/judge", "judge.json") + f" — {escape(str(words))}. The Judge tab "
+                "shows why, and every copy beside the training image it copies.")
     if name == "card":
         if r.get("card"):
             return escape(f"preferred weight {r.get('weight')} on {str(r['card']).rsplit('/', 1)[-1]}")
