@@ -49,10 +49,11 @@ class AutopilotPanel:
             self.trigger = gr.Textbox(label=AUTOPILOT_SCHEMA["trigger"].title, placeholder="zkstyle",
                                       elem_id="train_style_autopilot_trigger")
         with gr.Row():
-            self.preset = gr.Dropdown(label="Preset", choices=self._presets(), elem_id="train_style_autopilot_preset",
-                                      interactive=True)
-            self.base = gr.Dropdown(label="Base model", choices=list(self._checkpoints()), interactive=True,
-                                    elem_id="train_style_autopilot_base_model")
+            presets, bases = self._presets(), list(self._checkpoints())
+            self.preset = gr.Dropdown(label="Preset", choices=presets, value=presets[0] if presets else None,
+                                      elem_id="train_style_autopilot_preset", interactive=True)
+            self.base = gr.Dropdown(label="Base model", choices=bases, value=bases[0] if bases else None,
+                                    interactive=True, elem_id="train_style_autopilot_base_model")
             self.refresh_lists = gr.Button("↻", elem_id="train_style_autopilot_lists", scale=0, min_width=40)
         with gr.Row():
             self.accept = gr.Checkbox(label="Accept the audit's warnings (its errors always stop)",
@@ -90,6 +91,9 @@ class AutopilotPanel:
                accept: bool, pause: Optional[str], overrides: str, judge: str) -> tuple:
         if not name:
             raise LorakitError("Choose or create a project first (above the panels).")
+        if not base and not self._checkpoints():
+            raise LorakitError(f"No checkpoint to train on: put one (a .safetensors file) into "
+                               f"{self.studio.host.models_dir() / 'Stable-diffusion'} and press ↻ beside Base model.")
         options, extra = set_items(line for line in (overrides or "").splitlines() if line.strip())
         data = {"folder": (folder or "").strip(), "preset": preset or "", "base_model": self._checkpoints().get(
                     base or "", base or ""), "trigger": (trigger or "").strip(), "accept_warnings": bool(accept),
