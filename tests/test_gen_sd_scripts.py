@@ -431,3 +431,17 @@ def test_standalone_images_hold_the_gpu_against_the_training_queue(setup, monkey
     with pytest.raises(LorakitError, match="No images now: Train Style is training"):
         setup.gen.generate([GenRequest(prompt="a dog", seed=4, width=64, height=64, steps=2)])
     assert len(setup.records()) == 1, "no gen_img.py process may start while a run trains"
+
+
+def test_only_whole_images_count_as_made(tmp_path):
+    """gen_img.py writes each PNG in place: the progress (and so a cancel at "Made image N") counts a file only once
+    it ends with PNG's last chunk, so image N is never read half-written."""
+    from lib_lorakit.evaluate.sd_scripts_gen import _png_complete
+
+    whole = tmp_path / "whole.png"
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(whole)
+    half = tmp_path / "half.png"
+    half.write_bytes(whole.read_bytes()[:-20])
+    (tmp_path / "empty.png").write_bytes(b"")
+    assert _png_complete(whole)
+    assert not _png_complete(half) and not _png_complete(tmp_path / "empty.png")

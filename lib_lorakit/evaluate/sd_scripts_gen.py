@@ -398,7 +398,7 @@ class SdScriptsGenerator:
 
         def on_line(line: str) -> None:
             tail.append(line)
-            count = sum(1 for _ in outdir.glob("*.png"))
+            count = sum(1 for f in outdir.glob("*.png") if _png_complete(f))
             if progress and count != seen[0]:
                 seen[0] = count
                 progress(before + count, total, f"Made image {before + count} of {total} with sd-scripts")
@@ -494,3 +494,20 @@ def standalone_generator(host: Host, *, trainer: Optional[TrainerEnvironment] = 
                            "exist. Run `git submodule update --init --recursive` in the extension's folder, or point "
                            "TRAIN_STYLE_SD_SCRIPTS at an sd-scripts checkout.")
     return SdScriptsGenerator(host, trainer=trainer, **options)
+
+
+PNG_END = b"IEND\xaeB`\x82"  # a PNG's last chunk (type and CRC): the file is whole once it ends with it
+
+
+def _png_complete(path: Path) -> bool:
+    """Whether gen_img.py has finished writing this PNG (it writes in place): only whole images count as made, so a
+    cancel at "Made image N" never finds image N half-written."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() < len(PNG_END):
+                return False
+            f.seek(-len(PNG_END), os.SEEK_END)
+            return f.read() == PNG_END
+    except OSError:
+        return False
